@@ -1,0 +1,270 @@
+/**
+ * The `mcp-warden` command: start, token, client.
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { loadConfig, resourceUrl, type GatewayConfig } from './config.js'
+import { signAgentToken } from './dev-tokens.js'
+import { buildGateway } from './gateway.js'
+import { startDemo, type Demo } from './demo/index.js'
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+
+export interface Io {
+  out: (line: string) => void
+  err: (line: string) => void
+}
+
+const defaultIo: Io = {
+  out: (line) => { process.stdout.write(line + '\n') },
+  err: (line) => { process.stderr.write(line + '\n') }
+}
+
+const HELP: Record<string, string> = {
+  main: `mcp-warden ${pkg.version} — Zero Trust gateway for the Model Context Protocol
+
+Usage: mcp-warden <command> [options]
+
+Commands:
+  start     start the gateway (with no --config: the embedded demo)
+  token     sign a development agent JWT with a private key
+  client    list or call tools on an MCP endpoint with a bearer token
+
+Run "mcp-warden <command> --help" for a command's options.`,
+  start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
+
+Starts the gateway. With --config, serves the upstreams of that YAML or JSON file.
+Without it, starts the embedded demo: three MCP servers on loopback (db, file, api)
+behind the gateway, and prints agent tokens for the demo roles.
+
+Options:
+  --config FILE     gateway configuration (YAML or JSON)
+  --host HOST       listen address (overrides listen.host; demo default 127.0.0.1)
+  --port PORT       listen port (overrides listen.port; demo default 8080)
+  --data-dir DIR    demo only: where the demo keeps its issuer key, database and sandbox
+                    (default ./.mcp-warden/demo)`,
+  token: `Usage: mcp-warden token --key FILE --issuer ISS --agent ID --audience URL [options]
+
+Signs an agent JWT for development and tests. The algorithm follows the key:
+RSA → RS256, P-256 → ES256, Ed25519 → EdDSA.
+
+Options:
+  --key FILE          PEM private key of the issuer
+  --issuer ISS        iss claim (must equal identity.issuer of the gateway)
+  --agent ID          agent id (agentId and sub claims)
+  --audience URL      aud: the server route, e.g. http://127.0.0.1:8080/servers/db/mcp (repeatable)
+  --user ID           userId claim
+  --role ROLE         a role (repeatable)
+  --department NAME   department claim
+  --scope "A B"       scope claim
+  --ttl SECONDS       lifetime (default 3600)
+  --kid KID           kid header, to match a JWKS entry`,
+  client: `Usage: mcp-warden client URL --token TOKEN [list | call TOOL [JSON-ARGUMENTS]]
+
+Connects to an MCP endpoint (Streamable HTTP) with the real MCP SDK client,
+then lists the tools (default) or calls one.
+
+Examples:
+  mcp-warden client http://127.0.0.1:8080/servers/db/mcp --token "$TOKEN" list
+  mcp-warden client http://127.0.0.1:8080/servers/db/mcp --token "$TOKEN" call database_query '{"sql":"SELECT * FROM customers"}'`
+}
+
+class UsageError extends Error {}
+
+function parse (args: string[], options: ParseArgsConfig['options']): ReturnType<typeof parseArgs> {
+  try {
+    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+function str (v: unknown): string | undefined { return typeof v === 'string' ? v : undefined }
+
+function need (values: Record<string, unknown>, name: string): string {
+  const v = str(values[name])
+  if (v === undefined || v === '') throw new UsageError(`--${name} is required`)
+  return v
+}
+
+function port (v: unknown): number | undefined {
+  if (v === undefined) return undefined
+  const n = Number(v)
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be a number from 0 to 65535, not ${String(v)}`)
+  return n
+}
+
+export interface Running {
+  readonly url: string
+  readonly config: GatewayConfig
+  close (): Promise<void>
+}
+
+/** Starts the gateway (and the demo when no config is given). Resolves once it listens. */
+export async function start (args: string[], io: Io = defaultIo): Promise<Running | undefined> {
+  const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' } })
+  if (values.help === true) { io.out(HELP.start!); return undefined }
+  const portArg = port(values.port)
+  let demo: Demo | undefined
+  let config: GatewayConfig
+  const configFile = str(values.config)
+  if (configFile !== undefined) {
+    config = loadConfig(configFile)
+    if (values.host !== undefined || portArg !== undefined) {
+      config = Object.freeze({ ...config, listen: Object.freeze({ host: str(values.host) ?? config.listen.host, port: portArg ?? config.listen.port }) })
+    }
+  } else {
+    demo = await startDemo({
+      ...(str(values['data-dir']) !== undefined ? { dataDir: str(values['data-dir'])! } : {}),
+      ...(str(values.host) !== undefined ? { host: str(values.host)! } : {}),
+      ...(portArg !== undefined ? { port: portArg } : {})
+    })
+    config = demo.config
+  }
+  const app = await buildGateway(config)
+  try {
+    await app.listen({ host: config.listen.host, port: config.listen.port })
+  } catch (err) {
+    await app.close()
+    await demo?.close()
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'EADDRINUSE') throw new UsageError(`port ${config.listen.port} on ${config.listen.host} is in use; choose another with --port`)
+    throw err
+  }
+  const address = app.server.address() as import('node:net').AddressInfo
+  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+
+  io.out(`mcp-warden ${pkg.version} listening on ${url}${demo !== undefined ? ' (embedded demo)' : ''}`)
+  io.out(`public URL: ${config.publicUrl}`)
+  io.out('')
+  io.out('MCP servers:')
+  for (const s of config.upstreams.values()) io.out(`  ${s.name.padEnd(6)} ${resourceUrl(config, s.name)}  ->  ${s.url}`)
+  if (demo !== undefined) {
+    io.out('')
+    io.out('Demo agent tokens (valid 12 h on every demo server; signed by the demo issuer key in')
+    io.out(`${demo.dataDir}):`)
+    for (const t of demo.tokens()) {
+      io.out(`  ${t.role} (agent ${t.agentId}, user ${t.userId}, ${t.department}):`)
+      io.out(`    export TOKEN_${t.role.toUpperCase()}=${t.token}`)
+    }
+    const db = resourceUrl(config, 'db')
+    io.out('')
+    io.out('Try it (in another terminal, after the export line above):')
+    io.out(`  npx mcp-warden client ${db} --token "$TOKEN_READONLY" list`)
+    io.out(`  npx mcp-warden client ${db} --token "$TOKEN_READONLY" call database_query '{"sql":"SELECT * FROM customers"}'`)
+  }
+  io.out('')
+  io.out(`Audit records: ${config.audit.destination === 'stdout' ? 'JSON lines on stdout, below' : config.audit.destination}. Ctrl-C stops.`)
+
+  let closing: Promise<void> | undefined
+  const close = async (): Promise<void> => {
+    closing ??= (async () => { await app.close(); await demo?.close() })()
+    await closing
+  }
+  return { url, config, close }
+}
+
+export function token (args: string[], io: Io = defaultIo): void {
+  const { values } = parse(args, {
+    key: { type: 'string' }, issuer: { type: 'string' }, agent: { type: 'string' }, audience: { type: 'string', multiple: true },
+    user: { type: 'string' }, role: { type: 'string', multiple: true }, department: { type: 'string' }, scope: { type: 'string' },
+    ttl: { type: 'string' }, kid: { type: 'string' }
+  })
+  if (values.help === true) { io.out(HELP.token!); return }
+  const keyFile = need(values, 'key')
+  let pem: string
+  try { pem = readFileSync(keyFile, 'utf8') } catch { throw new UsageError(`cannot read --key ${keyFile}`) }
+  const audience = values.audience as string[] | undefined
+  if (audience === undefined || audience.length === 0) throw new UsageError('--audience is required (the server route URL the token is for)')
+  const ttl = values.ttl === undefined ? 3600 : Number(values.ttl)
+  if (!Number.isInteger(ttl) || ttl < 1) throw new UsageError('--ttl must be a whole number of seconds, at least 1')
+  let jwt: string
+  try {
+    jwt = signAgentToken(pem, {
+      issuer: need(values, 'issuer'),
+      agentId: need(values, 'agent'),
+      audience: audience.length === 1 ? audience[0]! : audience,
+      ttlSeconds: ttl,
+      ...(str(values.user) !== undefined ? { userId: str(values.user)! } : {}),
+      ...(values.role !== undefined ? { roles: values.role as string[] } : {}),
+      ...(str(values.department) !== undefined ? { department: str(values.department)! } : {}),
+      ...(str(values.scope) !== undefined ? { scope: str(values.scope)! } : {}),
+      ...(str(values.kid) !== undefined ? { kid: str(values.kid)! } : {})
+    })
+  } catch (err) {
+    if (err instanceof UsageError) throw err
+    throw new UsageError(`--key ${keyFile}: ${(err as Error).message}`)
+  }
+  io.out(jwt)
+}
+
+export async function client (args: string[], io: Io = defaultIo): Promise<void> {
+  const { values, positionals } = parse(args, { token: { type: 'string' } })
+  if (values.help === true) { io.out(HELP.client!); return }
+  const [url, action = 'list', tool, json] = positionals
+  if (url === undefined) throw new UsageError('the endpoint URL is required')
+  let endpoint: URL
+  try { endpoint = new URL(url) } catch { throw new UsageError(`${url} is not a URL`) }
+  const bearer = need(values, 'token')
+  let args2: Record<string, unknown> = {}
+  if (action === 'call') {
+    if (tool === undefined) throw new UsageError('call needs a tool name')
+    if (json !== undefined) {
+      try { args2 = JSON.parse(json) as Record<string, unknown> } catch { throw new UsageError('the tool arguments must be a JSON object') }
+    }
+  } else if (action !== 'list') {
+    throw new UsageError(`unknown action ${action}: use list or call`)
+  }
+  const transport = new StreamableHTTPClientTransport(endpoint, { requestInit: { headers: { authorization: `Bearer ${bearer}` } } })
+  const mcp = new Client({ name: 'mcp-warden-cli', version: pkg.version })
+  try {
+    await mcp.connect(transport)
+    const result = action === 'list' ? await mcp.listTools() : await mcp.callTool({ name: tool!, arguments: args2 })
+    io.out(JSON.stringify(result, null, 2))
+    await transport.terminateSession().catch(() => {})
+  } finally {
+    await mcp.close()
+  }
+}
+
+/** Runs the command line; returns the exit code (start keeps running until a signal). */
+export async function main (argv: string[], io: Io = defaultIo): Promise<number> {
+  const [command, ...rest] = argv
+  try {
+    switch (command) {
+      case undefined: case '--help': case '-h': case 'help':
+        io.out(HELP.main!)
+        return command === undefined ? 1 : 0
+      case '--version': case '-v':
+        io.out(pkg.version)
+        return 0
+      case 'start': {
+        const running = await start(rest, io)
+        if (running === undefined) return 0
+        await new Promise<void>(resolve => {
+          const stop = (): void => { void running.close().then(resolve) }
+          process.once('SIGINT', stop)
+          process.once('SIGTERM', stop)
+        })
+        return 0
+      }
+      case 'token':
+        token(rest, io)
+        return 0
+      case 'client':
+        await client(rest, io)
+        return 0
+      default:
+        io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
+        return 2
+    }
+  } catch (err) {
+    const e = err as Error & { code?: string }
+    if (err instanceof UsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
+    else if (e.code === 'MCPW_ERR_CONFIG_INVALID') io.err(`mcp-warden: ${e.message}`)
+    else io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
+    return err instanceof UsageError ? 2 : 1
+  }
+}

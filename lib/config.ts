@@ -1,0 +1,278 @@
+/**
+ * Configuration: schema, defaults, validation and normalisation.
+ *
+ * A config is YAML or JSON (DESIGN.md §5). Unknown keys and wrong types refuse to
+ * boot with a ConfigError that names the key, e.g. `identity.algorithms[1]`.
+ * The result is deep-frozen: nothing changes it after boot.
+ */
+import { readFileSync } from 'node:fs'
+import { createPublicKey } from 'node:crypto'
+import { dirname, extname, resolve } from 'node:path'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { parse as parseYaml } from 'yaml'
+import { ConfigError } from './errors.js'
+
+const strict = { additionalProperties: false } as const
+const Str = (o: object = {}) => Type.String({ minLength: 1, ...o })
+
+const ClaimsSchema = Type.Object({
+  agentId: Str({ default: 'agentId' }),
+  userId: Str({ default: 'userId' }),
+  role: Str({ default: 'role' }),
+  roles: Str({ default: 'roles' }),
+  department: Str({ default: 'department' })
+}, { ...strict, default: {} })
+
+const IdentitySchema = Type.Object({
+  issuer: Str(),
+  jwksUri: Type.Optional(Str()),
+  publicKeyFile: Type.Optional(Str()),
+  algorithms: Type.Array(Type.Union([
+    Type.Literal('RS256'), Type.Literal('RS384'), Type.Literal('RS512'),
+    Type.Literal('PS256'), Type.Literal('PS384'), Type.Literal('PS512'),
+    Type.Literal('ES256'), Type.Literal('ES384'), Type.Literal('ES512'),
+    Type.Literal('EdDSA')
+  ]), { minItems: 1, default: ['RS256', 'ES256', 'EdDSA'] }),
+  audiences: Type.Array(Str(), { default: [] }),
+  clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
+  claims: ClaimsSchema
+}, strict)
+
+const UpstreamAuthSchema = Type.Object({
+  type: Type.Literal('none')
+}, strict)
+
+const ToolAttrsSchema = Type.Object({
+  sensitivity: Type.Optional(Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high')])),
+  readOnly: Type.Optional(Type.Boolean()),
+  destructive: Type.Optional(Type.Boolean())
+}, strict)
+
+const UpstreamSchema = Type.Object({
+  url: Str(),
+  resource: Type.Optional(Str()),
+  auth: Type.Optional(UpstreamAuthSchema),
+  tools: Type.Optional(Type.Record(Type.String(), ToolAttrsSchema)),
+  defaultSensitivity: Type.Optional(Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high')])),
+  timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 }))
+}, strict)
+
+const ConfigSchema = Type.Object({
+  listen: Type.Object({
+    host: Str({ default: '127.0.0.1' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 })
+  }, { ...strict, default: {} }),
+  publicUrl: Type.Optional(Str()),
+  allowedOrigins: Type.Array(Str(), { default: [] }),
+  identity: IdentitySchema,
+  upstreams: Type.Record(Type.String(), UpstreamSchema),
+  limits: Type.Object({
+    maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
+    sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 })
+  }, { ...strict, default: {} }),
+  store: Type.Literal('memory', { default: 'memory' }),
+  audit: Type.Object({
+    destination: Str({ default: 'stdout' })
+  }, { ...strict, default: {} }),
+  logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  serverTiming: Type.Boolean({ default: false })
+}, strict)
+
+export type RawConfig = Static<typeof ConfigSchema>
+export type Sensitivity = 'low' | 'medium' | 'high'
+
+export interface UpstreamConfig {
+  readonly name: string
+  readonly url: string
+  /** RFC 8707 resource of the upstream: the `aud` of tokens minted for it. */
+  readonly resource: string
+  readonly auth: { readonly type: 'none' }
+  readonly tools: Readonly<Record<string, { sensitivity?: Sensitivity, readOnly?: boolean, destructive?: boolean }>>
+  readonly defaultSensitivity: Sensitivity
+  readonly timeoutMs: number
+}
+
+export interface IdentityConfig {
+  readonly issuer: string
+  readonly jwksUri?: string
+  /** PEM text of the agent issuer's public key, read at boot from publicKeyFile. */
+  readonly publicKeyPem?: string
+  readonly algorithms: readonly string[]
+  readonly audiences: readonly string[]
+  readonly clockToleranceSeconds: number
+  readonly claims: Readonly<RawConfig['identity']['claims']>
+}
+
+export interface GatewayConfig {
+  readonly listen: { readonly host: string, readonly port: number }
+  /** Base URL without a trailing slash. */
+  readonly publicUrl: string
+  readonly allowedOrigins: readonly string[]
+  readonly identity: IdentityConfig
+  readonly upstreams: ReadonlyMap<string, UpstreamConfig>
+  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
+  readonly store: 'memory'
+  readonly audit: { readonly destination: string }
+  readonly logLevel: string
+  readonly serverTiming: boolean
+}
+
+const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
+
+/** `/identity/algorithms/1` → `identity.algorithms[1]` */
+function fieldName (pointer: string): string {
+  if (pointer === '' || pointer === '/') return '(top level)'
+  return pointer.slice(1).split('/').map(p => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((acc, part) => /^\d+$/.test(part) ? `${acc}[${part}]` : acc === '' ? part : `${acc}.${part}`, '')
+}
+
+function fail (field: string, problem: string): never {
+  throw new ConfigError(`${field}: ${problem}`)
+}
+
+function firstSchemaError (schema: TSchema, value: unknown): string | undefined {
+  for (const e of Value.Errors(schema, value)) {
+    const field = fieldName(e.path)
+    const sch = e.schema as { properties?: object, anyOf?: Array<{ const?: unknown }> }
+    if (e.message === 'Unexpected property') {
+      return `${field}: unknown key (allowed here: ${Object.keys(sch.properties ?? {}).join(', ')})`
+    }
+    if (Array.isArray(sch.anyOf) && sch.anyOf.every(o => o.const !== undefined)) {
+      return `${field}: must be one of ${sch.anyOf.map(o => JSON.stringify(o.const)).join(', ')}`
+    }
+    return `${field}: ${e.message.toLowerCase()}`
+  }
+  return undefined
+}
+
+function parseUrl (field: string, value: string, protocols = ['http:', 'https:']): URL {
+  let url: URL
+  try { url = new URL(value) } catch { fail(field, `"${value}" is not an absolute URL`) }
+  if (!protocols.includes(url.protocol)) fail(field, `must use ${protocols.join(' or ')}`)
+  if (url.username !== '' || url.password !== '') fail(field, 'must not contain credentials')
+  return url
+}
+
+function deepFreeze<T> (value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    if (value instanceof Map) for (const v of value.values()) deepFreeze(v)
+    else for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
+}
+
+/**
+ * Validates a parsed config object and returns the normalised, frozen config.
+ * `baseDir` resolves relative file paths (the config file's folder).
+ */
+export function validateConfig (input: unknown, baseDir: string = process.cwd()): GatewayConfig {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) fail('(top level)', 'the config must be an object')
+  const algs = (input as { identity?: { algorithms?: unknown } }).identity?.algorithms
+  if (Array.isArray(algs)) {
+    const i = algs.findIndex(a => typeof a === 'string' && /^(none|HS\d+)$/i.test(a))
+    if (i >= 0) fail(`identity.algorithms[${i}]`, `${String(algs[i])} is never accepted: agent tokens are verified with the issuer's public key (RS*, PS*, ES*, EdDSA)`)
+  }
+  const raw = Value.Default(ConfigSchema, structuredClone(input)) as unknown
+  const problem = firstSchemaError(ConfigSchema, raw)
+  if (problem !== undefined) throw new ConfigError(problem)
+  const cfg = raw as RawConfig
+
+  const publicUrl = parseUrl('publicUrl', cfg.publicUrl ?? `http://${cfg.listen.host.includes(':') ? `[${cfg.listen.host}]` : cfg.listen.host}:${cfg.listen.port}`)
+  if (publicUrl.search !== '' || publicUrl.hash !== '') fail('publicUrl', 'must not have a query or fragment')
+  const base = publicUrl.href.replace(/\/+$/, '')
+
+  cfg.allowedOrigins.forEach((o, i) => {
+    const u = parseUrl(`allowedOrigins[${i}]`, o)
+    if (u.origin !== o.replace(/\/$/, '')) fail(`allowedOrigins[${i}]`, `must be an origin like ${u.origin} (no path)`)
+  })
+
+  const id = cfg.identity
+  if ((id.jwksUri === undefined) === (id.publicKeyFile === undefined)) {
+    fail('identity', 'set exactly one key source: jwksUri or publicKeyFile')
+  }
+  let publicKeyPem: string | undefined
+  if (id.jwksUri !== undefined) parseUrl('identity.jwksUri', id.jwksUri)
+  if (id.publicKeyFile !== undefined) {
+    const file = resolve(baseDir, id.publicKeyFile)
+    try { publicKeyPem = readFileSync(file, 'utf8') } catch (err) {
+      fail('identity.publicKeyFile', `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    }
+    let type: string | undefined
+    try { type = createPublicKey(publicKeyPem).asymmetricKeyType } catch {
+      fail('identity.publicKeyFile', `${file} is not a PEM public key`)
+    }
+    const fits: Record<string, RegExp> = { rsa: /^(RS|PS)/, ec: /^ES/, ed25519: /^EdDSA$/, 'rsa-pss': /^PS/ }
+    if (!id.algorithms.some(a => fits[type ?? '']?.test(a) === true)) {
+      fail('identity.algorithms', `none of ${id.algorithms.join(', ')} can be verified with the ${type ?? 'unknown'} key in identity.publicKeyFile`)
+    }
+  }
+
+  const names = Object.keys(cfg.upstreams)
+  if (names.length === 0) fail('upstreams', 'configure at least one upstream MCP server')
+  const upstreams = new Map<string, UpstreamConfig>()
+  for (const name of names) {
+    const u = cfg.upstreams[name]!
+    if (!SERVER_NAME.test(name)) fail(`upstreams.${name}`, 'a server name is lower-case letters, digits, "-" and "_", starting with a letter or digit')
+    parseUrl(`upstreams.${name}.url`, u.url)
+    if (u.resource !== undefined) parseUrl(`upstreams.${name}.resource`, u.resource)
+    upstreams.set(name, {
+      name,
+      url: u.url,
+      resource: u.resource ?? u.url,
+      // Values inside a record get no schema defaults: they are set here.
+      auth: u.auth ?? { type: 'none' },
+      tools: u.tools ?? {},
+      defaultSensitivity: u.defaultSensitivity ?? 'high',
+      timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000)
+    })
+  }
+
+  return deepFreeze({
+    listen: cfg.listen,
+    publicUrl: base,
+    allowedOrigins: cfg.allowedOrigins.map(o => o.replace(/\/$/, '')),
+    identity: {
+      issuer: id.issuer,
+      ...(id.jwksUri !== undefined ? { jwksUri: id.jwksUri } : {}),
+      ...(publicKeyPem !== undefined ? { publicKeyPem } : {}),
+      algorithms: [...new Set(id.algorithms)],
+      audiences: id.audiences,
+      clockToleranceSeconds: id.clockToleranceSeconds,
+      claims: id.claims
+    },
+    upstreams,
+    limits: cfg.limits,
+    store: cfg.store,
+    audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
+    logLevel: cfg.logLevel,
+    serverTiming: cfg.serverTiming
+  })
+}
+
+/** Reads a YAML or JSON config file and validates it. */
+export function loadConfig (file: string): GatewayConfig {
+  const path = resolve(file)
+  let text: string
+  try { text = readFileSync(path, 'utf8') } catch (err) {
+    throw new ConfigError(`cannot read config file ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  let data: unknown
+  try {
+    data = extname(path) === '.json' ? JSON.parse(text) : parseYaml(text)
+  } catch (err) {
+    throw new ConfigError(`${path} is not valid ${extname(path) === '.json' ? 'JSON' : 'YAML'}: ${(err as Error).message}`)
+  }
+  return validateConfig(data, dirname(path))
+}
+
+/** The RFC 8707 resource URL of a server's route: `<publicUrl>/servers/<name>/mcp`. */
+export function resourceUrl (config: Pick<GatewayConfig, 'publicUrl'>, server: string): string {
+  return `${config.publicUrl}/servers/${server}/mcp`
+}
+
+/** The RFC 9728 metadata URL of a server's route. */
+export function metadataUrl (config: Pick<GatewayConfig, 'publicUrl'>, server: string): string {
+  return `${config.publicUrl}/.well-known/oauth-protected-resource/servers/${server}/mcp`
+}

@@ -1,0 +1,121 @@
+/**
+ * The embedded demo: three real MCP servers on loopback (db, file, api), a demo agent
+ * issuer whose key is generated on first start, and the gateway config that fronts them.
+ */
+import { mkdirSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { resourceUrl, validateConfig, type GatewayConfig } from '../config.js'
+import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
+import { createApiServer, createApiState } from './api.js'
+import { createDbServer, openDemoDatabase } from './db.js'
+import { createFileServer, seedSandbox } from './file.js'
+import { serveMcp, type ServedMcp } from './serve.js'
+
+export const DEMO_ISSUER = 'https://demo-issuer.mcp-warden.local'
+
+/** The demo agents: one per reference role. */
+export const DEMO_AGENTS = [
+  { role: 'readonly', agentId: 'reader-bot', userId: 'alice', department: 'analytics' },
+  { role: 'readwrite', agentId: 'writer-bot', userId: 'bob', department: 'engineering' },
+  { role: 'analyst', agentId: 'analyst-bot', userId: 'carol', department: 'analytics' },
+  { role: 'engineer', agentId: 'engineer-bot', userId: 'dave', department: 'engineering' },
+  { role: 'payment_admin', agentId: 'payments-bot', userId: 'erin', department: 'finance' },
+  { role: 'super_admin', agentId: 'ops-bot', userId: 'frank', department: 'platform-ops' }
+] as const
+
+export interface DemoOptions {
+  /** Folder for the issuer key, the SQLite file and the file sandbox (default ./.mcp-warden/demo). */
+  dataDir?: string
+  host?: string
+  port?: number
+  /** Extra config merged over the demo's (tests use it). */
+  overrides?: Record<string, unknown>
+}
+
+export interface Demo {
+  readonly config: GatewayConfig
+  readonly upstreams: Readonly<Record<'db' | 'file' | 'api', ServedMcp>>
+  readonly dataDir: string
+  /** Signs a demo agent token valid on every demo server. */
+  token (agent: { agentId: string, userId?: string, roles?: string[], department?: string }, ttlSeconds?: number): string
+  /** One token per demo role. */
+  tokens (ttlSeconds?: number): Array<(typeof DEMO_AGENTS)[number] & { token: string }>
+  close (): Promise<void>
+}
+
+export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
+  const dataDir = resolve(options.dataDir ?? join('.mcp-warden', 'demo'))
+  mkdirSync(dataDir, { recursive: true })
+  const issuer = loadOrCreateIssuerKey(dataDir)
+  const db = openDemoDatabase(join(dataDir, 'demo.db'))
+  const sandbox = join(dataDir, 'sandbox')
+  seedSandbox(sandbox)
+  const apiState = createApiState()
+
+  const served: ServedMcp[] = []
+  try {
+    served.push(await serveMcp(() => createDbServer(db)))
+    served.push(await serveMcp(() => createFileServer(sandbox)))
+    served.push(await serveMcp(() => createApiServer(apiState)))
+  } catch (err) {
+    await Promise.all(served.map(async s => { await s.close() }))
+    db.close()
+    throw err
+  }
+  const [dbUp, fileUp, apiUp] = served as [ServedMcp, ServedMcp, ServedMcp]
+
+  const host = options.host ?? '127.0.0.1'
+  const port = options.port ?? 8080
+  const config = validateConfig({
+    listen: { host, port },
+    identity: { issuer: DEMO_ISSUER, publicKeyFile: issuer.publicKeyFile, algorithms: ['EdDSA'] },
+    upstreams: {
+      db: {
+        url: dbUp.url,
+        tools: {
+          database_query: { sensitivity: 'low', readOnly: true },
+          database_insert: { sensitivity: 'medium' },
+          database_drop: { sensitivity: 'high', destructive: true }
+        }
+      },
+      file: {
+        url: fileUp.url,
+        tools: { file_read: { sensitivity: 'low', readOnly: true }, file_write: { sensitivity: 'medium' } }
+      },
+      api: {
+        url: apiUp.url,
+        tools: {
+          metrics_fetch: { sensitivity: 'low', readOnly: true },
+          payment_process: { sensitivity: 'high' },
+          user_delete: { sensitivity: 'high', destructive: true },
+          config_override: { sensitivity: 'high', destructive: true }
+        }
+      }
+    },
+    logLevel: 'warn',
+    ...options.overrides
+  }, dataDir)
+
+  const audience = [...config.upstreams.keys()].map(name => resourceUrl(config, name))
+  const token: Demo['token'] = (agent, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
+    issuer: DEMO_ISSUER,
+    audience,
+    agentId: agent.agentId,
+    ...(agent.userId !== undefined ? { userId: agent.userId } : {}),
+    ...(agent.roles !== undefined ? { roles: agent.roles } : {}),
+    ...(agent.department !== undefined ? { department: agent.department } : {}),
+    ttlSeconds
+  })
+
+  return {
+    config,
+    upstreams: { db: dbUp, file: fileUp, api: apiUp },
+    dataDir,
+    token,
+    tokens: (ttlSeconds) => DEMO_AGENTS.map(a => ({ ...a, token: token({ agentId: a.agentId, userId: a.userId, roles: [a.role], department: a.department }, ttlSeconds) })),
+    async close () {
+      await Promise.all(served.map(async s => { await s.close() }))
+      db.close()
+    }
+  }
+}

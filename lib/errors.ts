@@ -1,0 +1,91 @@
+/**
+ * Every error mcp-warden sends to a client or raises at boot.
+ *
+ * Each HTTP-facing error carries a status code and a JSON-RPC error code; the
+ * mcp-context plugin turns them into `{ jsonrpc: "2.0", id, error: { code, message } }`.
+ * Messages are written for the person reading them: what is wrong and what to do.
+ * They never contain tokens, secrets, stack traces or policy text.
+ * docs/errors.md lists every code; a test keeps the two in step.
+ */
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
+
+/** JSON-RPC error codes used by the gateway (see docs/errors.md). */
+export const RpcCode = Object.freeze({
+  parseError: -32700,
+  invalidRequest: -32600,
+  methodNotFound: -32601,
+  invalidParams: -32602,
+  internalError: -32603,
+  unauthorized: -32001,
+  accessDenied: -32003,
+  upstreamUnavailable: -32011,
+  upstreamTimeout: -32012,
+  upstreamRejected: -32013,
+  unavailable: -32014,
+  headerMismatch: -32020
+})
+
+export interface WardenError extends Error {
+  code: string
+  statusCode: number
+  rpcCode: number
+}
+
+type Ctor = FastifyErrorConstructor & { prototype: WardenError }
+
+const registry = new Map<string, { statusCode: number, rpcCode: number }>()
+
+function define (code: string, message: string, statusCode: number, rpcCode: number): Ctor {
+  if (registry.has(code)) throw new Error(`duplicate error code ${code}`)
+  registry.set(code, { statusCode, rpcCode })
+  const E = createError(code, message, statusCode) as Ctor
+  Object.defineProperty(E.prototype, 'rpcCode', { value: rpcCode, enumerable: false })
+  return E
+}
+
+/** All codes defined here, with their status and JSON-RPC code. */
+export function errorCatalog (): ReadonlyMap<string, { statusCode: number, rpcCode: number }> {
+  return registry
+}
+
+// --- boot -----------------------------------------------------------------
+export const ConfigError = define('MCPW_ERR_CONFIG_INVALID', 'Invalid configuration: %s', 500, RpcCode.internalError)
+
+// --- transport and message shape ---------------------------------------------
+export const OriginForbiddenError = define('MCPW_ERR_ORIGIN_FORBIDDEN',
+  'Origin %s is not allowed; add it to allowedOrigins if this browser app is trusted', 403, RpcCode.invalidRequest)
+export const UnknownServerError = define('MCPW_ERR_SERVER_UNKNOWN',
+  'No MCP server named "%s" is configured on this gateway', 404, RpcCode.invalidRequest)
+export const ParseError = define('MCPW_ERR_RPC_PARSE', 'Parse error: %s', 400, RpcCode.parseError)
+export const InvalidMessageError = define('MCPW_ERR_RPC_INVALID', 'Invalid Request: %s', 400, RpcCode.invalidRequest)
+export const BatchError = define('MCPW_ERR_RPC_BATCH',
+  'Invalid Request: JSON-RPC batches are not accepted; send one message per HTTP request', 400, RpcCode.invalidRequest)
+export const BodyTooLargeError = define('MCPW_ERR_BODY_TOO_LARGE',
+  'Request body is larger than the %s-byte limit', 413, RpcCode.invalidRequest)
+export const MediaTypeError = define('MCPW_ERR_MEDIA_TYPE',
+  'Content-Type must be application/json for MCP messages', 415, RpcCode.invalidRequest)
+export const MethodNotAllowedError = define('MCPW_ERR_METHOD_NOT_ALLOWED',
+  'HTTP method %s is not allowed on this endpoint', 405, RpcCode.invalidRequest)
+
+// --- identity ----------------------------------------------------------------
+export const TokenMissingError = define('MCPW_ERR_AUTH_MISSING',
+  'Authentication required: send an agent token as "Authorization: Bearer <token>"', 401, RpcCode.unauthorized)
+export const TokenInvalidError = define('MCPW_ERR_AUTH_INVALID', 'Invalid token: %s', 401, RpcCode.unauthorized)
+export const TokenAudienceError = define('MCPW_ERR_AUTH_AUDIENCE',
+  'Invalid token: its audience does not include %s; request a token for this resource (RFC 8707)', 401, RpcCode.unauthorized)
+export const KeysUnavailableError = define('MCPW_ERR_AUTH_KEYS_UNAVAILABLE',
+  'The identity provider\'s signing keys cannot be fetched right now; try again later', 503, RpcCode.unavailable)
+
+// --- sessions ------------------------------------------------------------------
+export const SessionNotFoundError = define('MCPW_ERR_SESSION_UNKNOWN',
+  'Session not found: start a new session with an initialize request', 404, RpcCode.unauthorized)
+
+// --- upstream --------------------------------------------------------------------
+export const UpstreamUnavailableError = define('MCPW_ERR_UPSTREAM_UNAVAILABLE',
+  'MCP server "%s" is unreachable', 502, RpcCode.upstreamUnavailable)
+export const UpstreamTimeoutError = define('MCPW_ERR_UPSTREAM_TIMEOUT',
+  'MCP server "%s" did not answer in time', 504, RpcCode.upstreamTimeout)
+export const UpstreamRejectedError = define('MCPW_ERR_UPSTREAM_REJECTED',
+  'MCP server "%s" refused the gateway\'s credentials; the operator must check its auth settings', 502, RpcCode.upstreamRejected)
+export const UpstreamProtocolError = define('MCPW_ERR_UPSTREAM_PROTOCOL',
+  'MCP server "%s" answered with a session id that is bound to another principal; the answer was dropped', 502, RpcCode.upstreamUnavailable)

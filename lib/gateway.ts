@@ -1,0 +1,51 @@
+/**
+ * The host: composes the plugins in pipeline order (DESIGN.md §3) on one Fastify instance.
+ * Users who want their own host register the same plugins themselves.
+ */
+import { randomUUID } from 'node:crypto'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { DestinationStream } from 'pino'
+import type { GatewayConfig } from './config.js'
+import { MemorySessionStore } from './stores/memory.js'
+import type { SessionStore } from './stores/types.js'
+import audit from '../plugins/audit.js'
+import mcpContext from '../plugins/mcp-context.js'
+import identity from '../plugins/identity.js'
+import mcpProxy from '../plugins/mcp-proxy.js'
+
+export interface GatewayOptions {
+  /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
+  logger?: FastifyServerOptions['logger']
+  /** Session bindings; default: in memory. */
+  sessions?: SessionStore
+  /** Audit destination; default: config.audit.destination. */
+  auditStream?: DestinationStream
+}
+
+/** Redaction paths for the operational log: no token or secret is ever written. */
+export const REDACT_PATHS = [
+  'req.headers.authorization', 'req.headers.cookie', 'req.headers["x-api-key"]',
+  '*.token', '*.subject_token', '*.actor_token', '*.access_token', '*.client_secret',
+  'subject_token', 'access_token', 'client_secret'
+]
+
+export async function buildGateway (config: GatewayConfig, options: GatewayOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? { level: config.logLevel, redact: { paths: REDACT_PATHS, censor: '[redacted]' } },
+    bodyLimit: config.limits.maxBodyBytes,
+    genReqId: () => randomUUID(),
+    return503OnClosing: true,
+    forceCloseConnections: true
+  })
+  const sessions = options.sessions ?? new MemorySessionStore()
+
+  await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
+  await app.register(mcpContext, { config })
+  await app.register(identity, { config })
+  await app.register(mcpProxy, { config, sessions })
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async () => ({ status: 'ready', upstreams: [...config.upstreams.keys()] }))
+  app.addHook('onClose', async () => { if (options.sessions === undefined) await sessions.close() })
+  return app
+}

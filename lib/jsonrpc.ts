@@ -1,0 +1,100 @@
+/**
+ * JSON-RPC 2.0 / MCP message parsing and classification (no Fastify).
+ *
+ * One HTTP body carries one JSON-RPC message: a request, a notification or a
+ * response (a client answering a server's sampling or elicitation request).
+ * Batches are refused. The raw bytes are kept so that exactly what was checked
+ * is what is forwarded.
+ */
+import sjson from 'secure-json-parse'
+import { BatchError, InvalidMessageError, ParseError } from './errors.js'
+
+export type JsonRpcId = string | number
+
+export interface McpMessage {
+  readonly kind: 'request' | 'notification' | 'response'
+  /** The request id; null for notifications. */
+  readonly id: JsonRpcId | null
+  /** The method; null for responses. */
+  readonly method: string | null
+  readonly params: Readonly<Record<string, unknown>> | undefined
+  /** tools/call: the tool name and its arguments. */
+  readonly tool?: string
+  readonly arguments?: Readonly<Record<string, unknown>>
+  /** resources/read, resources/subscribe, resources/unsubscribe: the resource URI. */
+  readonly uri?: string
+  /** prompts/get: the prompt name. */
+  readonly prompt?: string
+  /** The parsed message. */
+  readonly message: Readonly<Record<string, unknown>>
+  /** The bytes as received. */
+  readonly raw: Buffer
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  v !== null && typeof v === 'object' && !Array.isArray(v)
+
+function requireString (params: Record<string, unknown> | undefined, key: string, method: string): string {
+  const v = params?.[key]
+  if (typeof v !== 'string' || v === '') throw new InvalidMessageError(`${method} needs params.${key} as a non-empty string`)
+  return v
+}
+
+/** Parses and classifies one MCP message; throws ParseError, BatchError or InvalidMessageError. */
+export function parseMcpMessage (raw: Buffer): McpMessage {
+  if (raw.length === 0) throw new ParseError('the request body is empty; send one JSON-RPC message')
+  let data: unknown
+  try {
+    data = sjson.parse(raw.toString('utf8'), undefined, { protoAction: 'error', constructorAction: 'error' })
+  } catch (err) {
+    throw new ParseError(`the body is not valid JSON (${(err as Error).message})`)
+  }
+  if (Array.isArray(data)) throw new BatchError()
+  if (!isObject(data)) throw new InvalidMessageError('the body must be a JSON-RPC 2.0 object')
+  if (data.jsonrpc !== '2.0') throw new InvalidMessageError('"jsonrpc" must be "2.0"')
+
+  const hasId = Object.hasOwn(data, 'id')
+  const id = data.id
+  if (hasId && !(typeof id === 'string' || (typeof id === 'number' && Number.isInteger(id)))) {
+    throw new InvalidMessageError('"id" must be a string or an integer')
+  }
+  const params = data.params
+  if (params !== undefined && !isObject(params)) throw new InvalidMessageError('"params" must be an object')
+
+  if (Object.hasOwn(data, 'method')) {
+    const method = data.method
+    if (typeof method !== 'string' || method === '') throw new InvalidMessageError('"method" must be a non-empty string')
+    if (Object.hasOwn(data, 'result') || Object.hasOwn(data, 'error')) {
+      throw new InvalidMessageError('a message cannot have both "method" and "result"/"error"')
+    }
+    const base = { kind: hasId ? 'request' : 'notification', id: hasId ? id as JsonRpcId : null, method, params, message: data, raw } as const
+    switch (method) {
+      case 'tools/call': {
+        const tool = requireString(params, 'name', method)
+        const args = params?.arguments
+        if (args !== undefined && !isObject(args)) throw new InvalidMessageError('tools/call params.arguments must be an object')
+        return { ...base, tool, ...(args !== undefined ? { arguments: args } : {}) }
+      }
+      case 'resources/read':
+      case 'resources/subscribe':
+      case 'resources/unsubscribe':
+        return { ...base, uri: requireString(params, 'uri', method) }
+      case 'prompts/get':
+        return { ...base, prompt: requireString(params, 'name', method) }
+      default:
+        return base
+    }
+  }
+
+  if (!hasId) throw new InvalidMessageError('a message needs "method" (request or notification) or "id" with "result"/"error" (response)')
+  const hasResult = Object.hasOwn(data, 'result')
+  const hasError = Object.hasOwn(data, 'error')
+  if (hasResult === hasError) throw new InvalidMessageError('a response has exactly one of "result" and "error"')
+  if (hasError && !isObject(data.error)) throw new InvalidMessageError('"error" must be an object')
+  return { kind: 'response', id: id as JsonRpcId, method: null, params: undefined, message: data, raw }
+}
+
+/** A JSON-RPC error body. */
+export function rpcError (id: JsonRpcId | null, code: number, message: string, data?: unknown): Record<string, unknown> {
+  return { jsonrpc: '2.0', id, error: data === undefined ? { code, message } : { code, message, data } }
+}

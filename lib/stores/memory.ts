@@ -1,0 +1,45 @@
+import type { SessionStore } from './types.js'
+
+interface Entry { principal: string, expires: number }
+
+/** The embedded, single-process store. Expired entries are swept once a minute. */
+export class MemorySessionStore implements SessionStore {
+  readonly #sessions = new Map<string, Entry>()
+  readonly #timer: NodeJS.Timeout
+
+  constructor (sweepMs = 60_000) {
+    this.#timer = setInterval(() => { this.#sweep() }, sweepMs)
+    this.#timer.unref()
+  }
+
+  #sweep (): void {
+    const now = Date.now()
+    for (const [k, e] of this.#sessions) if (e.expires <= now) this.#sessions.delete(k)
+  }
+
+  async bind (server: string, sessionId: string, principal: string, ttlSeconds: number): Promise<boolean> {
+    const key = `${server}\n${sessionId}`
+    const current = this.#sessions.get(key)
+    if (current !== undefined && current.expires > Date.now() && current.principal !== principal) return false
+    this.#sessions.set(key, { principal, expires: Date.now() + ttlSeconds * 1000 })
+    return true
+  }
+
+  async owner (server: string, sessionId: string, ttlSeconds: number): Promise<string | null> {
+    const e = this.#sessions.get(`${server}\n${sessionId}`)
+    if (e === undefined) return null
+    const now = Date.now()
+    if (e.expires <= now) { this.#sessions.delete(`${server}\n${sessionId}`); return null }
+    e.expires = now + ttlSeconds * 1000
+    return e.principal
+  }
+
+  async unbind (server: string, sessionId: string): Promise<void> {
+    this.#sessions.delete(`${server}\n${sessionId}`)
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.#timer)
+    this.#sessions.clear()
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * audit: one JSON line per MCP message, written when the response ends or the client
+ * goes away, to a pino destination (stdout or a file, asynchronous). Never a token or
+ * a secret: a record is built from an explicit list of fields, nothing else.
+ */
+import fp from 'fastify-plugin'
+import { pino, type DestinationStream } from 'pino'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+
+export interface AuditRecord {
+  time: string
+  requestId: string
+  decisionId: string | null
+  agentId: string | null
+  userId: string | null
+  server: string | null
+  httpMethod: string
+  method: string | null
+  rpcId: string | number | null
+  tool?: string
+  uri?: string
+  prompt?: string
+  outcome: 'allow' | 'deny' | 'error'
+  reason: string
+  policies: string[]
+  policyVersion: string | null
+  status: number
+  durationMs: number
+}
+
+/** Where audit records go: one JSON line each, built from the fields above only. */
+export interface AuditSink {
+  write (record: AuditRecord): void
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    audit: AuditSink
+  }
+}
+
+export interface AuditOptions {
+  config: GatewayConfig
+  /** Where records go; default: config.audit.destination (stdout or a file). */
+  stream?: DestinationStream
+}
+
+const written = Symbol('mcp-warden.audited')
+const started = Symbol('mcp-warden.started')
+
+export function auditRecord (request: FastifyRequest, status: number, aborted: boolean, durationMs: number): AuditRecord {
+  const m = request.mcp
+  const outcome = request.mcpOutcome ?? (aborted
+    ? { outcome: 'error' as const, reason: 'client closed the connection' }
+    : { outcome: status >= 500 ? 'error' as const : status >= 400 ? 'deny' as const : 'allow' as const, reason: `HTTP ${status}` })
+  return {
+    time: new Date().toISOString(),
+    requestId: request.id,
+    decisionId: null,
+    agentId: request.identity?.agentId ?? null,
+    userId: request.identity?.userId ?? null,
+    server: request.mcpTarget?.server.name ?? (request.params as { name?: string }).name ?? null,
+    httpMethod: request.method,
+    method: m?.method ?? null,
+    rpcId: m?.id ?? null,
+    ...(m?.tool !== undefined ? { tool: m.tool } : {}),
+    ...(m?.uri !== undefined ? { uri: m.uri } : {}),
+    ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
+    outcome: outcome.outcome,
+    reason: outcome.reason,
+    policies: [],
+    policyVersion: null,
+    status,
+    durationMs: Math.round(durationMs * 1000) / 1000
+  }
+}
+
+async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
+  const dest = opts.stream ?? (opts.config.audit.destination === 'stdout'
+    ? pino.destination({ dest: 1, sync: false })
+    : pino.destination({ dest: opts.config.audit.destination, mkdir: true, sync: false }))
+  const sink: AuditSink = { write (record) { dest.write(JSON.stringify(record) + '\n') } }
+  app.decorate('audit', sink)
+
+  type Tracked = FastifyRequest & { [written]?: true, [started]?: number }
+  function write (request: Tracked, status: number, aborted: boolean): void {
+    if (request.routeOptions.config.mcp !== true || request[written] === true) return
+    request[written] = true
+    sink.write(auditRecord(request, status, aborted, performance.now() - (request[started] ?? performance.now())))
+  }
+
+  app.addHook('onRequest', async (request: Tracked) => { request[started] = performance.now() })
+  app.addHook('onResponse', async (request, reply) => { write(request, reply.statusCode, false) })
+  app.addHook('onRequestAbort', async (request) => { write(request, 499, true) })
+  app.addHook('onClose', async () => {
+    const d = dest as { flushSync?: () => void }
+    try { d.flushSync?.() } catch { /* destination not ready or already closed */ }
+  })
+}
+
+export default fp(audit, { name: 'mcp-warden-audit', fastify: '5.x' })
+export { audit }

@@ -1,0 +1,136 @@
+/**
+ * identity: verifies the agent's JWT on every MCP route (onRequest, before the body is read)
+ * and decorates `request.identity`.
+ *
+ * Checks (DESIGN.md §6): signature with an allowed algorithm (never `none`, never HS*),
+ * `iss`, `exp`, `nbf` with clock tolerance, and `aud` per route (RFC 8707: the route's own
+ * resource URL, so a token for one server is refused by another). A refusal is 401 with
+ * `WWW-Authenticate: Bearer resource_metadata="…"` (RFC 9728) and nothing is forwarded.
+ * Also serves the RFC 9728 metadata of each server route.
+ */
+import fp from 'fastify-plugin'
+import fastifyJwt from '@fastify/jwt'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+import { resourceUrl } from '../lib/config.js'
+import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
+import { audiences, identityFromClaims, remoteKeyResolver, type Identity, type JwtHeader } from '../lib/identity.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    identity: Identity | null
+    mcpWardenJwtVerify: <T = Record<string, unknown>>() => Promise<T>
+  }
+}
+
+export interface IdentityOptions {
+  config: GatewayConfig
+}
+
+const reasons: Record<string, string> = {
+  FST_JWT_AUTHORIZATION_TOKEN_EXPIRED: 'the token has expired',
+  FAST_JWT_EXPIRED: 'the token has expired',
+  FAST_JWT_INACTIVE: 'the token is not valid yet (nbf)',
+  FST_JWT_AUTHORIZATION_TOKEN_UNSIGNED: 'unsigned tokens (alg "none") are never accepted',
+  FAST_JWT_MISSING_SIGNATURE: 'unsigned tokens (alg "none") are never accepted',
+  FAST_JWT_INVALID_ALGORITHM: 'the token\'s algorithm is not accepted',
+  FAST_JWT_INVALID_KEY: 'the token\'s algorithm does not fit the issuer\'s key',
+  FAST_JWT_MALFORMED: 'the token is not a well-formed JWT',
+  FAST_JWT_INVALID_TYPE: 'the token is not a well-formed JWT',
+  FST_JWT_BAD_REQUEST: 'the Authorization header must be "Bearer <token>"',
+  FAST_JWT_MISSING_REQUIRED_CLAIM: 'the token lacks a required claim (iss, exp, aud)'
+}
+
+function toTokenError (err: unknown): Error {
+  if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) return err
+  const e = err as { code?: string, message?: string }
+  const known = e.code !== undefined ? reasons[e.code] : undefined
+  if (known !== undefined) return new TokenInvalidError(known)
+  const msg = e.message ?? ''
+  if (/\biss\b/.test(msg)) return new TokenInvalidError('the token\'s issuer is not accepted')
+  if (/signature/i.test(msg)) return new TokenInvalidError('the token\'s signature is invalid')
+  if (/required claim/i.test(msg)) return new TokenInvalidError(reasons.FAST_JWT_MISSING_REQUIRED_CLAIM!)
+  if (/malformed|not a valid|decod/i.test(msg)) return new TokenInvalidError(reasons.FAST_JWT_MALFORMED!)
+  return new TokenInvalidError('the token could not be verified')
+}
+
+const quote = (s: string): string => s.replace(/["\\\r\n]/g, ' ')
+
+async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<void> {
+  const { config } = opts
+  const id = config.identity
+  if (id.jwksUri === undefined && id.publicKeyPem === undefined) {
+    throw new Error('mcp-warden identity: identity needs a key source (jwksUri or publicKeyFile)')
+  }
+  const resolveKey = id.jwksUri !== undefined ? remoteKeyResolver(id.jwksUri, id.algorithms) : null
+  const extraAudiences = id.audiences
+
+  await app.register(fastifyJwt, {
+    secret: resolveKey !== null
+      ? async (_request: FastifyRequest, token: { header: JwtHeader }) => await resolveKey(token.header)
+      : { public: id.publicKeyPem!, private: '' },
+    namespace: 'mcpWarden',
+    jwtVerify: 'mcpWardenJwtVerify',
+    jwtDecode: 'mcpWardenJwtDecode',
+    jwtSign: 'mcpWardenJwtSign',
+    decode: { complete: true },
+    verify: {
+      algorithms: [...id.algorithms],
+      allowedIss: id.issuer,
+      clockTolerance: id.clockToleranceSeconds * 1000,
+      requiredClaims: ['iss', 'exp', 'aud']
+    },
+    messages: { authorizationTokenInvalid: (err: Error) => err.message }
+  } as Parameters<typeof fastifyJwt>[1])
+
+  app.decorateRequest('identity', null)
+
+  app.addHook('onRequest', async (request, reply) => {
+    const target = request.mcpTarget
+    if (target === null) return
+    const challenge = `Bearer resource_metadata="${target.metadataUrl}"`
+    const header = request.headers.authorization
+    if (header === undefined || !/^Bearer\s+\S/i.test(header)) {
+      reply.header('www-authenticate', challenge)
+      throw new TokenMissingError()
+    }
+    let claims: Record<string, unknown>
+    try {
+      claims = await request.mcpWardenJwtVerify()
+    } catch (err) {
+      const e = toTokenError(err)
+      if (e instanceof TokenInvalidError) {
+        reply.header('www-authenticate', `${challenge}, error="invalid_token", error_description="${quote(e.message)}"`)
+      }
+      throw e
+    }
+    const aud = audiences(claims)
+    if (!aud.includes(target.resource) && !aud.some(a => extraAudiences.includes(a))) {
+      const e = new TokenAudienceError(target.resource)
+      reply.header('www-authenticate', `${challenge}, error="invalid_token", error_description="${quote(e.message)}"`)
+      throw e
+    }
+    try {
+      request.identity = identityFromClaims(claims, id)
+    } catch (err) {
+      reply.header('www-authenticate', `${challenge}, error="invalid_token"`)
+      throw err
+    }
+  })
+
+  // RFC 9728 protected resource metadata, one document per server route.
+  app.get<{ Params: { name: string } }>('/.well-known/oauth-protected-resource/servers/:name/mcp', async (request, reply) => {
+    const server = config.upstreams.get(request.params.name)
+    if (server === undefined) throw new UnknownServerError(request.params.name.slice(0, 64))
+    void reply.header('cache-control', 'public, max-age=300')
+    return {
+      resource: resourceUrl(config, server.name),
+      authorization_servers: [id.issuer],
+      bearer_methods_supported: ['header'],
+      resource_name: `mcp-warden: ${server.name}`
+    }
+  })
+}
+
+export default fp(identity, { name: 'mcp-warden-identity', fastify: '5.x', dependencies: ['mcp-warden-context'] })
+export { identity }

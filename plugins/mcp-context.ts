@@ -1,0 +1,117 @@
+/**
+ * mcp-context: the first stage of every MCP route.
+ *
+ * - onRequest: resolves the upstream named in the URL (404 when unknown) and
+ *   checks `Origin` against publicUrl's origin and `allowedOrigins` (403; DNS rebinding).
+ * - preValidation: parses the body into one classified JSON-RPC message (`request.mcp`).
+ * - `mcpErrorHandler`: turns every error on an MCP route into an HTTP status and a
+ *   JSON-RPC error body, and records the outcome for the audit.
+ *
+ * A route opts in with `config: { mcp: true }` and a `:name` parameter.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
+import {
+  BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError,
+  type WardenError
+} from '../lib/errors.js'
+import { parseMcpMessage, rpcError, type McpMessage } from '../lib/jsonrpc.js'
+
+export interface McpTarget {
+  readonly server: UpstreamConfig
+  /** RFC 8707 resource URL of this route: the `aud` an agent token must carry. */
+  readonly resource: string
+  /** RFC 9728 metadata URL of this route. */
+  readonly metadataUrl: string
+}
+
+export interface McpOutcome {
+  outcome: 'allow' | 'deny' | 'error'
+  reason: string
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Marks a route as an MCP endpoint: the mcp-warden pipeline runs on it. */
+    mcp?: boolean
+  }
+  interface FastifyRequest {
+    mcpTarget: McpTarget | null
+    mcp: McpMessage | null
+    mcpOutcome: McpOutcome | null
+  }
+}
+
+export interface McpContextOptions {
+  config: GatewayConfig
+}
+
+/** Maps Fastify's own body errors to the gateway's. */
+function normalise (error: FastifyError, maxBodyBytes: number): FastifyError & Partial<WardenError> {
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE': return new BodyTooLargeError(String(maxBodyBytes))
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new MediaTypeError()
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH': return new InvalidMessageError('Content-Length does not match the body')
+    default: return error
+  }
+}
+
+export function createMcpErrorHandler (maxBodyBytes: number) {
+  return function mcpErrorHandler (this: FastifyInstance, raw: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+    const error = normalise(raw, maxBodyBytes)
+    const status = error.statusCode !== undefined && error.statusCode >= 400 ? error.statusCode : 500
+    const known = typeof error.rpcCode === 'number'
+    let message: string
+    let code: number
+    if (known) {
+      message = error.message
+      code = error.rpcCode!
+    } else if (status < 500) {
+      message = `Invalid Request: ${error.message}`
+      code = RpcCode.invalidRequest
+    } else {
+      request.log.error({ err: error }, 'unexpected error on an MCP route')
+      message = 'Internal gateway error; the request was not forwarded'
+      code = RpcCode.internalError
+    }
+    request.mcpOutcome = { outcome: status >= 500 ? 'error' : 'deny', reason: message }
+    void reply.code(status).type('application/json; charset=utf-8').send(rpcError(request.mcp?.id ?? null, code, message))
+  }
+}
+
+async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promise<void> {
+  const { config } = opts
+  const targets = new Map<string, McpTarget>()
+  for (const server of config.upstreams.values()) {
+    targets.set(server.name, Object.freeze({
+      server,
+      resource: resourceUrl(config, server.name),
+      metadataUrl: metadataUrl(config, server.name)
+    }))
+  }
+  const origins = new Set([new URL(config.publicUrl).origin, ...config.allowedOrigins])
+
+  app.decorateRequest('mcpTarget', null)
+  app.decorateRequest('mcp', null)
+  app.decorateRequest('mcpOutcome', null)
+
+  app.addHook('onRequest', async (request) => {
+    if (request.routeOptions.config.mcp !== true) return
+    const name = (request.params as { name?: string }).name ?? ''
+    const target = targets.get(name)
+    if (target === undefined) throw new UnknownServerError(name.slice(0, 64))
+    request.mcpTarget = target
+    const origin = request.headers.origin
+    if (origin !== undefined && !origins.has(origin)) throw new OriginForbiddenError(JSON.stringify(origin.slice(0, 200)))
+  })
+
+  app.addHook('preValidation', async (request) => {
+    if (request.mcpTarget === null || request.method !== 'POST') return
+    const body = request.body
+    request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0))
+  })
+}
+
+export default fp(mcpContext, { name: 'mcp-warden-context', fastify: '5.x' })
+export { mcpContext }

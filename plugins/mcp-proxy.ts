@@ -1,0 +1,156 @@
+/**
+ * mcp-proxy: the Streamable HTTP route `POST/GET/DELETE /servers/:name/mcp`.
+ *
+ * Streams each message to its upstream through a keep-alive undici pool and streams the
+ * answer (JSON or SSE) back without buffering it. Only an allow-list of headers crosses
+ * in either direction; the agent's Authorization header never does. Each `Mcp-Session-Id`
+ * an upstream issues is bound to the principal that opened it: another principal using it
+ * gets 404, as if it did not exist.
+ */
+import fp from 'fastify-plugin'
+import { Pool } from 'undici'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
+import {
+  SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+} from '../lib/errors.js'
+import { principalKey } from '../lib/identity.js'
+import type { SessionStore } from '../lib/stores/types.js'
+import { createMcpErrorHandler } from './mcp-context.js'
+
+export interface UpstreamAuth {
+  /** Headers that authenticate the gateway to the upstream for this one message. */
+  readonly headers: Readonly<Record<string, string>>
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set by the upstream-credential plugins; null means the upstream gets no credential. */
+    upstreamAuth: UpstreamAuth | null
+  }
+}
+
+export interface McpProxyOptions {
+  config: GatewayConfig
+  sessions: SessionStore
+}
+
+/** Request headers that cross to the upstream (lower case). Authorization never does. */
+const FORWARD_REQUEST = ['accept', 'content-type', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id', 'mcp-method', 'mcp-name'] as const
+/** Response headers that cross back to the agent. */
+const FORWARD_RESPONSE = ['content-type', 'mcp-session-id', 'mcp-protocol-version', 'cache-control', 'retry-after', 'allow'] as const
+
+interface Upstream {
+  readonly config: UpstreamConfig
+  readonly pool: Pool
+  readonly path: string
+}
+
+function upstreamError (err: unknown, server: string): Error {
+  const code = (err as { code?: string }).code
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return new UpstreamTimeoutError(server)
+  return new UpstreamUnavailableError(server)
+}
+
+async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<void> {
+  const { config, sessions } = opts
+  const ttl = config.limits.sessionTtlSeconds
+  const upstreams = new Map<string, Upstream>()
+  for (const server of config.upstreams.values()) {
+    const url = new URL(server.url)
+    upstreams.set(server.name, {
+      config: server,
+      pool: new Pool(url.origin, { connections: 256, keepAliveTimeout: 30_000, connectTimeout: Math.min(server.timeoutMs, 10_000) }),
+      path: url.pathname + url.search
+    })
+  }
+  app.addHook('onClose', async () => {
+    await Promise.all([...upstreams.values()].map(async u => { await u.pool.destroy() }))
+  })
+
+  app.decorateRequest('upstreamAuth', null)
+
+  async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const target = request.mcpTarget!
+    const upstream = upstreams.get(target.server.name)!
+    const name = upstream.config.name
+    const principal = principalKey(request.identity!)
+
+    const sessionHeader = request.headers['mcp-session-id']
+    if (Array.isArray(sessionHeader)) throw new SessionNotFoundError()
+    const sessionId = sessionHeader
+    if (sessionId !== undefined && await sessions.owner(name, sessionId, ttl) !== principal) {
+      throw new SessionNotFoundError()
+    }
+
+    const headers: Record<string, string> = { 'x-request-id': request.id }
+    for (const h of FORWARD_REQUEST) {
+      const v = request.headers[h]
+      if (typeof v === 'string') headers[h] = v
+    }
+    if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
+
+    const abort = new AbortController()
+    reply.raw.once('close', () => { abort.abort() })
+
+    let res: Awaited<ReturnType<Pool['request']>>
+    try {
+      res = await upstream.pool.request({
+        path: upstream.path,
+        method: request.method as 'POST' | 'GET' | 'DELETE',
+        headers,
+        body: request.method === 'POST' ? request.mcp!.raw : null,
+        signal: abort.signal,
+        headersTimeout: upstream.config.timeoutMs,
+        bodyTimeout: 0
+      })
+    } catch (err) {
+      throw upstreamError(err, name)
+    }
+
+    const status = res.statusCode
+    if (status === 401 || status === 403) {
+      res.body.destroy()
+      request.log.warn({ server: name, status }, 'upstream refused the gateway\'s credentials')
+      throw new UpstreamRejectedError(name)
+    }
+    const issued = res.headers['mcp-session-id']
+    if (typeof issued === 'string' && issued !== sessionId) {
+      if (!await sessions.bind(name, issued, principal, ttl)) {
+        res.body.destroy()
+        throw new UpstreamProtocolError(name)
+      }
+    }
+    if (request.method === 'DELETE' && sessionId !== undefined && status < 300) {
+      await sessions.unbind(name, sessionId)
+    }
+
+    for (const h of FORWARD_RESPONSE) {
+      const v = res.headers[h]
+      if (typeof v === 'string') void reply.header(h, v)
+    }
+    if (String(res.headers['content-type']).startsWith('text/event-stream')) void reply.header('x-accel-buffering', 'no')
+    request.mcpOutcome = { outcome: 'allow', reason: 'forwarded' }
+    return await reply.code(status).send(res.body)
+  }
+
+  await app.register(async function routes (scope) {
+    scope.removeAllContentTypeParsers()
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes },
+      (_request, body, done) => { done(null, body) })
+    scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
+    scope.route({
+      method: ['POST', 'GET', 'DELETE'],
+      url: '/servers/:name/mcp',
+      config: { mcp: true },
+      handler: forward
+    })
+  })
+}
+
+export default fp(mcpProxy, {
+  name: 'mcp-warden-proxy',
+  fastify: '5.x',
+  dependencies: ['mcp-warden-context', 'mcp-warden-identity']
+})
+export { mcpProxy }
