@@ -9,8 +9,9 @@ import { loadConfig, resourceUrl, type GatewayConfig } from './config.js'
 import { signAgentToken } from './dev-tokens.js'
 import { buildGateway } from './gateway.js'
 import { startDemo, type Demo } from './demo/index.js'
+import { VERSION } from './version.js'
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+const pkg = { version: VERSION }
 
 export interface Io {
   out: (line: string) => void

@@ -75,8 +75,7 @@ const ConfigSchema = Type.Object({
   audit: Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
-  logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
-  serverTiming: Type.Boolean({ default: false })
+  logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' })
 }, strict)
 
 export type RawConfig = Static<typeof ConfigSchema>
@@ -115,7 +114,6 @@ export interface GatewayConfig {
   readonly store: 'memory'
   readonly audit: { readonly destination: string }
   readonly logLevel: string
-  readonly serverTiming: boolean
 }
 
 const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
@@ -246,8 +244,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     limits: cfg.limits,
     store: cfg.store,
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
-    logLevel: cfg.logLevel,
-    serverTiming: cfg.serverTiming
+    logLevel: cfg.logLevel
   })
 }
 

@@ -42,6 +42,17 @@ function requireString (params: Record<string, unknown> | undefined, key: string
 
 /** Parses and classifies one MCP message; throws ParseError, BatchError or InvalidMessageError. */
 export function parseMcpMessage (raw: Buffer): McpMessage {
+  let id: JsonRpcId | null = null
+  try {
+    return classify(raw, (v) => { id = v })
+  } catch (err) {
+    // A refusal answers the request's id when it could be read.
+    if (id !== null && err !== null && typeof err === 'object') (err as { rpcId?: JsonRpcId }).rpcId = id
+    throw err
+  }
+}
+
+function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
   if (raw.length === 0) throw new ParseError('the request body is empty; send one JSON-RPC message')
   let data: unknown
   try {
@@ -58,6 +69,7 @@ export function parseMcpMessage (raw: Buffer): McpMessage {
   if (hasId && !(typeof id === 'string' || (typeof id === 'number' && Number.isInteger(id)))) {
     throw new InvalidMessageError('"id" must be a string or an integer')
   }
+  if (hasId) seeId(id as JsonRpcId)
   const params = data.params
   if (params !== undefined && !isObject(params)) throw new InvalidMessageError('"params" must be an object')
 

@@ -38,7 +38,7 @@ const reasons: Record<string, string> = {
   FAST_JWT_MALFORMED: 'the token is not a well-formed JWT',
   FAST_JWT_INVALID_TYPE: 'the token is not a well-formed JWT',
   FST_JWT_BAD_REQUEST: 'the Authorization header must be "Bearer <token>"',
-  FAST_JWT_MISSING_REQUIRED_CLAIM: 'the token lacks a required claim (iss, exp, aud)'
+  FAST_JWT_MISSING_REQUIRED_CLAIM: 'the token lacks a required claim (iss, exp and aud are required)'
 }
 
 function toTokenError (err: unknown): Error {
@@ -49,7 +49,8 @@ function toTokenError (err: unknown): Error {
   const msg = e.message ?? ''
   if (/\biss\b/.test(msg)) return new TokenInvalidError('the token\'s issuer is not accepted')
   if (/signature/i.test(msg)) return new TokenInvalidError('the token\'s signature is invalid')
-  if (/required claim/i.test(msg)) return new TokenInvalidError(reasons.FAST_JWT_MISSING_REQUIRED_CLAIM!)
+  const missing = /The (\w+) claim is required/.exec(msg)
+  if (missing !== null) return new TokenInvalidError(`the token lacks the required "${missing[1]!}" claim`)
   if (/malformed|not a valid|decod/i.test(msg)) return new TokenInvalidError(reasons.FAST_JWT_MALFORMED!)
   return new TokenInvalidError('the token could not be verified')
 }

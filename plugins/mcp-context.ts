@@ -16,7 +16,7 @@ import {
   BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError,
   type WardenError
 } from '../lib/errors.js'
-import { parseMcpMessage, rpcError, type McpMessage } from '../lib/jsonrpc.js'
+import { parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
 
 export interface McpTarget {
   readonly server: UpstreamConfig
@@ -76,7 +76,7 @@ export function createMcpErrorHandler (maxBodyBytes: number) {
       code = RpcCode.internalError
     }
     request.mcpOutcome = { outcome: status >= 500 ? 'error' : 'deny', reason: message }
-    void reply.code(status).type('application/json; charset=utf-8').send(rpcError(request.mcp?.id ?? null, code, message))
+    void reply.code(status).type('application/json; charset=utf-8').send(rpcError((error as { rpcId?: JsonRpcId }).rpcId ?? request.mcp?.id ?? null, code, message))
   }
 }
 

@@ -12,7 +12,7 @@ import { Pool } from 'undici'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  MethodNotAllowedError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -139,6 +139,14 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes },
       (_request, body, done) => { done(null, body) })
     scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
+    scope.route({
+      method: ['PUT', 'PATCH'],
+      url: '/servers/:name/mcp',
+      handler: async (request, reply) => {
+        void reply.header('allow', 'POST, GET, DELETE')
+        throw new MethodNotAllowedError(request.method)
+      }
+    })
     scope.route({
       method: ['POST', 'GET', 'DELETE'],
       url: '/servers/:name/mcp',

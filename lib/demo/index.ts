@@ -3,6 +3,7 @@
  * issuer whose key is generated on first start, and the gateway config that fronts them.
  */
 import { mkdirSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { resourceUrl, validateConfig, type GatewayConfig } from '../config.js'
 import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
@@ -43,6 +44,14 @@ export interface Demo {
   close (): Promise<void>
 }
 
+async function freePort (host: string): Promise<number> {
+  const probe = createServer()
+  await new Promise<void>((resolve, reject) => { probe.once('error', reject); probe.listen(0, host, () => { resolve() }) })
+  const { port } = probe.address() as AddressInfo
+  await new Promise<void>(resolve => probe.close(() => { resolve() }))
+  return port
+}
+
 export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const dataDir = resolve(options.dataDir ?? join('.mcp-warden', 'demo'))
   mkdirSync(dataDir, { recursive: true })
@@ -65,7 +74,8 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const [dbUp, fileUp, apiUp] = served as [ServedMcp, ServedMcp, ServedMcp]
 
   const host = options.host ?? '127.0.0.1'
-  const port = options.port ?? 8080
+  // publicUrl names the port, so port 0 is resolved to a free port now.
+  const port = options.port === 0 ? await freePort(host) : options.port ?? 8080
   const config = validateConfig({
     listen: { host, port },
     identity: { issuer: DEMO_ISSUER, publicKeyFile: issuer.publicKeyFile, algorithms: ['EdDSA'] },

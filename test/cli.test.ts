@@ -1,0 +1,89 @@
+import { execFile } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { createVerifier } from 'fast-jwt'
+import { main, start } from '../lib/cli.js'
+import { makeIssuer } from './fixtures/keys.js'
+
+const run = promisify(execFile)
+const BIN = new URL('../dist/bin/mcp-warden.js', import.meta.url).pathname
+const dir = mkdtempSync(join(tmpdir(), 'mcpw-cli-'))
+
+function capture (): { io: { out: (l: string) => void, err: (l: string) => void }, out: string[], err: string[] } {
+  const out: string[] = []
+  const err: string[] = []
+  return { io: { out: l => out.push(l), err: l => err.push(l) }, out, err }
+}
+
+t.test('--help on every command', async t => {
+  for (const args of [['--help'], ['start', '--help'], ['token', '--help'], ['client', '--help']]) {
+    const c = capture()
+    t.equal(await main(args, c.io), 0, args.join(' '))
+    t.match(c.out.join('\n'), /Usage: mcp-warden/)
+  }
+  const c = capture()
+  t.equal(await main(['frobnicate'], c.io), 2)
+  t.match(c.err.join('\n'), /unknown command "frobnicate"/)
+})
+
+t.test('token signs an agent JWT the gateway would accept', async t => {
+  const issuer = makeIssuer('RS256')
+  const keyFile = join(dir, 'issuer.key.pem')
+  writeFileSync(keyFile, issuer.privateKeyPem)
+  const c = capture()
+  t.equal(await main(['token', '--key', keyFile, '--issuer', issuer.issuer, '--agent', 'bot-9', '--user', 'alice', '--role', 'analyst', '--role', 'engineer',
+    '--department', 'finance', '--audience', 'http://gw/servers/db/mcp', '--ttl', '120', '--kid', 'k-1'], c.io), 0)
+  const verify = createVerifier({ key: issuer.publicKeyPem, algorithms: ['RS256'], complete: true })
+  const { header, payload } = verify(c.out[0]!)
+  t.match(header, { alg: 'RS256', kid: 'k-1' })
+  t.match(payload, { iss: issuer.issuer, sub: 'bot-9', agentId: 'bot-9', userId: 'alice', roles: ['analyst', 'engineer'], department: 'finance', aud: 'http://gw/servers/db/mcp' })
+  t.equal(payload.exp - payload.iat, 120)
+
+  const missing = capture()
+  t.equal(await main(['token', '--key', keyFile, '--issuer', 'x', '--agent', 'a'], missing.io), 2)
+  t.match(missing.err.join(''), /--audience is required/)
+  const badKey = capture()
+  t.equal(await main(['token', '--key', join(dir, 'nope.pem'), '--issuer', 'x', '--agent', 'a', '--audience', 'y'], badKey.io), 2)
+  t.match(badKey.err.join(''), /cannot read --key/)
+})
+
+t.test('start refuses a bad config and names the field (the real binary)', async t => {
+  const file = join(dir, 'bad.yaml')
+  writeFileSync(file, 'identity: { issuer: https://idp, jwksUri: https://idp/jwks, algorithms: [RS256, HS256] }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp" } }\n')
+  const err = await run('node', [BIN, 'start', '--config', file]).then(() => null, (e: { code: number, stderr: string }) => e)
+  t.ok(err, 'exits non-zero')
+  t.equal(err!.code, 1)
+  t.match(err!.stderr, /identity\.algorithms\[1\]: HS256 is never accepted/)
+
+  const unknown = join(dir, 'unknown.yaml')
+  writeFileSync(unknown, 'identity: { issuer: https://idp, jwksUri: https://idp/jwks }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp", auth: { type: none, tokn: 1 } } }\n')
+  const err2 = await run('node', [BIN, 'start', '--config', unknown]).then(() => null, (e: { stderr: string }) => e)
+  t.match(err2!.stderr, /upstreams\.db\.auth\.tokn: unknown key/)
+})
+
+t.test('start with a config serves it; start without one runs the demo, and client talks to it', async t => {
+  const c = capture()
+  const running = await start(['--port', '0', '--data-dir', join(dir, 'demo')], c.io)
+  t.ok(running)
+  t.teardown(async () => { await running!.close() })
+  const banner = c.out.join('\n')
+  t.match(banner, /listening on http:\/\/127\.0\.0\.1:\d+ \(embedded demo\)/)
+  for (const server of ['db', 'file', 'api']) t.match(banner, new RegExp(`/servers/${server}/mcp`))
+  for (const role of ['READONLY', 'READWRITE', 'ANALYST', 'ENGINEER', 'PAYMENT_ADMIN', 'SUPER_ADMIN']) t.match(banner, new RegExp(`export TOKEN_${role}=ey`))
+  t.match(banner, /npx mcp-warden client http:\/\/127\.0\.0\.1:\d+\/servers\/db\/mcp --token "\$TOKEN_READONLY" call database_query/)
+
+  const token = /export TOKEN_READONLY=(\S+)/.exec(banner)![1]!
+  const url = `${running!.config.publicUrl}/servers/db/mcp`
+  const listed = capture()
+  t.equal(await main(['client', url, '--token', token, 'list'], listed.io), 0)
+  t.same(JSON.parse(listed.out.join('\n')).tools.map((x: { name: string }) => x.name).sort(), ['database_drop', 'database_insert', 'database_query'])
+  const called = capture()
+  t.equal(await main(['client', url, '--token', token, 'call', 'database_query', '{"sql":"SELECT count(*) AS n FROM customers"}'], called.io), 0)
+  t.match(JSON.parse(called.out.join('\n')).content[0].text, /"n": 3/)
+  const refused = capture()
+  t.equal(await main(['client', url, '--token', 'garbage', 'list'], refused.io), 1)
+  t.match(refused.err.join(''), /401|Invalid token/)
+})

@@ -1,0 +1,86 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { loadConfig, validateConfig } from '../lib/config.js'
+import { ConfigError } from '../lib/errors.js'
+import { makeIssuer } from './fixtures/keys.js'
+import { publicKeyFile } from './fixtures/gateway.js'
+
+const base = { identity: { issuer: 'https://idp.test', jwksUri: 'https://idp.test/jwks' }, upstreams: { db: { url: 'http://127.0.0.1:9001/mcp' } } }
+const dir = mkdtempSync(join(tmpdir(), 'mcpw-config-'))
+
+function refuses (t: Test, input: unknown, field: RegExp, why: string): void {
+  t.throws(() => validateConfig(input, dir), { code: 'MCPW_ERR_CONFIG_INVALID', message: field }, why)
+}
+
+t.test('defaults', async t => {
+  const c = validateConfig(base)
+  t.same(c.listen, { host: '127.0.0.1', port: 8080 })
+  t.equal(c.publicUrl, 'http://127.0.0.1:8080')
+  t.same(c.identity.algorithms, ['RS256', 'ES256', 'EdDSA'])
+  t.equal(c.identity.clockToleranceSeconds, 5)
+  t.equal(c.limits.maxBodyBytes, 1024 * 1024)
+  const db = c.upstreams.get('db')!
+  t.equal(db.resource, 'http://127.0.0.1:9001/mcp', 'resource defaults to url')
+  t.same(db.auth, { type: 'none' })
+  t.equal(db.defaultSensitivity, 'high')
+  t.equal(db.timeoutMs, 30_000)
+  t.ok(Object.isFrozen(c) && Object.isFrozen(c.identity) && Object.isFrozen(db), 'the config is frozen')
+  t.equal(validateConfig({ ...base, publicUrl: 'https://gw.example.com/' }).publicUrl, 'https://gw.example.com', 'trailing slash removed')
+})
+
+t.test('every bad field refuses to boot and is named', async t => {
+  refuses(t, { ...base, lisen: {} }, /lisen: unknown key \(allowed here: listen, /, 'a misspelt top-level key')
+  refuses(t, { ...base, identity: { ...base.identity, isuer: 'x' } }, /identity\.isuer: unknown key/, 'a misspelt nested key')
+  refuses(t, { ...base, upstreams: { db: { url: 'http://x/mcp', tols: {} } } }, /upstreams\.db\.tols: unknown key/, 'a key inside an upstream')
+  refuses(t, { ...base, listen: { port: 'eighty' } }, /listen\.port: expected integer/, 'a wrong type')
+  refuses(t, { ...base, listen: { port: 70000 } }, /listen\.port/, 'out of range')
+  refuses(t, { ...base, identity: { ...base.identity, algorithms: ['RS256', 'HS256'] } }, /identity\.algorithms\[1\]: HS256 is never accepted/, 'HS256')
+  refuses(t, { ...base, identity: { ...base.identity, algorithms: ['none'] } }, /identity\.algorithms\[0\]: none is never accepted/, 'none')
+  refuses(t, { ...base, identity: { ...base.identity, algorithms: ['XX1'] } }, /identity\.algorithms\[0\]: must be one of "RS256"/, 'an unknown algorithm')
+  refuses(t, { ...base, identity: { issuer: 'x' } }, /identity: set exactly one key source/, 'no key source')
+  refuses(t, { ...base, identity: { ...base.identity, publicKeyFile: 'k.pem' } }, /identity: set exactly one key source/, 'two key sources')
+  refuses(t, { ...base, identity: { issuer: 'x', publicKeyFile: 'missing.pem' } }, /identity\.publicKeyFile: cannot read .*missing\.pem \(ENOENT\)/, 'an unreadable key file')
+  writeFileSync(join(dir, 'junk.pem'), 'not a key')
+  refuses(t, { ...base, identity: { issuer: 'x', publicKeyFile: 'junk.pem' } }, /identity\.publicKeyFile: .* is not a PEM public key/, 'a file that is no key')
+  const ed = makeIssuer('EdDSA')
+  refuses(t, { ...base, identity: { issuer: 'x', publicKeyFile: publicKeyFile(ed), algorithms: ['RS256'] } }, /identity\.algorithms: none of RS256 can be verified with the ed25519 key/, 'algorithms that do not fit the key')
+  refuses(t, { ...base, identity: { ...base.identity, jwksUri: 'not a url' } }, /identity\.jwksUri: "not a url" is not an absolute URL/, 'a bad JWKS URL')
+  refuses(t, { ...base, identity: { ...base.identity, issuer: '' } }, /identity\.issuer/, 'an empty issuer')
+  refuses(t, { ...base, upstreams: {} }, /upstreams: configure at least one/, 'no upstream')
+  refuses(t, { ...base, upstreams: { 'Bad Name': { url: 'http://x/mcp' } } }, /upstreams\.Bad Name: a server name is/, 'a bad server name')
+  refuses(t, { ...base, upstreams: { db: { url: 'ftp://x/mcp' } } }, /upstreams\.db\.url: must use http: or https:/, 'a non-HTTP upstream')
+  refuses(t, { ...base, upstreams: { db: {} } }, /upstreams\.db\.url: expected required property/, 'an upstream without url')
+  refuses(t, { ...base, upstreams: { db: { url: 'http://x/mcp', auth: { type: 'passthrough' } } } }, /upstreams\.db\.auth\.type/, 'an auth type that does not exist')
+  refuses(t, { ...base, upstreams: { db: { url: 'http://x/mcp', tools: { q: { sensitivity: 'huge' } } } } }, /upstreams\.db\.tools\.q\.sensitivity: must be one of "low", "medium", "high"/, 'a bad sensitivity')
+  refuses(t, { ...base, publicUrl: 'http://gw/?x=1' }, /publicUrl: must not have a query/, 'a publicUrl with a query')
+  refuses(t, { ...base, allowedOrigins: ['https://app.example.com/path'] }, /allowedOrigins\[0\]: must be an origin like https:\/\/app\.example\.com/, 'an origin with a path')
+  refuses(t, { ...base, logLevel: 'loud' }, /logLevel: must be one of/, 'a bad log level')
+  refuses(t, [], /the config must be an object/, 'not an object')
+})
+
+t.test('loadConfig reads YAML and JSON, resolving paths from the file\'s folder', async t => {
+  const issuer = makeIssuer('ES256')
+  writeFileSync(join(dir, 'issuer.pem'), issuer.publicKeyPem)
+  writeFileSync(join(dir, 'gw.yaml'), `
+listen: { host: 127.0.0.1, port: 9090 }
+identity:
+  issuer: https://idp.test
+  publicKeyFile: ./issuer.pem
+  algorithms: [ES256]
+upstreams:
+  db: { url: "http://127.0.0.1:9001/mcp", tools: { q: { sensitivity: low, readOnly: true } } }
+audit: { destination: ./audit.log }
+`)
+  const y = loadConfig(join(dir, 'gw.yaml'))
+  t.equal(y.listen.port, 9090)
+  t.match(y.identity.publicKeyPem, /BEGIN PUBLIC KEY/)
+  t.equal(y.audit.destination, join(dir, 'audit.log'))
+  t.same(y.upstreams.get('db')!.tools, { q: { sensitivity: 'low', readOnly: true } })
+  writeFileSync(join(dir, 'gw.json'), JSON.stringify(base))
+  t.equal(loadConfig(join(dir, 'gw.json')).upstreams.size, 1)
+  writeFileSync(join(dir, 'bad.yaml'), 'identity: [unclosed')
+  t.throws(() => loadConfig(join(dir, 'bad.yaml')), { message: /is not valid YAML/ })
+  t.throws(() => loadConfig(join(dir, 'absent.yaml')), ConfigError)
+})

@@ -1,0 +1,84 @@
+import { mkdtempSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { startDemo, type Demo } from '../lib/demo/index.js'
+import { startWithConfig, type TestGateway } from './fixtures/gateway.js'
+
+let demo: Demo
+let gw: TestGateway
+
+t.before(async () => {
+  demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-demo-')), port: 0 })
+  gw = await startWithConfig(demo.config)
+})
+t.teardown(async () => { await gw.close(); await demo.close() })
+
+async function agent (server: string, role = 'readonly'): Promise<Client> {
+  const token = demo.tokens().find(a => a.role === role)!.token
+  const client = new Client({ name: 'demo-test', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(gw.url(server)), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
+  t.teardown(async () => { await client.close() })
+  return client
+}
+
+const text = (r: unknown): string => ((r as { content: Array<{ text: string }> }).content[0]!.text)
+
+t.test('the demo servers list their tools through the gateway', async t => {
+  const expected: Record<string, string[]> = {
+    db: ['database_drop', 'database_insert', 'database_query'],
+    file: ['file_read', 'file_write'],
+    api: ['config_override', 'metrics_fetch', 'payment_process', 'user_delete']
+  }
+  for (const [server, tools] of Object.entries(expected)) {
+    const c = await agent(server)
+    t.same((await c.listTools()).tools.map(x => x.name).sort(), tools, server)
+  }
+  t.equal(demo.tokens().length, 6, 'a token per demo role')
+})
+
+t.test('db: a real SQLite database; database_query is read-only', async t => {
+  const c = await agent('db')
+  const rows = JSON.parse(text(await c.callTool({ name: 'database_query', arguments: { sql: 'SELECT name FROM customers WHERE tier = ? ORDER BY id', params: ['gold'] } })))
+  t.same(rows, [{ name: 'Ada Lovelace' }, { name: 'Grace Hopper' }])
+  const write = await c.callTool({ name: 'database_query', arguments: { sql: "DELETE FROM customers" } })
+  t.equal(write.isError, true)
+  t.match(text(write), /read-only/)
+  const inserted = await c.callTool({ name: 'database_insert', arguments: { table: 'orders', values: { customer_id: 2, amount: 9.5, status: 'new' } } })
+  t.match(JSON.parse(text(inserted)), { inserted: 1 })
+  const bad = await c.callTool({ name: 'database_insert', arguments: { table: 'orders', values: { nope: 1 } } })
+  t.match(text(bad), /unknown: nope/)
+  const count = JSON.parse(text(await c.callTool({ name: 'database_query', arguments: { sql: "SELECT count(*) AS n FROM orders WHERE status = 'new'" } })))
+  t.same(count, [{ n: 1 }])
+  await c.callTool({ name: 'database_insert', arguments: { table: 'customers', values: { name: 'Tmp', email: 't@x', tier: 'none' } } })
+  t.same(JSON.parse(text(await c.callTool({ name: 'database_drop', arguments: { table: 'orders' } }))), { dropped: 'orders' })
+  t.match(text(await c.callTool({ name: 'database_query', arguments: { sql: 'SELECT * FROM orders' } })), /no such table/)
+})
+
+t.test('file: the sandbox cannot be left', async t => {
+  const c = await agent('file')
+  t.match(text(await c.callTool({ name: 'file_read', arguments: { path: 'data/report.csv' } })), /month,revenue/)
+  t.match(text(await c.callTool({ name: 'file_write', arguments: { path: 'notes/today.txt', content: 'hello' } })), /wrote 5 bytes/)
+  t.equal(text(await c.callTool({ name: 'file_read', arguments: { path: 'notes/today.txt' } })), 'hello')
+  symlinkSync('/etc', join(demo.dataDir, 'sandbox', 'escape'))
+  for (const path of ['../demo.db', '/etc/passwd', 'data/../../demo-issuer.key.pem', 'escape/hostname']) {
+    const r = await c.callTool({ name: 'file_read', arguments: { path } })
+    t.equal(r.isError, true, `${path} refused`)
+    t.match(text(r), /outside the sandbox/)
+  }
+  const w = await c.callTool({ name: 'file_write', arguments: { path: 'escape/evil', content: 'x' } })
+  t.match(text(w), /outside the sandbox/)
+})
+
+t.test('api: metrics, payments, users, settings', async t => {
+  const c = await agent('api')
+  t.match(JSON.parse(text(await c.callTool({ name: 'metrics_fetch', arguments: { service: 'search' } }))), { service: 'search', latencyMs: { p50: Number } })
+  t.match(JSON.parse(text(await c.callTool({ name: 'payment_process', arguments: { amount: 12.5, currency: 'EUR', recipient: 'acme' } }))), { status: 'processed', amount: 12.5, id: /^pay_/ })
+  const badPayment = await c.callTool({ name: 'payment_process', arguments: { amount: -1, currency: 'EUR', recipient: 'acme' } })
+  t.equal(badPayment.isError, true, 'the input schema is enforced')
+  t.same(JSON.parse(text(await c.callTool({ name: 'user_delete', arguments: { userId: 'u-200' } }))), { deleted: 'u-200' })
+  t.match(text(await c.callTool({ name: 'user_delete', arguments: { userId: 'u-200' } })), /no user u-200/)
+  t.same(JSON.parse(text(await c.callTool({ name: 'config_override', arguments: { key: 'feature.newCheckout', value: 'on' } }))), { key: 'feature.newCheckout', value: 'on', previous: 'off' })
+})
