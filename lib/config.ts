@@ -5,13 +5,14 @@
  * boot with a ConfigError that names the key, e.g. `identity.algorithms[1]`.
  * The result is deep-frozen: nothing changes it after boot.
  */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { createPublicKey } from 'node:crypto'
 import { dirname, extname, resolve } from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from './errors.js'
+import { isTimeZone } from './cedar/time.js'
 
 const strict = { additionalProperties: false } as const
 const Str = (o: object = {}) => Type.String({ minLength: 1, ...o })
@@ -37,6 +38,13 @@ const IdentitySchema = Type.Object({
   audiences: Type.Array(Str(), { default: [] }),
   clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
   claims: ClaimsSchema
+}, strict)
+
+const AuthorizationSchema = Type.Object({
+  schema: Str(),
+  policies: Str(),
+  timezone: Str({ default: 'Asia/Seoul' }),
+  watch: Type.Boolean({ default: true })
 }, strict)
 
 const UpstreamAuthSchema = Type.Object({
@@ -66,6 +74,7 @@ const ConfigSchema = Type.Object({
   publicUrl: Type.Optional(Str()),
   allowedOrigins: Type.Array(Str(), { default: [] }),
   identity: IdentitySchema,
+  authorization: AuthorizationSchema,
   upstreams: Type.Record(Type.String(), UpstreamSchema),
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
@@ -103,12 +112,24 @@ export interface IdentityConfig {
   readonly claims: Readonly<RawConfig['identity']['claims']>
 }
 
+export interface AuthorizationConfig {
+  /** Absolute path of the Cedar schema file. */
+  readonly schema: string
+  /** Absolute path of the folder whose *.cedar files are the policy set. */
+  readonly policies: string
+  /** IANA time zone of context.localHour / localWeekday. */
+  readonly timezone: string
+  /** Reload when a policy file or the schema changes (SIGHUP always reloads). */
+  readonly watch: boolean
+}
+
 export interface GatewayConfig {
   readonly listen: { readonly host: string, readonly port: number }
   /** Base URL without a trailing slash. */
   readonly publicUrl: string
   readonly allowedOrigins: readonly string[]
   readonly identity: IdentityConfig
+  readonly authorization: AuthorizationConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
   readonly store: 'memory'
@@ -207,6 +228,13 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     }
   }
 
+  const authz = cfg.authorization
+  if (!isTimeZone(authz.timezone)) fail('authorization.timezone', `"${authz.timezone}" is not an IANA time zone (e.g. Asia/Seoul, UTC)`)
+  const schemaFile = resolve(baseDir, authz.schema)
+  if (!existsSync(schemaFile)) fail('authorization.schema', `${schemaFile} does not exist`)
+  const policiesDir = resolve(baseDir, authz.policies)
+  if (!existsSync(policiesDir) || !statSync(policiesDir).isDirectory()) fail('authorization.policies', `${policiesDir} is not a folder`)
+
   const names = Object.keys(cfg.upstreams)
   if (names.length === 0) fail('upstreams', 'configure at least one upstream MCP server')
   const upstreams = new Map<string, UpstreamConfig>()
@@ -240,6 +268,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       clockToleranceSeconds: id.clockToleranceSeconds,
       claims: id.claims
     },
+    authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },
     upstreams,
     limits: cfg.limits,
     store: cfg.store,

@@ -11,6 +11,7 @@ import type { SessionStore } from './stores/types.js'
 import audit from '../plugins/audit.js'
 import mcpContext from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
+import cedarAuthz from '../plugins/cedar-authz.js'
 import mcpProxy from '../plugins/mcp-proxy.js'
 
 export interface GatewayOptions {
@@ -42,6 +43,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
   await app.register(mcpContext, { config })
   await app.register(identity, { config })
+  await app.register(cedarAuthz, { config })
   await app.register(mcpProxy, { config, sessions })
 
   app.get('/healthz', async () => ({ status: 'ok' }))

@@ -7,6 +7,7 @@ import fp from 'fastify-plugin'
 import { pino, type DestinationStream } from 'pino'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
+import type {} from './cedar-authz.js'
 
 export interface AuditRecord {
   time: string
@@ -57,7 +58,7 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
   return {
     time: new Date().toISOString(),
     requestId: request.id,
-    decisionId: null,
+    decisionId: request.decision?.decisionId ?? null,
     agentId: request.identity?.agentId ?? null,
     userId: request.identity?.userId ?? null,
     server: request.mcpTarget?.server.name ?? (request.params as { name?: string }).name ?? null,
@@ -69,8 +70,8 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
-    policies: [],
-    policyVersion: null,
+    policies: request.decision !== null ? [...request.decision.policies] : [],
+    policyVersion: request.decision?.policyVersion ?? (request.server.hasDecorator('cedar') ? request.server.cedar.version : null),
     status,
     durationMs: Math.round(durationMs * 1000) / 1000
   }

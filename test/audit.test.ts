@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { makeIssuer } from './fixtures/keys.js'
-import { publicKeyFile, startGateway } from './fixtures/gateway.js'
+import { ALLOW_ALL, publicKeyFile, startGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
 import { validateConfig } from '../lib/config.js'
 
@@ -33,11 +33,11 @@ t.test('one record per MCP message, with who, what, outcome and why — and no t
   t.equal(gw.audit.length, 3)
   const [ok, unauth, batch] = gw.audit
   t.match(ok, {
-    requestId: String, decisionId: null, agentId: 'bot-1', userId: 'alice', server: 'echo', httpMethod: 'POST',
-    method: 'initialize', rpcId: 1, outcome: 'allow', reason: 'forwarded', policies: [], status: 200, durationMs: Number
+    requestId: String, decisionId: /^[0-9a-f-]{36}$/, agentId: 'bot-1', userId: 'alice', server: 'echo', httpMethod: 'POST',
+    method: 'initialize', rpcId: 1, outcome: 'allow', reason: 'forwarded', policies: ['allow-all'], policyVersion: /^[0-9a-f]{16}$/, status: 200, durationMs: Number
   })
   t.ok(!Number.isNaN(Date.parse(ok!.time)))
-  t.match(unauth, { agentId: null, outcome: 'deny', status: 401, reason: /Authentication required/ })
+  t.match(unauth, { agentId: null, decisionId: null, outcome: 'deny', status: 401, reason: /Authentication required/, policyVersion: ok!.policyVersion })
   t.match(batch, { agentId: 'bot-1', outcome: 'deny', status: 400, reason: /batches/ })
   const everything = JSON.stringify(gw.audit) + gw.log.join('\n')
   t.notOk(everything.includes(token), 'the agent token is in no audit record and no log line')
@@ -52,6 +52,7 @@ t.test('a tools/call record names the tool; a file destination receives JSON lin
   const config = validateConfig({
     publicUrl: 'http://gateway.test:8080',
     identity: { issuer: issuer.issuer, publicKeyFile: publicKeyFile(issuer), algorithms: ['EdDSA'] },
+    authorization: ALLOW_ALL,
     upstreams: { echo: { url: up.url } },
     audit: { destination: file }
   })

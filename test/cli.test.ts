@@ -7,6 +7,7 @@ import t from 'tap'
 import { createVerifier } from 'fast-jwt'
 import { main, start } from '../lib/cli.js'
 import { makeIssuer } from './fixtures/keys.js'
+import { ALLOW_ALL } from './fixtures/gateway.js'
 
 const run = promisify(execFile)
 const BIN = new URL('../dist/bin/mcp-warden.js', import.meta.url).pathname
@@ -52,14 +53,14 @@ t.test('token signs an agent JWT the gateway would accept', async t => {
 
 t.test('start refuses a bad config and names the field (the real binary)', async t => {
   const file = join(dir, 'bad.yaml')
-  writeFileSync(file, 'identity: { issuer: https://idp, jwksUri: https://idp/jwks, algorithms: [RS256, HS256] }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp" } }\n')
+  writeFileSync(file, `identity: { issuer: https://idp, jwksUri: https://idp/jwks, algorithms: [RS256, HS256] }\nauthorization: { schema: ${ALLOW_ALL.schema}, policies: ${ALLOW_ALL.policies} }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp" } }\n`)
   const err = await run('node', [BIN, 'start', '--config', file]).then(() => null, (e: { code: number, stderr: string }) => e)
   t.ok(err, 'exits non-zero')
   t.equal(err!.code, 1)
   t.match(err!.stderr, /identity\.algorithms\[1\]: HS256 is never accepted/)
 
   const unknown = join(dir, 'unknown.yaml')
-  writeFileSync(unknown, 'identity: { issuer: https://idp, jwksUri: https://idp/jwks }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp", auth: { type: none, tokn: 1 } } }\n')
+  writeFileSync(unknown, `identity: { issuer: https://idp, jwksUri: https://idp/jwks }\nauthorization: { schema: ${ALLOW_ALL.schema}, policies: ${ALLOW_ALL.policies} }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp", auth: { type: none, tokn: 1 } } }\n`)
   const err2 = await run('node', [BIN, 'start', '--config', unknown]).then(() => null, (e: { stderr: string }) => e)
   t.match(err2!.stderr, /upstreams\.db\.auth\.tokn: unknown key/)
 })

@@ -1,13 +1,14 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { ALLOW_ALL } from './fixtures/gateway.js'
 import t, { type Test } from 'tap'
 import { loadConfig, validateConfig } from '../lib/config.js'
 import { ConfigError } from '../lib/errors.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { publicKeyFile } from './fixtures/gateway.js'
 
-const base = { identity: { issuer: 'https://idp.test', jwksUri: 'https://idp.test/jwks' }, upstreams: { db: { url: 'http://127.0.0.1:9001/mcp' } } }
+const base = { identity: { issuer: 'https://idp.test', jwksUri: 'https://idp.test/jwks' }, authorization: ALLOW_ALL, upstreams: { db: { url: 'http://127.0.0.1:9001/mcp' } } }
 const dir = mkdtempSync(join(tmpdir(), 'mcpw-config-'))
 
 function refuses (t: Test, input: unknown, field: RegExp, why: string): void {
@@ -58,6 +59,10 @@ t.test('every bad field refuses to boot and is named', async t => {
   refuses(t, { ...base, allowedOrigins: ['https://app.example.com/path'] }, /allowedOrigins\[0\]: must be an origin like https:\/\/app\.example\.com/, 'an origin with a path')
   refuses(t, { ...base, logLevel: 'loud' }, /logLevel: must be one of/, 'a bad log level')
   refuses(t, [], /the config must be an object/, 'not an object')
+  refuses(t, { identity: base.identity, upstreams: base.upstreams }, /authorization: expected required property/, 'no authorization section')
+  refuses(t, { ...base, authorization: { ...ALLOW_ALL, timezone: 'Mars/Olympus' } }, /authorization\.timezone: "Mars\/Olympus" is not an IANA time zone/, 'a bad time zone')
+  refuses(t, { ...base, authorization: { ...ALLOW_ALL, schema: 'nope.cedarschema' } }, /authorization\.schema: .*nope\.cedarschema does not exist/, 'a missing schema')
+  refuses(t, { ...base, authorization: { ...ALLOW_ALL, policies: 'no-such-folder' } }, /authorization\.policies: .*no-such-folder is not a folder/, 'a missing policy folder')
 })
 
 t.test('loadConfig reads YAML and JSON, resolving paths from the file\'s folder', async t => {
@@ -69,6 +74,7 @@ identity:
   issuer: https://idp.test
   publicKeyFile: ./issuer.pem
   algorithms: [ES256]
+authorization: { schema: ${ALLOW_ALL.schema}, policies: ${ALLOW_ALL.policies}, timezone: Europe/Paris }
 upstreams:
   db: { url: "http://127.0.0.1:9001/mcp", tools: { q: { sensitivity: low, readOnly: true } } }
 audit: { destination: ./audit.log }
@@ -77,6 +83,7 @@ audit: { destination: ./audit.log }
   t.equal(y.listen.port, 9090)
   t.match(y.identity.publicKeyPem, /BEGIN PUBLIC KEY/)
   t.equal(y.audit.destination, join(dir, 'audit.log'))
+  t.equal(y.authorization.timezone, 'Europe/Paris')
   t.same(y.upstreams.get('db')!.tools, { q: { sensitivity: 'low', readOnly: true } })
   writeFileSync(join(dir, 'gw.json'), JSON.stringify(base))
   t.equal(loadConfig(join(dir, 'gw.json')).upstreams.size, 1)

@@ -5,13 +5,15 @@ import t from 'tap'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { startDemo, type Demo } from '../lib/demo/index.js'
-import { startWithConfig, type TestGateway } from './fixtures/gateway.js'
+import { ALLOW_ALL, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 
 let demo: Demo
 let gw: TestGateway
 
 t.before(async () => {
-  demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-demo-')), port: 0 })
+  // These tests are about the demo servers themselves: every call is allowed here
+  // (test/cedar-e2e.test.ts covers the reference policies in front of them).
+  demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-demo-')), port: 0, overrides: { authorization: ALLOW_ALL } })
   gw = await startWithConfig(demo.config)
 })
 t.teardown(async () => { await gw.close(); await demo.close() })

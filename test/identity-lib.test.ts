@@ -1,3 +1,4 @@
+import { ALLOW_ALL } from './fixtures/gateway.js'
 import t from 'tap'
 import { identityFromClaims, principalKey, remoteKeyResolver } from '../lib/identity.js'
 import { validateConfig } from '../lib/config.js'
@@ -5,7 +6,7 @@ import { KeysUnavailableError, TokenInvalidError } from '../lib/errors.js'
 import { makeIssuer, jwk } from './fixtures/keys.js'
 import { startJwks } from './fixtures/jwks.js'
 
-const config = validateConfig({ identity: { issuer: 'https://idp.test', jwksUri: 'http://127.0.0.1:1/jwks' }, upstreams: { db: { url: 'http://127.0.0.1:1/mcp' } } })
+const config = validateConfig({ identity: { issuer: 'https://idp.test', jwksUri: 'http://127.0.0.1:1/jwks' }, authorization: ALLOW_ALL, upstreams: { db: { url: 'http://127.0.0.1:1/mcp' } } })
 
 t.test('claims map to an identity', async t => {
   const id = identityFromClaims({ iss: 'https://idp.test', sub: 's', agentId: 'bot', userId: 'alice', role: 'analyst', roles: ['engineer', 'analyst'], department: 'finance', scope: 'tool:a tool:b', scp: ['tool:c'], exp: 99 }, config.identity)
@@ -23,7 +24,7 @@ t.test('claims map to an identity', async t => {
 })
 
 t.test('custom claim names', async t => {
-  const c = validateConfig({ identity: { issuer: 'i', jwksUri: 'http://127.0.0.1:1/j', claims: { agentId: 'client_id', role: 'grp' } }, upstreams: { db: { url: 'http://127.0.0.1:1/mcp' } } })
+  const c = validateConfig({ identity: { issuer: 'i', jwksUri: 'http://127.0.0.1:1/j', claims: { agentId: 'client_id', role: 'grp' } }, authorization: ALLOW_ALL, upstreams: { db: { url: 'http://127.0.0.1:1/mcp' } } })
   const id = identityFromClaims({ iss: 'i', client_id: 'c-1', grp: 'readonly' }, c.identity)
   t.equal(id.agentId, 'c-1')
   t.same(id.roles, ['readonly'])

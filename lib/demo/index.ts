@@ -11,6 +11,7 @@ import { createApiServer, createApiState } from './api.js'
 import { createDbServer, openDemoDatabase } from './db.js'
 import { createFileServer, seedSandbox } from './file.js'
 import { serveMcp, type ServedMcp } from './serve.js'
+import { PACKAGE_ROOT } from '../version.js'
 
 export const DEMO_ISSUER = 'https://demo-issuer.mcp-warden.local'
 
@@ -79,6 +80,11 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const config = validateConfig({
     listen: { host, port },
     identity: { issuer: DEMO_ISSUER, publicKeyFile: issuer.publicKeyFile, algorithms: ['EdDSA'] },
+    authorization: {
+      schema: join(PACKAGE_ROOT, 'cedar', 'schema.cedarschema'),
+      policies: join(PACKAGE_ROOT, 'cedar', 'policies'),
+      timezone: 'Asia/Seoul'
+    },
     upstreams: {
       db: {
         url: dbUp.url,

@@ -1,0 +1,299 @@
+/**
+ * The Cedar policy engine (no Fastify): loads a schema and a folder of policies,
+ * validates them strictly, pre-parses them once, and decides requests.
+ *
+ * A decision is a union of allow | deny | error; every exception, failure answer or
+ * evaluation error of Cedar is an `error`, which denies (fail closed).
+ */
+import { createHash, randomUUID } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
+import type { Identity } from '../identity.js'
+import type { UpstreamConfig } from '../config.js'
+import { ArgumentMismatchError, toCedarValue, type CedarType } from './arguments.js'
+import { localTime } from './time.js'
+
+export type CedarAction = 'connect' | 'call_tool' | 'read_resource' | 'get_prompt'
+
+export interface AuthzRequest {
+  identity: Identity
+  server: UpstreamConfig
+  action: CedarAction
+  /** The MCP method (or `GET` / `DELETE` / `response` for non-request traffic). */
+  method: string
+  tool?: string
+  /** tools/call arguments; absent at list time. */
+  arguments?: Readonly<Record<string, unknown>>
+  uri?: string
+  prompt?: string
+  /** Evaluation time (default: now). */
+  now?: Date
+}
+
+interface DecisionBase {
+  readonly decisionId: string
+  /** Ids of the policies that determined the decision. */
+  readonly policies: readonly string[]
+  /** @advice texts of those policies. */
+  readonly advice: readonly string[]
+  readonly errors: readonly string[]
+  /** A sentence for people: why. */
+  readonly reason: string
+  readonly policyVersion: string
+}
+export type Decision =
+  | DecisionBase & { readonly outcome: 'allow', readonly allowed: true }
+  | DecisionBase & { readonly outcome: 'deny', readonly allowed: false }
+  | DecisionBase & { readonly outcome: 'error', readonly allowed: false }
+
+export const ENGINE_ERROR_REASON = 'policy engine error'
+
+export interface PolicyFile { readonly file: string, readonly text: string }
+export interface PolicySource { readonly schemaText: string, readonly files: readonly PolicyFile[] }
+
+export class PolicySetError extends Error {}
+
+/** Reads the schema file and every *.cedar file of the policy folder (sorted). */
+export function readPolicySource (schemaFile: string, policiesDir: string): PolicySource {
+  let schemaText: string
+  try { schemaText = readFileSync(schemaFile, 'utf8') } catch (err) {
+    throw new PolicySetError(`cannot read schema ${schemaFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  let names: string[]
+  try { names = readdirSync(policiesDir).filter(n => n.endsWith('.cedar')).sort() } catch (err) {
+    throw new PolicySetError(`cannot read policy folder ${policiesDir} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  return { schemaText, files: names.map(n => ({ file: join(policiesDir, n), text: readFileSync(join(policiesDir, n), 'utf8') })) }
+}
+
+/** A validated, pre-parsed policy set. */
+export interface CompiledPolicySet {
+  readonly version: string
+  readonly policyIds: readonly string[]
+  readonly advice: ReadonlyMap<string, string>
+  /** Per-tool actions of a generated schema: `server/tool` → the type of context.arguments (if any). */
+  readonly toolActions: ReadonlyMap<string, CedarType | undefined>
+  readonly schemaName: string
+  readonly policySetId: string
+  readonly warnings: readonly string[]
+}
+
+const messages = (errors: Array<{ message: string, help?: string | null }>): string =>
+  errors.map(e => e.help ? `${e.message} (${e.help})` : e.message).join('; ')
+
+/** Splits every file into policies named by their @id (or `<file>#<n>`), with their @advice. */
+export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<string, string>, advice: Map<string, string> } {
+  const texts: Record<string, string> = {}
+  const where = new Map<string, string>()
+  const advice = new Map<string, string>()
+  for (const { file, text } of files) {
+    const parts = cedar.policySetTextToParts(text)
+    if (parts.type === 'failure') throw new PolicySetError(`${basename(file)}: ${messages(parts.errors)}`)
+    if (parts.policy_templates.length > 0) throw new PolicySetError(`${basename(file)}: templates are not supported; write static policies`)
+    parts.policies.forEach((policy, i) => {
+      const json = cedar.policyToJson(policy)
+      if (json.type === 'failure') throw new PolicySetError(`${basename(file)}: ${messages(json.errors)}`)
+      const annotations = json.json.annotations ?? {}
+      const id = annotations.id ?? `${basename(file)}#${i + 1}`
+      const previous = where.get(id)
+      if (previous !== undefined) throw new PolicySetError(`policy id "${id}" is used twice (${previous} and ${basename(file)})`)
+      where.set(id, basename(file))
+      texts[id] = policy
+      if (typeof annotations.advice === 'string' && annotations.advice !== '') advice.set(id, annotations.advice)
+    })
+  }
+  return { texts, advice }
+}
+
+interface SchemaJsonAction { memberOf?: Array<{ id: string }>, appliesTo?: { context?: unknown } }
+interface SchemaJsonNs { actions?: Record<string, SchemaJsonAction>, commonTypes?: Record<string, unknown> }
+
+/** Finds generated per-tool actions (`<server>/<tool>` in call_tool) and their arguments type. */
+function toolActionsOf (schemaText: string): Map<string, CedarType | undefined> {
+  const out = new Map<string, CedarType | undefined>()
+  const answer = cedar.schemaToJson(schemaText)
+  if (answer.type === 'failure') throw new PolicySetError(`schema: ${messages(answer.errors)}`)
+  const ns = (answer.json as Record<string, SchemaJsonNs>).Mcp
+  for (const [name, action] of Object.entries(ns?.actions ?? {})) {
+    if (!name.includes('/') || !(action.memberOf ?? []).some(m => m.id === 'call_tool')) continue
+    let ctx = action.appliesTo?.context as { type?: string, attributes?: Record<string, unknown> } | undefined
+    if (ctx !== undefined && ctx.type !== 'Record' && typeof ctx.type === 'string') {
+      ctx = ns?.commonTypes?.[ctx.type] as typeof ctx
+    }
+    out.set(name, ctx?.attributes?.arguments as CedarType | undefined)
+  }
+  return out
+}
+
+/** Validates (strict) and pre-parses a policy source; throws PolicySetError with the validator's words. */
+export function compilePolicySet (source: PolicySource): CompiledPolicySet {
+  const check = cedar.checkParseSchema(source.schemaText)
+  if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
+  const { texts, advice } = splitPolicies(source.files)
+  const validation = cedar.validate({ schema: source.schemaText, policies: { staticPolicies: texts }, validationSettings: { mode: 'strict' } })
+  if (validation.type === 'failure') throw new PolicySetError(messages(validation.errors))
+  if (validation.validationErrors.length > 0) {
+    throw new PolicySetError(validation.validationErrors.map(e => `policy "${e.policyId}": ${messages([e.error])}`).join('; '))
+  }
+  const hash = createHash('sha256').update(source.schemaText)
+  for (const id of Object.keys(texts).sort()) hash.update('\0').update(id).update('\0').update(texts[id]!)
+  const version = hash.digest('hex').slice(0, 16)
+  const schemaName = `schema-${version}`
+  const policySetId = `policies-${version}`
+  const s = cedar.preparseSchema(schemaName, source.schemaText)
+  if (s.type === 'failure') throw new PolicySetError(`schema: ${messages(s.errors)}`)
+  const p = cedar.preparsePolicySet(policySetId, { staticPolicies: texts })
+  if (p.type === 'failure') throw new PolicySetError(messages(p.errors))
+  return Object.freeze({
+    version,
+    policyIds: Object.keys(texts).sort(),
+    advice,
+    toolActions: toolActionsOf(source.schemaText),
+    schemaName,
+    policySetId,
+    warnings: validation.validationWarnings.map(w => `policy "${w.policyId}": ${w.error.message}`)
+  })
+}
+
+const uid = (type: string, id: string) => ({ type, id })
+
+/** The entity ids of a request, as Cedar sees them. */
+export function requestEntities (r: AuthzRequest): { principal: { type: string, id: string }, resource: { type: string, id: string }, entities: cedar.EntityJson[] } {
+  const id = r.identity
+  const server = uid('Mcp::Server', r.server.name)
+  const principal = uid('Mcp::Agent', id.agentId)
+  const entities: cedar.EntityJson[] = [
+    {
+      uid: principal,
+      attrs: { userId: id.userId ?? '', department: id.department ?? '', roles: [...id.roles], scopes: [...id.scopes], issuer: id.issuer },
+      parents: id.roles.map(role => uid('Mcp::Role', role))
+    },
+    { uid: server, attrs: {}, parents: [] }
+  ]
+  let resource = server
+  if (r.action === 'call_tool') {
+    const name = r.tool ?? ''
+    const declared = r.server.tools[name] ?? {}
+    resource = uid('Mcp::Tool', `${r.server.name}/${name}`)
+    entities.push({
+      uid: resource,
+      attrs: {
+        name,
+        server: r.server.name,
+        sensitivity: declared.sensitivity ?? r.server.defaultSensitivity,
+        readOnly: declared.readOnly ?? false,
+        destructive: declared.destructive ?? false
+      },
+      parents: [server]
+    })
+  } else if (r.action === 'read_resource') {
+    resource = uid('Mcp::Resource', `${r.server.name}/${r.uri ?? ''}`)
+    entities.push({ uid: resource, attrs: { uri: r.uri ?? '', server: r.server.name }, parents: [server] })
+  } else if (r.action === 'get_prompt') {
+    resource = uid('Mcp::Prompt', `${r.server.name}/${r.prompt ?? ''}`)
+    entities.push({ uid: resource, attrs: { name: r.prompt ?? '', server: r.server.name }, parents: [server] })
+  }
+  return { principal, resource, entities }
+}
+
+function describe (r: AuthzRequest): string {
+  switch (r.action) {
+    case 'call_tool': return `call tool ${r.server.name}/${r.tool ?? ''}`
+    case 'read_resource': return `read resource ${r.uri ?? ''} of ${r.server.name}`
+    case 'get_prompt': return `get prompt ${r.prompt ?? ''} of ${r.server.name}`
+    case 'connect': return `${r.method} on ${r.server.name}`
+  }
+}
+
+/**
+ * Decides requests against the current policy set. `swap` replaces the set atomically:
+ * a decision uses one set from start to end.
+ */
+export class CedarEngine {
+  #set: CompiledPolicySet
+  readonly timezone: string
+
+  constructor (set: CompiledPolicySet, timezone: string) {
+    this.#set = set
+    this.timezone = timezone
+  }
+
+  get policySet (): CompiledPolicySet { return this.#set }
+  get version (): string { return this.#set.version }
+
+  swap (set: CompiledPolicySet): void { this.#set = set }
+
+  /** Decides one request. Never throws: failures are `error` decisions. */
+  authorize (r: AuthzRequest): Decision {
+    const set = this.#set
+    const decisionId = randomUUID()
+    const base = { decisionId, policyVersion: set.version }
+    const fail = (error: string): Decision => ({ ...base, outcome: 'error', allowed: false, policies: [], advice: [], errors: [error], reason: ENGINE_ERROR_REASON })
+    try {
+      const now = r.now ?? new Date()
+      const { localHour, localWeekday } = localTime(now, this.timezone)
+      const context: Record<string, cedar.CedarValueJson> = {
+        now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
+        localHour,
+        localWeekday,
+        timezone: this.timezone,
+        method: r.method
+      }
+      let action = r.action as string
+      if (r.action === 'call_tool') {
+        const key = `${r.server.name}/${r.tool ?? ''}`
+        if (set.toolActions.has(key)) {
+          action = key
+          const argsType = set.toolActions.get(key)
+          if (argsType !== undefined && r.arguments !== undefined) {
+            try {
+              context.arguments = toCedarValue(r.arguments, argsType) as cedar.CedarValueJson
+            } catch (err) {
+              if (!(err instanceof ArgumentMismatchError)) throw err
+              return { ...base, outcome: 'deny', allowed: false, policies: [], advice: [], errors: [], reason: `${err.message} (the tool's declared inputSchema)` }
+            }
+          }
+        }
+      }
+      const { principal, resource, entities } = requestEntities(r)
+      const answer = cedar.statefulIsAuthorized({
+        principal,
+        action: uid('Mcp::Action', action),
+        resource,
+        context,
+        entities,
+        preparsedSchemaName: set.schemaName,
+        preparsedPolicySetId: set.policySetId,
+        validateRequest: true
+      })
+      if (answer.type !== 'success') return fail(messages(answer.errors))
+      const { decision, diagnostics } = answer.response
+      if (diagnostics.errors.length > 0) {
+        return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
+      }
+      const policies = [...diagnostics.reason].sort()
+      const advice = policies.map(id => set.advice.get(id)).filter((a): a is string => a !== undefined)
+      switch (decision) {
+        case 'allow':
+          return { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
+        case 'deny':
+          return {
+            ...base,
+            outcome: 'deny',
+            allowed: false,
+            policies,
+            advice,
+            errors: [],
+            reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : `no policy permits ${describe(r)}`
+          }
+        default: {
+          const never: never = decision
+          return fail(`unexpected decision ${String(never)}`)
+        }
+      }
+    } catch (err) {
+      return fail((err as Error).message)
+    }
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * cedar-authz: every MCP message is decided by Cedar in preHandler, after identity and
+ * parsing and before anything is forwarded. A deny (or an engine error, which denies) is
+ * answered with the JSON-RPC error -32003 "Access denied: <advice or reason>" and the
+ * decision id; nothing reaches the upstream.
+ *
+ * tools/call → call_tool on Mcp::Tool::"<server>/<tool>"; resources/read, /subscribe,
+ * /unsubscribe → read_resource; prompts/get → get_prompt; everything else (initialize,
+ * ping, lists, notifications, responses, GET streams, DELETE) → connect on the Server.
+ *
+ * The policy set reloads on SIGHUP and, with authorization.watch, when a policy file or
+ * the schema changes. A new set is validated before it replaces the old one; a bad set
+ * is refused with the validator's message and the old set stays.
+ */
+import { watch, type FSWatcher } from 'node:fs'
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+import { ConfigError, RpcCode } from '../lib/errors.js'
+import { rpcError } from '../lib/jsonrpc.js'
+import {
+  CedarEngine, compilePolicySet, readPolicySource, type AuthzRequest, type Decision
+} from '../lib/cedar/engine.js'
+
+export type ReloadResult = { ok: true, version: string } | { ok: false, error: string, version: string }
+
+export interface CedarApi {
+  /** Decides one request with the current policy set. */
+  authorize (request: AuthzRequest): Decision
+  /** Version (hash) of the current policy set. */
+  readonly version: string
+  readonly engine: CedarEngine
+  /** Reads, validates and swaps in the policy set from disk; keeps the old one on error. */
+  reload (): Promise<ReloadResult>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    cedar: CedarApi
+  }
+  interface FastifyRequest {
+    decision: Decision | null
+  }
+}
+
+export interface CedarAuthzOptions {
+  config: GatewayConfig
+}
+
+/** The Cedar request for an MCP message on a server route. */
+export function authzRequestFor (request: FastifyRequest): AuthzRequest {
+  const identity = request.identity!
+  const server = request.mcpTarget!.server
+  const m = request.mcp
+  if (m === null) return { identity, server, action: 'connect', method: request.method }
+  if (m.kind === 'response') return { identity, server, action: 'connect', method: 'response' }
+  switch (m.method) {
+    case 'tools/call':
+      return { identity, server, action: 'call_tool', method: m.method, tool: m.tool!, ...(m.arguments !== undefined ? { arguments: m.arguments } : {}) }
+    case 'resources/read':
+    case 'resources/subscribe':
+    case 'resources/unsubscribe':
+      return { identity, server, action: 'read_resource', method: m.method, uri: m.uri! }
+    case 'prompts/get':
+      return { identity, server, action: 'get_prompt', method: m.method, prompt: m.prompt! }
+    default:
+      return { identity, server, action: 'connect', method: m.method! }
+  }
+}
+
+async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promise<void> {
+  const { schema, policies, timezone, watch: watchFiles } = opts.config.authorization
+  let engine: CedarEngine
+  try {
+    engine = new CedarEngine(compilePolicySet(readPolicySource(schema, policies)), timezone)
+  } catch (err) {
+    throw new ConfigError(`authorization.policies: the policy set is not valid: ${(err as Error).message}`)
+  }
+  for (const w of engine.policySet.warnings) app.log.warn({ warning: w }, 'Cedar validation warning')
+
+  let reloading = Promise.resolve<ReloadResult>({ ok: true, version: engine.version })
+  async function reloadNow (): Promise<ReloadResult> {
+    try {
+      const next = compilePolicySet(readPolicySource(schema, policies))
+      if (next.version !== engine.version) {
+        engine.swap(next)
+        app.log.info({ policyVersion: next.version, policies: next.policyIds.length }, 'Cedar policy set reloaded')
+      }
+      return { ok: true, version: next.version }
+    } catch (err) {
+      const error = (err as Error).message
+      app.log.error({ error, policyVersion: engine.version }, 'Cedar policy set refused; the previous set stays in force')
+      return { ok: false, error, version: engine.version }
+    }
+  }
+  const reload = async (): Promise<ReloadResult> => {
+    reloading = reloading.then(reloadNow, reloadNow)
+    return await reloading
+  }
+
+  app.decorate('cedar', {
+    authorize: (r: AuthzRequest) => engine.authorize(r),
+    get version () { return engine.version },
+    get engine () { return engine },
+    reload
+  })
+  app.decorateRequest('decision', null)
+
+  const onHup = (): void => { void reload() }
+  process.on('SIGHUP', onHup)
+  const watchers: FSWatcher[] = []
+  if (watchFiles) {
+    let timer: NodeJS.Timeout | undefined
+    const changed = (): void => {
+      clearTimeout(timer)
+      timer = setTimeout(() => { void reload() }, 150)
+      timer.unref()
+    }
+    for (const path of [policies, schema]) {
+      try {
+        const w = watch(path, { persistent: false }, changed)
+        w.on('error', (err) => { app.log.warn({ err, path }, 'cannot watch Cedar files; SIGHUP still reloads') })
+        watchers.push(w)
+      } catch (err) {
+        app.log.warn({ err, path }, 'cannot watch Cedar files; SIGHUP still reloads')
+      }
+    }
+  }
+  app.addHook('onClose', async () => {
+    process.off('SIGHUP', onHup)
+    for (const w of watchers) w.close()
+  })
+
+  app.addHook('preHandler', async (request, reply) => {
+    if (request.mcpTarget === null || request.identity === null) return
+    const decision = engine.authorize(authzRequestFor(request))
+    request.decision = decision
+    if (decision.allowed) return
+    request.mcpOutcome = { outcome: decision.outcome, reason: decision.reason }
+    return await reply
+      .code(request.mcp === null ? 403 : 200)
+      .type('application/json; charset=utf-8')
+      .send(rpcError(request.mcp?.id ?? null, RpcCode.accessDenied, `Access denied: ${decision.reason}`, {
+        decisionId: decision.decisionId,
+        policies: decision.policies
+      }))
+  })
+}
+
+export default fp(cedarAuthz, { name: 'mcp-warden-cedar-authz', fastify: '5.x', dependencies: ['mcp-warden-context', 'mcp-warden-identity'] })
+export { cedarAuthz }
