@@ -10,6 +10,7 @@ import { signAgentToken } from './dev-tokens.js'
 import { buildGateway } from './gateway.js'
 import { startDemo, type Demo } from './demo/index.js'
 import { VERSION } from './version.js'
+import { cedarCommand, CedarUsageError } from './cli-cedar.js'
 
 const pkg = { version: VERSION }
 
@@ -32,6 +33,7 @@ Commands:
   start     start the gateway (with no --config: the embedded demo)
   token     sign a development agent JWT with a private key
   client    list or call tools on an MCP endpoint with a bearer token
+  cedar     policy tools: validate, test, explain, format, schema
 
 Run "mcp-warden <command> --help" for a command's options.`,
   start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
@@ -257,15 +259,17 @@ export async function main (argv: string[], io: Io = defaultIo): Promise<number>
       case 'client':
         await client(rest, io)
         return 0
+      case 'cedar':
+        return await cedarCommand(rest, io)
       default:
         io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
         return 2
     }
   } catch (err) {
     const e = err as Error & { code?: string }
-    if (err instanceof UsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
+    if (err instanceof UsageError || err instanceof CedarUsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
     else if (e.code === 'MCPW_ERR_CONFIG_INVALID') io.err(`mcp-warden: ${e.message}`)
     else io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
-    return err instanceof UsageError ? 2 : 1
+    return err instanceof UsageError || err instanceof CedarUsageError ? 2 : 1
   }
 }

@@ -4,6 +4,7 @@
  */
 import { KeyObject, type webcrypto } from 'node:crypto'
 import { createRemoteJWKSet, errors as joseErrors } from 'jose'
+import { createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
 
@@ -97,5 +98,27 @@ export function remoteKeyResolver (jwksUri: string, algorithms: readonly string[
       pems.set(key, pem)
     }
     return pem
+  }
+}
+
+/**
+ * Verifies an agent JWT outside a request (for `mcp-warden cedar explain`): signature with
+ * an allowed algorithm, `iss`, `exp`, `nbf`, required claims — everything but the audience,
+ * which depends on the route. Returns the claims.
+ */
+export async function verifyAgentToken (token: string, config: IdentityConfig): Promise<Record<string, unknown>> {
+  const resolveKey = config.jwksUri !== undefined ? remoteKeyResolver(config.jwksUri, config.algorithms) : null
+  const verify = createVerifier({
+    key: async (decoded: { header: JwtHeader }) => resolveKey !== null ? await resolveKey(decoded.header) : config.publicKeyPem!,
+    algorithms: [...config.algorithms] as Algorithm[],
+    allowedIss: config.issuer,
+    clockTolerance: config.clockToleranceSeconds * 1000,
+    requiredClaims: ['iss', 'exp']
+  })
+  try {
+    return await verify(token) as Record<string, unknown>
+  } catch (err) {
+    if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) throw err
+    throw new TokenInvalidError((err as Error).message)
   }
 }

@@ -52,7 +52,7 @@ export function recordTypeOf (schema: unknown): { type: 'Record', attributes: Re
   for (const [name, prop] of Object.entries(schema.properties)) {
     if (!IDENT.test(name)) continue
     const t = cedarTypeOf(prop)
-    if (t !== undefined) attributes[name] = { ...t, required: required.has(name) }
+    if (t !== undefined) attributes[name] = required.has(name) ? t : { ...t, required: false }
   }
   return { type: 'Record', attributes }
 }
@@ -88,12 +88,43 @@ export function toCedarValue (value: unknown, type: CedarType, path = ''): Json 
       for (const [name, attr] of Object.entries(type.attributes)) {
         const sub = path === '' ? name : `${path}.${name}`
         if (!Object.hasOwn(value, name) || value[name] === undefined) {
-          if (attr.required === true) throw new ArgumentMismatchError(sub, 'present')
+          if (attr.required !== false) throw new ArgumentMismatchError(sub, 'present')
           continue
         }
         out[name] = toCedarValue(value[name], attr, sub)
       }
       return out
     }
+  }
+}
+
+/**
+ * A type read back from a Cedar JSON schema (`{ type: 'EntityOrCommon', name: '__cedar::Long' }`
+ * and the like) as a CedarType; undefined for types that tool arguments never use.
+ */
+export function normaliseType (t: unknown): CedarType | undefined {
+  if (!isObject(t)) return undefined
+  const required = t.required === false ? { required: false } : {}
+  let type = t.type
+  let name = typeof t.name === 'string' ? t.name.replace(/^__cedar::/, '') : undefined
+  if (type === 'EntityOrCommon' || type === 'Extension') { type = name; name = undefined }
+  switch (type) {
+    case 'String': return { type: 'String', ...required }
+    case 'Long': return { type: 'Long', ...required }
+    case 'Bool': case 'Boolean': return { type: 'Boolean', ...required }
+    case 'decimal': return { type: 'Extension', name: 'decimal', ...required }
+    case 'Set': {
+      const element = normaliseType(t.element)
+      return element === undefined ? undefined : { type: 'Set', element, ...required }
+    }
+    case 'Record': {
+      const attributes: Record<string, CedarType & { required?: boolean }> = {}
+      for (const [k, v] of Object.entries(isObject(t.attributes) ? t.attributes : {})) {
+        const n = normaliseType(v)
+        if (n !== undefined) attributes[k] = n
+      }
+      return { type: 'Record', attributes, ...required }
+    }
+    default: return undefined
   }
 }

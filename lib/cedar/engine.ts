@@ -11,7 +11,7 @@ import { basename, join } from 'node:path'
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
 import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
-import { ArgumentMismatchError, toCedarValue, type CedarType } from './arguments.js'
+import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
 
 export type CedarAction = 'connect' | 'call_tool' | 'read_resource' | 'get_prompt'
@@ -52,7 +52,9 @@ export const ENGINE_ERROR_REASON = 'policy engine error'
 export interface PolicyFile { readonly file: string, readonly text: string }
 export interface PolicySource { readonly schemaText: string, readonly files: readonly PolicyFile[] }
 
-export class PolicySetError extends Error {}
+export class PolicySetError extends Error {
+  override name = 'PolicySetError'
+}
 
 /** Reads the schema file and every *.cedar file of the policy folder (sorted). */
 export function readPolicySource (schemaFile: string, policiesDir: string): PolicySource {
@@ -121,7 +123,7 @@ function toolActionsOf (schemaText: string): Map<string, CedarType | undefined> 
     if (ctx !== undefined && ctx.type !== 'Record' && typeof ctx.type === 'string') {
       ctx = ns?.commonTypes?.[ctx.type] as typeof ctx
     }
-    out.set(name, ctx?.attributes?.arguments as CedarType | undefined)
+    out.set(name, normaliseType(ctx?.attributes?.arguments))
   }
   return out
 }

@@ -39,10 +39,52 @@ export interface Demo {
   readonly upstreams: Readonly<Record<'db' | 'file' | 'api', ServedMcp>>
   readonly dataDir: string
   /** Signs a demo agent token valid on every demo server. */
-  token (agent: { agentId: string, userId?: string, roles?: string[], department?: string }, ttlSeconds?: number): string
+  token (agent: { agentId: string, userId?: string, roles?: string[], department?: string, scope?: string }, ttlSeconds?: number): string
   /** One token per demo role. */
   tokens (ttlSeconds?: number): Array<(typeof DEMO_AGENTS)[number] & { token: string }>
   close (): Promise<void>
+}
+
+/**
+ * The demo's gateway config. `urls` are the demo upstreams' addresses; tools that only
+ * read the config (cedar explain) may pass placeholders.
+ */
+export function demoConfig (o: { dataDir: string, host?: string, port?: number, urls: Record<'db' | 'file' | 'api', string>, overrides?: Record<string, unknown> }): GatewayConfig {
+  const issuer = loadOrCreateIssuerKey(o.dataDir)
+  return validateConfig({
+    listen: { host: o.host ?? '127.0.0.1', port: o.port ?? 8080 },
+    identity: { issuer: DEMO_ISSUER, publicKeyFile: issuer.publicKeyFile, algorithms: ['EdDSA'] },
+    authorization: {
+      schema: join(PACKAGE_ROOT, 'cedar', 'schema.cedarschema'),
+      policies: join(PACKAGE_ROOT, 'cedar', 'policies'),
+      timezone: 'Asia/Seoul'
+    },
+    upstreams: {
+      db: {
+        url: o.urls.db,
+        tools: {
+          database_query: { sensitivity: 'low', readOnly: true },
+          database_insert: { sensitivity: 'medium' },
+          database_drop: { sensitivity: 'high', destructive: true }
+        }
+      },
+      file: {
+        url: o.urls.file,
+        tools: { file_read: { sensitivity: 'low', readOnly: true }, file_write: { sensitivity: 'medium' } }
+      },
+      api: {
+        url: o.urls.api,
+        tools: {
+          metrics_fetch: { sensitivity: 'low', readOnly: true },
+          payment_process: { sensitivity: 'high' },
+          user_delete: { sensitivity: 'high', destructive: true },
+          config_override: { sensitivity: 'high', destructive: true }
+        }
+      }
+    },
+    logLevel: 'warn',
+    ...o.overrides
+  }, o.dataDir)
 }
 
 async function freePort (host: string): Promise<number> {
@@ -77,40 +119,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const host = options.host ?? '127.0.0.1'
   // publicUrl names the port, so port 0 is resolved to a free port now.
   const port = options.port === 0 ? await freePort(host) : options.port ?? 8080
-  const config = validateConfig({
-    listen: { host, port },
-    identity: { issuer: DEMO_ISSUER, publicKeyFile: issuer.publicKeyFile, algorithms: ['EdDSA'] },
-    authorization: {
-      schema: join(PACKAGE_ROOT, 'cedar', 'schema.cedarschema'),
-      policies: join(PACKAGE_ROOT, 'cedar', 'policies'),
-      timezone: 'Asia/Seoul'
-    },
-    upstreams: {
-      db: {
-        url: dbUp.url,
-        tools: {
-          database_query: { sensitivity: 'low', readOnly: true },
-          database_insert: { sensitivity: 'medium' },
-          database_drop: { sensitivity: 'high', destructive: true }
-        }
-      },
-      file: {
-        url: fileUp.url,
-        tools: { file_read: { sensitivity: 'low', readOnly: true }, file_write: { sensitivity: 'medium' } }
-      },
-      api: {
-        url: apiUp.url,
-        tools: {
-          metrics_fetch: { sensitivity: 'low', readOnly: true },
-          payment_process: { sensitivity: 'high' },
-          user_delete: { sensitivity: 'high', destructive: true },
-          config_override: { sensitivity: 'high', destructive: true }
-        }
-      }
-    },
-    logLevel: 'warn',
-    ...options.overrides
-  }, dataDir)
+  const config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
 
   const audience = [...config.upstreams.keys()].map(name => resourceUrl(config, name))
   const token: Demo['token'] = (agent, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
@@ -120,6 +129,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     ...(agent.userId !== undefined ? { userId: agent.userId } : {}),
     ...(agent.roles !== undefined ? { roles: agent.roles } : {}),
     ...(agent.department !== undefined ? { department: agent.department } : {}),
+    ...(agent.scope !== undefined ? { scope: agent.scope } : {}),
     ttlSeconds
   })
 

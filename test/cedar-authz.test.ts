@@ -1,0 +1,180 @@
+import { cpSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { request } from 'undici'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { McpError } from '@modelcontextprotocol/sdk/types.js'
+import { demoConfig, DEMO_AGENTS, startDemo, type Demo } from '../lib/demo/index.js'
+import { ALLOW_ALL, REFERENCE, startGateway, startWithConfig, type TestGateway } from './fixtures/gateway.js'
+import { makeIssuer } from './fixtures/keys.js'
+import { startRecordingUpstream } from './fixtures/upstream.js'
+import { atNight, inBusinessHours } from './fixtures/time.js'
+
+let demo: Demo
+/** Requests each demo upstream received. */
+const hits: Record<string, number> = { db: 0, file: 0, api: 0 }
+
+t.before(async () => {
+  demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-cedar-e2e-')), port: 0 })
+  for (const name of ['db', 'file', 'api'] as const) demo.upstreams[name].server.on('request', () => { hits[name]!++ })
+})
+t.teardown(async () => { await demo.close() })
+
+async function gatewayAt (timezone: string): Promise<TestGateway> {
+  const config = demoConfig({
+    dataDir: demo.dataDir,
+    port: demo.config.listen.port,
+    urls: { db: demo.upstreams.db.url, file: demo.upstreams.file.url, api: demo.upstreams.api.url },
+    overrides: { authorization: { ...REFERENCE, timezone } }
+  })
+  return await startWithConfig(config)
+}
+
+const ARGS: Record<string, [string, Record<string, unknown>]> = {
+  database_query: ['db', { sql: 'SELECT count(*) AS n FROM customers' }],
+  database_insert: ['db', { table: 'orders', values: { customer_id: 1, amount: 1, status: 'test' } }],
+  database_drop: ['db', { table: 'no_such_table' }],
+  file_read: ['file', { path: 'data/report.csv' }],
+  file_write: ['file', { path: 'data/out.txt', content: 'x' }],
+  metrics_fetch: ['api', { service: 'search' }],
+  payment_process: ['api', { amount: 1, currency: 'EUR', recipient: 'acme' }],
+  user_delete: ['api', { userId: 'u-300' }],
+  config_override: ['api', { key: 'k', value: 'v' }]
+}
+
+/** What each demo role may call under the reference policies. */
+const EXPECTED: Record<'day' | 'night', Record<string, string[]>> = {
+  day: {
+    readonly: ['database_query', 'file_read', 'metrics_fetch'],
+    readwrite: ['database_insert', 'database_query', 'file_read', 'file_write', 'metrics_fetch'],
+    analyst: ['database_query'],
+    engineer: ['database_insert', 'database_query'],
+    payment_admin: ['payment_process'],
+    super_admin: []
+  },
+  night: {
+    readonly: ['database_query', 'file_read', 'metrics_fetch'],
+    readwrite: ['database_query', 'file_read', 'metrics_fetch'],
+    analyst: ['database_query'],
+    engineer: ['database_insert', 'database_query'],
+    payment_admin: [],
+    super_admin: []
+  }
+}
+
+async function connect (gw: TestGateway, server: string, token: string): Promise<Client> {
+  const client = new Client({ name: 'cedar-e2e', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(gw.url(server)), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
+  return client
+}
+
+for (const period of ['day', 'night'] as const) {
+  t.test(`the reference policies through the gateway with the real SDK client (${period})`, async t => {
+    const gw = await gatewayAt(period === 'day' ? inBusinessHours() : atNight())
+    t.teardown(async () => { await gw.close() })
+    for (const agent of DEMO_AGENTS) {
+      const token = demo.token({ agentId: agent.agentId, userId: agent.userId, roles: [agent.role], department: agent.department })
+      const clients: Record<string, Client> = {}
+      for (const server of ['db', 'file', 'api']) clients[server] = await connect(gw, server, token)
+      const allowed: string[] = []
+      for (const [tool, [server, args]] of Object.entries(ARGS)) {
+        const before = hits[server]!
+        try {
+          await clients[server]!.callTool({ name: tool, arguments: args })
+          allowed.push(tool)
+          t.ok(hits[server]! > before, `${agent.role} ${tool}: forwarded`)
+        } catch (err) {
+          t.type(err, McpError, `${agent.role} ${tool}: a JSON-RPC error`)
+          const e = err as McpError
+          t.equal(e.code, -32003, `${agent.role} ${tool}: -32003`)
+          t.match(e.message, /Access denied: /)
+          t.match(e.data, { decisionId: /^[0-9a-f-]{36}$/, policies: Array })
+          t.equal(hits[server], before, `${agent.role} ${tool}: nothing forwarded`)
+        }
+      }
+      t.same(allowed.sort(), EXPECTED[period][agent.role], `${agent.role} may call exactly ${EXPECTED[period][agent.role]!.join(', ') || 'nothing'}`)
+      for (const c of Object.values(clients)) await c.close()
+    }
+    const denial = gw.audit.find(r => r.outcome === 'deny' && r.tool === 'database_drop')!
+    t.match(denial, { decisionId: /^[0-9a-f-]{36}$/, policies: ['admin-tool-database-drop'], reason: 'admin tools require explicit approval', status: 200 })
+    const allowedRecord = gw.audit.find(r => r.outcome === 'allow' && r.tool === 'database_query')!
+    t.match(allowedRecord, { policies: Array, policyVersion: /^[0-9a-f]{16}$/ })
+  })
+}
+
+t.test('an approval scope lets super_admin of platform-ops delete a user in business hours, with advice otherwise', async t => {
+  const gw = await gatewayAt(inBusinessHours())
+  t.teardown(async () => { await gw.close() })
+  const plain = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops' }))
+  t.teardown(async () => { await plain.close() })
+  const err = await plain.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } }).then(() => null, (e: McpError) => e)
+  t.equal(err?.message, 'MCP error -32003: Access denied: admin tools require explicit approval')
+  t.same(err?.data, { decisionId: gw.audit.at(-1)!.decisionId, policies: ['admin-tool-user-delete'] })
+
+  const approved = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops', scope: 'approved:user_delete' }))
+  t.teardown(async () => { await approved.close() })
+  const done = await approved.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } })
+  t.match((done.content as Array<{ text: string }>)[0]!.text, /"deleted": "u-100"/)
+  t.match(gw.audit.at(-1), { outcome: 'allow', policies: ['super-admin-user-delete'] })
+  const config = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops', scope: 'approved:user_delete' }))
+  t.teardown(async () => { await config.close() })
+  await t.rejects(config.callTool({ name: 'config_override', arguments: { key: 'k', value: 'v' } }), { code: -32003 }, 'an approval covers one tool only')
+})
+
+t.test('reload: a bad policy set is refused and the old one stays; a good one replaces it (watch and SIGHUP)', async t => {
+  const dir = mkdtempSync(join(tmpdir(), 'mcpw-reload-'))
+  cpSync(ALLOW_ALL.policies, dir, { recursive: true })
+  const issuer = makeIssuer('EdDSA')
+  const up = await startRecordingUpstream()
+  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: true } } })
+  t.teardown(async () => { await gw.close(); await up.close() })
+  const token = issuer.sign({ aud: gw.resource('echo') })
+  const ping = async () => {
+    const res = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) })
+    const text = await res.body.text()
+    return text.includes('-32003') ? 'deny' : res.statusCode === 200 ? 'allow' : `status ${res.statusCode}`
+  }
+  const v1 = gw.app.cedar.version
+  t.equal(await ping(), 'allow')
+
+  writeFileSync(join(dir, 'broken.cedar'), '@id("broken") forbid (principal, action, resource) when { resource.nope };')
+  const refused = await gw.app.cedar.reload()
+  t.match(refused, { ok: false, error: /nope/, version: v1 })
+  t.equal(gw.app.cedar.version, v1, 'the old set stays')
+  t.equal(await ping(), 'allow')
+  t.ok(gw.log.some(l => l.includes('Cedar policy set refused') && l.includes('nope')), 'the refusal is logged with the validator\'s message')
+
+  writeFileSync(join(dir, 'broken.cedar'), '@id("no-initialize") @advice("initialize is closed for maintenance") forbid (principal, action == Mcp::Action::"connect", resource) when { context.method == "initialize" };')
+  for (let i = 0; i < 100 && gw.app.cedar.version === v1; i++) await new Promise(resolve => setTimeout(resolve, 30))
+  t.not(gw.app.cedar.version, v1, 'the file watch reloaded the new set')
+  t.equal(await ping(), 'deny')
+  t.equal(gw.audit.at(-1)?.policyVersion, gw.app.cedar.version, 'the audit names the new version')
+
+  const v2 = gw.app.cedar.version
+  const { rmSync } = await import('node:fs')
+  rmSync(join(dir, 'broken.cedar'))
+  process.emit('SIGHUP')
+  for (let i = 0; i < 100 && gw.app.cedar.version === v2; i++) await new Promise(resolve => setTimeout(resolve, 30))
+  t.equal(gw.app.cedar.version, v1, 'SIGHUP (or the watch) restored the first set')
+  t.equal(await ping(), 'allow')
+})
+
+t.test('a refused GET stream is 403 with the JSON-RPC error; a boot with a bad policy set fails naming the field', async t => {
+  const dir = mkdtempSync(join(tmpdir(), 'mcpw-get-'))
+  writeFileSync(join(dir, 'p.cedar'), '@id("all") permit (principal, action, resource);\n@id("no-get") forbid (principal, action == Mcp::Action::"connect", resource) when { context.method == "GET" };')
+  const issuer = makeIssuer('EdDSA')
+  const up = await startRecordingUpstream()
+  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: false } } })
+  t.teardown(async () => { await gw.close(); await up.close() })
+  const n = up.received.length
+  const res = await request(gw.url('echo'), { headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('echo') })}`, accept: 'text/event-stream' } })
+  t.equal(res.statusCode, 403)
+  t.match(await res.body.json(), { error: { code: -32003, message: 'Access denied: forbidden by no-get', data: { policies: ['no-get'] } } })
+  t.equal(up.received.length, n)
+
+  writeFileSync(join(dir, 'p.cedar'), '@id("bad") permit (principal, action, resource) when { principal.nope };')
+  await t.rejects(startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: false } } }),
+    { code: 'MCPW_ERR_CONFIG_INVALID', message: /authorization\.policies: the policy set is not valid: policy "bad"/ })
+})
