@@ -178,3 +178,21 @@ t.test('a refused GET stream is 403 with the JSON-RPC error; a boot with a bad p
   await t.rejects(startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: false } } }),
     { code: 'MCPW_ERR_CONFIG_INVALID', message: /authorization\.policies: the policy set is not valid: policy "bad"/ })
 })
+
+t.test('resources/read and prompts/get are decided on Mcp::Resource and Mcp::Prompt', async t => {
+  const gw = await gatewayAt(inBusinessHours())
+  t.teardown(async () => { await gw.close() })
+  const token = demo.token({ agentId: 'reader-bot', roles: ['readonly'], department: 'analytics' })
+  const before = hits.db
+  for (const [method, params, reason] of [
+    ['resources/read', { uri: 'sqlite://customers' }, 'no policy permits read resource sqlite://customers of db'],
+    ['resources/subscribe', { uri: 'sqlite://orders' }, 'no policy permits read resource sqlite://orders of db'],
+    ['prompts/get', { name: 'summarise' }, 'no policy permits get prompt summarise of db']
+  ] as const) {
+    const res = await request(gw.url('db'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 5, method, params }) })
+    t.equal(res.statusCode, 200)
+    t.match(await res.body.json(), { id: 5, error: { code: -32003, message: `Access denied: ${reason}` } }, method)
+  }
+  t.equal(hits.db, before, 'nothing forwarded')
+  t.match(gw.audit.at(-1), { method: 'prompts/get', prompt: 'summarise', outcome: 'deny' })
+})
