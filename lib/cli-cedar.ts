@@ -13,6 +13,9 @@ import { localTime } from './cedar/time.js'
 import { demoConfig } from './demo/index.js'
 import { identityFromClaims, verifyAgentToken } from './identity.js'
 import { PACKAGE_ROOT } from './version.js'
+import { KeyRing } from './tokens/keys.js'
+import { TokenMinter } from './tokens/minter.js'
+import { mintingFetch } from './tokens/fetch.js'
 
 export interface Io { out: (line: string) => void, err: (line: string) => void }
 
@@ -169,9 +172,12 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
     case 'schema': {
       if (config === undefined) throw new CedarUsageError('schema needs --config (the upstreams to ask for their tools)')
       const tools = new Map<string, Awaited<ReturnType<typeof listUpstreamTools>>>()
+      // Upstreams that expect the gateway's ephemeral tokens get them, minted with its keys.
+      const needsTokens = [...config.upstreams.values()].some(u => u.auth.type === 'ephemeral')
+      const minter = needsTokens ? new TokenMinter(new KeyRing(config.tokens.keysDir, config.tokens.ttlSeconds), config.tokens) : null
       for (const u of config.upstreams.values()) {
         try {
-          tools.set(u.name, await listUpstreamTools(u.url))
+          tools.set(u.name, await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter!, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined))
         } catch (err) {
           throw new CedarUsageError(`upstream ${u.name} (${u.url}): cannot list its tools: ${(err as Error).message}`)
         }

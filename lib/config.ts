@@ -48,8 +48,14 @@ const AuthorizationSchema = Type.Object({
 }, strict)
 
 const UpstreamAuthSchema = Type.Object({
-  type: Type.Literal('none')
+  type: Type.Union([Type.Literal('ephemeral'), Type.Literal('none')])
 }, strict)
+
+const TokensSchema = Type.Object({
+  issuer: Type.Optional(Str()),
+  ttlSeconds: Type.Integer({ minimum: 1, maximum: 300, default: 60 }),
+  keysDir: Str({ default: './.mcp-warden/keys' })
+}, { ...strict, default: {} })
 
 const ToolAttrsSchema = Type.Object({
   sensitivity: Type.Optional(Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high')])),
@@ -75,6 +81,7 @@ const ConfigSchema = Type.Object({
   allowedOrigins: Type.Array(Str(), { default: [] }),
   identity: IdentitySchema,
   authorization: AuthorizationSchema,
+  tokens: TokensSchema,
   upstreams: Type.Record(Type.String(), UpstreamSchema),
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
@@ -95,7 +102,8 @@ export interface UpstreamConfig {
   readonly url: string
   /** RFC 8707 resource of the upstream: the `aud` of tokens minted for it. */
   readonly resource: string
-  readonly auth: { readonly type: 'none' }
+  /** How the gateway authenticates to the upstream: a per-message ephemeral token, or nothing. */
+  readonly auth: { readonly type: 'ephemeral' | 'none' }
   readonly tools: Readonly<Record<string, { sensitivity?: Sensitivity, readOnly?: boolean, destructive?: boolean }>>
   readonly defaultSensitivity: Sensitivity
   readonly timeoutMs: number
@@ -123,6 +131,14 @@ export interface AuthorizationConfig {
   readonly watch: boolean
 }
 
+export interface TokensConfig {
+  /** `iss` of the ephemeral tokens (default: publicUrl). */
+  readonly issuer: string
+  readonly ttlSeconds: number
+  /** Absolute path of the signing keys' folder. */
+  readonly keysDir: string
+}
+
 export interface GatewayConfig {
   readonly listen: { readonly host: string, readonly port: number }
   /** Base URL without a trailing slash. */
@@ -130,6 +146,7 @@ export interface GatewayConfig {
   readonly allowedOrigins: readonly string[]
   readonly identity: IdentityConfig
   readonly authorization: AuthorizationConfig
+  readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
   readonly store: 'memory'
@@ -235,6 +252,9 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
   const policiesDir = resolve(baseDir, authz.policies)
   if (!existsSync(policiesDir) || !statSync(policiesDir).isDirectory()) fail('authorization.policies', `${policiesDir} is not a folder`)
 
+  if (cfg.tokens.issuer !== undefined) parseUrl('tokens.issuer', cfg.tokens.issuer)
+  const tokenIssuer = cfg.tokens.issuer ?? base
+
   const names = Object.keys(cfg.upstreams)
   if (names.length === 0) fail('upstreams', 'configure at least one upstream MCP server')
   const upstreams = new Map<string, UpstreamConfig>()
@@ -248,7 +268,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       url: u.url,
       resource: u.resource ?? u.url,
       // Values inside a record get no schema defaults: they are set here.
-      auth: u.auth ?? { type: 'none' },
+      auth: u.auth ?? { type: 'ephemeral' },
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
       timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000)
@@ -269,6 +289,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       claims: id.claims
     },
     authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },
+    tokens: { issuer: tokenIssuer, ttlSeconds: cfg.tokens.ttlSeconds, keysDir: resolve(baseDir, cfg.tokens.keysDir) },
     upstreams,
     limits: cfg.limits,
     store: cfg.store,

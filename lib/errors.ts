@@ -89,3 +89,7 @@ export const UpstreamRejectedError = define('MCPW_ERR_UPSTREAM_REJECTED',
   'MCP server "%s" refused the gateway\'s credentials; the operator must check its auth settings', 502, RpcCode.upstreamRejected)
 export const UpstreamProtocolError = define('MCPW_ERR_UPSTREAM_PROTOCOL',
   'MCP server "%s" answered with a session id that is bound to another principal; the answer was dropped', 502, RpcCode.upstreamUnavailable)
+
+// --- upstream credentials ------------------------------------------------------------
+export const CredentialError = define('MCPW_ERR_UPSTREAM_CREDENTIAL',
+  'The gateway could not obtain a credential for MCP server "%s"; the request was not forwarded', 503, RpcCode.unavailable)

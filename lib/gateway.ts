@@ -13,6 +13,7 @@ import mcpContext from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
 import mcpProxy from '../plugins/mcp-proxy.js'
+import ephemeralToken from '../plugins/ephemeral-token.js'
 
 export interface GatewayOptions {
   /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
@@ -44,6 +45,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   await app.register(mcpContext, { config })
   await app.register(identity, { config })
   await app.register(cedarAuthz, { config })
+  await app.register(ephemeralToken, { config })
   await app.register(mcpProxy, { config, sessions })
 
   app.get('/healthz', async () => ({ status: 'ok' }))

@@ -118,7 +118,8 @@ export async function verifyAgentToken (token: string, config: IdentityConfig): 
   try {
     return await verify(token) as Record<string, unknown>
   } catch (err) {
-    if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) throw err
+    const inner = (err as { originalError?: unknown }).originalError ?? err
+    if (inner instanceof TokenInvalidError || inner instanceof KeysUnavailableError) throw inner
     throw new TokenInvalidError((err as Error).message)
   }
 }

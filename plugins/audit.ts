@@ -8,6 +8,7 @@ import { pino, type DestinationStream } from 'pino'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type {} from './cedar-authz.js'
+import type {} from './ephemeral-token.js'
 
 export interface AuditRecord {
   time: string
@@ -22,6 +23,8 @@ export interface AuditRecord {
   tool?: string
   uri?: string
   prompt?: string
+  /** The jti of the ephemeral token minted for the upstream, if one was. */
+  upstreamTokenId?: string
   outcome: 'allow' | 'deny' | 'error'
   reason: string
   policies: string[]
@@ -68,6 +71,7 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(m?.tool !== undefined ? { tool: m.tool } : {}),
     ...(m?.uri !== undefined ? { uri: m.uri } : {}),
     ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
+    ...(request.upstreamToken != null ? { upstreamTokenId: request.upstreamToken.jti } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
     policies: request.decision !== null ? [...request.decision.policies] : [],

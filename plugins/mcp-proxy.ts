@@ -12,7 +12,7 @@ import { Pool } from 'undici'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  MethodNotAllowedError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MethodNotAllowedError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -89,6 +89,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       if (typeof v === 'string') headers[h] = v
     }
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
+    else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed
 
     const abort = new AbortController()
     reply.raw.once('close', () => { abort.abort() })

@@ -94,22 +94,16 @@ t.test('schema: per-tool actions from the upstreams, then argument-level policie
   writeFileSync(configFile, JSON.stringify({
     identity: { issuer: demo.config.identity.issuer, publicKeyFile: join(demo.dataDir, 'demo-issuer.pub.pem'), algorithms: ['EdDSA'] },
     authorization: { schema: REFERENCE.schema, policies: REFERENCE.policies },
+    tokens: { keysDir: join(demo.dataDir, 'keys') },
+    publicUrl: demo.config.publicUrl,
     upstreams: { db: { url: demo.upstreams.db.url }, file: { url: demo.upstreams.file.url }, api: { url: demo.upstreams.api.url } }
   }))
-  const schemaFile = join(dir, 'generated.cedarschema')
-  const gen = await run('schema', '--config', configFile, '--out', schemaFile)
-  t.equal(gen.code, 0, gen.err)
-  t.match(gen.out, /db \(3 tools\), file \(2 tools\), api \(4 tools\)/)
-  const schema = readFileSync(schemaFile, 'utf8')
-  t.match(schema, /action "file\/file_read" in \[Action::"call_tool"\]/)
-  t.match(schema, /arguments\?: \{\s+path: __cedar::String\s+\}/)
-
+  // The demo servers check ephemeral tokens against the gateway's JWKS, so the gateway runs
+  // while the schema is generated, as in production; then it reloads the new schema and policies.
+  const schemaFile = join(dir, 'live.cedarschema')
   const policies = join(dir, 'with-arguments')
+  cpSync(REFERENCE.schema, schemaFile)
   cpSync(REFERENCE.policies, policies, { recursive: true })
-  cpSync(join(ROOT, 'cedar/examples/arguments.cedar'), join(policies, '40-arguments.cedar'))
-  t.equal((await run('validate', '--schema', schemaFile, '--policies', policies)).code, 0, 'the example policies validate against the generated schema')
-  t.equal((await run('validate', '--policies', policies)).code, 1, 'and not against the base schema')
-
   const gw = await startWithConfig(demoConfig({
     dataDir: demo.dataDir,
     port: demo.config.listen.port,
@@ -117,6 +111,19 @@ t.test('schema: per-tool actions from the upstreams, then argument-level policie
     overrides: { authorization: { schema: schemaFile, policies, watch: false } }
   }))
   t.teardown(async () => { await gw.close() })
+
+  const gen = await run('schema', '--config', configFile, '--out', schemaFile)
+  t.equal(gen.code, 0, gen.err)
+  t.match(gen.out, /db \(3 tools\), file \(2 tools\), api \(4 tools\)/)
+  const schema = readFileSync(schemaFile, 'utf8')
+  t.match(schema, /action "file\/file_read" in \[Action::"call_tool"\]/)
+  t.match(schema, /arguments\?: \{\s+path: __cedar::String\s+\}/)
+
+  cpSync(join(ROOT, 'cedar/examples/arguments.cedar'), join(policies, '40-arguments.cedar'))
+  t.equal((await run('validate', '--schema', schemaFile, '--policies', policies)).code, 0, 'the example policies validate against the generated schema')
+  t.equal((await run('validate', '--policies', policies)).code, 1, 'and not against the base schema')
+  t.match(await gw.app.cedar.reload(), { ok: true }, 'the running gateway takes the new schema and policies')
+
   const token = demo.token({ agentId: 'reader-bot', roles: ['readonly'], department: 'analytics' })
   const connect = async (server: string) => {
     const c = new Client({ name: 'args', version: '1' })

@@ -90,8 +90,11 @@ t.test('the real SDK client works through the gateway: initialize, list, call, S
   t.equal(up.received.length, n, 'nothing forwarded for an ended session')
 
   for (const r of up.received.slice(before)) {
-    t.equal(r.headers.authorization, undefined, `the agent token never reaches the upstream (${r.method})`)
-    t.notOk(JSON.stringify(r.headers).includes(token), 'the token is in no upstream header')
+    const upstreamToken = String(r.headers.authorization).replace(/^Bearer /, '')
+    t.not(upstreamToken, token, `the agent token never reaches the upstream (${r.method})`)
+    t.notOk(JSON.stringify(r).includes(token), 'the agent token is nowhere in what the upstream received')
+    const header = JSON.parse(Buffer.from(upstreamToken.split('.')[0]!, 'base64url').toString()) as { alg: string }
+    t.equal(header.alg, 'EdDSA', 'the upstream got the gateway\'s own ephemeral token instead')
   }
 })
 

@@ -22,9 +22,9 @@ const CONTEXT = {
 }
 
 /** Every tool of an upstream (all pages of tools/list), asked with the MCP SDK client. */
-export async function listUpstreamTools (url: string, headers: Record<string, string> = {}): Promise<Tool[]> {
+export async function listUpstreamTools (url: string, fetchImpl?: typeof fetch): Promise<Tool[]> {
   const client = new Client({ name: 'mcp-warden-schema', version: VERSION })
-  const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } })
+  const transport = new StreamableHTTPClientTransport(new URL(url), fetchImpl !== undefined ? { fetch: fetchImpl } : {})
   await client.connect(transport)
   try {
     const tools: Tool[] = []

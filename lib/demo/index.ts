@@ -10,7 +10,8 @@ import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
 import { createApiServer, createApiState } from './api.js'
 import { createDbServer, openDemoDatabase } from './db.js'
 import { createFileServer, seedSandbox } from './file.js'
-import { serveMcp, type ServedMcp } from './serve.js'
+import { serveMcp, type ServedMcp, type ServeOptions } from './serve.js'
+import { checkNodeRequest, createUpstreamVerifier, type UpstreamVerifier } from '../upstream.js'
 import { PACKAGE_ROOT } from '../version.js'
 
 export const DEMO_ISSUER = 'https://demo-issuer.mcp-warden.local'
@@ -82,6 +83,7 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
         }
       }
     },
+    tokens: { keysDir: join(o.dataDir, 'keys') },
     logLevel: 'warn',
     ...o.overrides
   }, o.dataDir)
@@ -104,11 +106,19 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   seedSandbox(sandbox)
   const apiState = createApiState()
 
+  // Each demo server checks the gateway's ephemeral token on every request (mcp-warden/upstream).
+  const verifiers = new Map<string, UpstreamVerifier | null>()
+  const guard = (name: string): ServeOptions['guard'] => async (req, body) => {
+    const verifier = verifiers.get(name)
+    if (verifier === null) return undefined // this upstream takes no credential (auth: none)
+    if (verifier === undefined) return { status: 503, message: 'the demo server is starting' }
+    return await checkNodeRequest(verifier, req, body)
+  }
   const served: ServedMcp[] = []
   try {
-    served.push(await serveMcp(() => createDbServer(db)))
-    served.push(await serveMcp(() => createFileServer(sandbox)))
-    served.push(await serveMcp(() => createApiServer(apiState)))
+    served.push(await serveMcp(() => createDbServer(db), { guard: guard('db') }))
+    served.push(await serveMcp(() => createFileServer(sandbox), { guard: guard('file') }))
+    served.push(await serveMcp(() => createApiServer(apiState), { guard: guard('api') }))
   } catch (err) {
     await Promise.all(served.map(async s => { await s.close() }))
     db.close()
@@ -120,6 +130,13 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   // publicUrl names the port, so port 0 is resolved to a free port now.
   const port = options.port === 0 ? await freePort(host) : options.port ?? 8080
   const config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
+  for (const u of config.upstreams.values()) {
+    verifiers.set(u.name, u.auth.type !== 'ephemeral' ? null : createUpstreamVerifier({
+      issuer: config.tokens.issuer,
+      audience: u.resource,
+      jwksUri: `${config.publicUrl}/.well-known/jwks.json`
+    }))
+  }
 
   const audience = [...config.upstreams.keys()].map(name => resourceUrl(config, name))
   const token: Demo['token'] = (agent, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
@@ -141,6 +158,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     tokens: (ttlSeconds) => DEMO_AGENTS.map(a => ({ ...a, token: token({ agentId: a.agentId, userId: a.userId, roles: [a.role], department: a.department }, ttlSeconds) })),
     async close () {
       await Promise.all(served.map(async s => { await s.close() }))
+      for (const v of verifiers.values()) await v?.close()
       db.close()
     }
   }

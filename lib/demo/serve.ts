@@ -18,8 +18,10 @@ export interface ServeOptions {
    * Called for every request before the MCP transport sees it, with the parsed body.
    * Returning a response status and message refuses the request.
    */
-  guard?: (req: IncomingMessage, body: unknown, raw: Buffer) => Promise<{ status: number, message: string } | undefined> | { status: number, message: string } | undefined
+  guard?: (req: IncomingMessage, body: unknown, raw: Buffer) => Promise<Refusal | undefined> | Refusal | undefined
 }
+
+export interface Refusal { status: number, message: string }
 
 export interface ServedMcp {
   readonly url: string

@@ -1,4 +1,4 @@
-import type { SessionStore } from './types.js'
+import type { ReplayStore, SessionStore } from './types.js'
 
 interface Entry { principal: string, expires: number }
 
@@ -41,5 +41,31 @@ export class MemorySessionStore implements SessionStore {
   async close (): Promise<void> {
     clearInterval(this.#timer)
     this.#sessions.clear()
+  }
+}
+
+/** Single-process replay cache; expired ids are swept once a minute. */
+export class MemoryReplayStore implements ReplayStore {
+  readonly #seen = new Map<string, number>()
+  readonly #timer: NodeJS.Timeout
+
+  constructor (sweepMs = 60_000) {
+    this.#timer = setInterval(() => {
+      const now = Date.now() / 1000
+      for (const [jti, exp] of this.#seen) if (exp < now) this.#seen.delete(jti)
+    }, sweepMs)
+    this.#timer.unref()
+  }
+
+  async use (jti: string, expiresAt: number): Promise<boolean> {
+    const exp = this.#seen.get(jti)
+    if (exp !== undefined && exp >= Date.now() / 1000) return false
+    this.#seen.set(jti, expiresAt)
+    return true
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.#timer)
+    this.#seen.clear()
   }
 }

@@ -13,3 +13,10 @@ export interface SessionStore {
   unbind (server: string, sessionId: string): Promise<void>
   close (): Promise<void>
 }
+
+/** Single use of token ids (`jti`): the first use wins, until the token expires. */
+export interface ReplayStore {
+  /** Records a jti until `expiresAt` (seconds since the epoch); false when it was already used. */
+  use (jti: string, expiresAt: number): Promise<boolean>
+  close (): Promise<void>
+}
