@@ -10,6 +10,8 @@ import { signAgentToken } from './dev-tokens.js'
 import { buildGateway } from './gateway.js'
 import { startDemo, type Demo } from './demo/index.js'
 import { VERSION } from './version.js'
+import { resolve as resolvePath } from 'node:path'
+import { KeyRing, rotateKeys } from './tokens/keys.js'
 import { cedarCommand, CedarUsageError } from './cli-cedar.js'
 
 const pkg = { version: VERSION }
@@ -34,6 +36,7 @@ Commands:
   token     sign a development agent JWT with a private key
   client    list or call tools on an MCP endpoint with a bearer token
   cedar     policy tools: validate, test, explain, format, schema
+  keys      the ephemeral-token signing keys: list, rotate
 
 Run "mcp-warden <command> --help" for a command's options.`,
   start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
@@ -232,6 +235,54 @@ export async function client (args: string[], io: Io = defaultIo): Promise<void>
   }
 }
 
+const KEYS_HELP = `Usage: mcp-warden keys <list | rotate> [--config FILE | --keys-dir DIR] [--ttl SECONDS] [--activate-in SECONDS]
+
+The Ed25519 keys that sign the gateway's ephemeral upstream tokens (tokens.keysDir).
+
+  list     the keys, which one signs now, and which the JWKS publishes
+  rotate   add a new key. It is published at once and starts signing after --activate-in
+           seconds (default 60), so every verifier can fetch it first; the previous key stays
+           published until every token it signed has expired. Running gateways pick the
+           change up by themselves (file watch, SIGHUP, or within 30 s).
+
+Options:
+  --config FILE          take keysDir and ttlSeconds from a gateway config
+  --keys-dir DIR         the keys folder (default ./.mcp-warden/keys)
+  --ttl SECONDS          token lifetime (default 60), for how long a retired key stays published
+  --activate-in SECONDS  delay before the new key signs (default 60)`
+
+export function keysCommand (args: string[], io: Io = defaultIo): number {
+  const [sub, ...rest] = args
+  const { values } = parse(rest, { config: { type: 'string' }, 'keys-dir': { type: 'string' }, ttl: { type: 'string' }, 'activate-in': { type: 'string' } })
+  if (sub === undefined || sub === '--help' || sub === 'help' || values.help === true) { io.out(KEYS_HELP); return sub === undefined ? 1 : 0 }
+  const config = str(values.config) !== undefined ? loadConfig(str(values.config)!) : undefined
+  const dir = str(values['keys-dir']) !== undefined ? resolvePath(str(values['keys-dir'])!) : config?.tokens.keysDir ?? resolvePath('.mcp-warden/keys')
+  const whole = (v: unknown, name: string, fallback: number): number => {
+    if (v === undefined) return fallback
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number of seconds`)
+    return n
+  }
+  const ttl = whole(values.ttl, 'ttl', config?.tokens.ttlSeconds ?? 60)
+  switch (sub) {
+    case 'rotate': {
+      const r = rotateKeys(dir, ttl, whole(values['activate-in'], 'activate-in', 60))
+      io.out(`new key ${r.kid} in ${dir}: published now, signs from ${r.activates}`)
+      if (r.removed.length > 0) io.out(`removed expired keys: ${r.removed.join(', ')}`)
+      return 0
+    }
+    case 'list': {
+      const ring = new KeyRing(dir, ttl)
+      const current = ring.current().kid
+      const published = new Set(ring.jwks().keys.map(k => k.kid))
+      for (const k of ring.list()) io.out(`${k.kid}  activates ${k.activates}${k.kid === current ? '  (signing)' : ''}${published.has(k.kid) ? '  (published)' : ''}`)
+      return 0
+    }
+    default:
+      throw new UsageError(`unknown keys command "${sub}"\n\n${KEYS_HELP}`)
+  }
+}
+
 /** Runs the command line; returns the exit code (start keeps running until a signal). */
 export async function main (argv: string[], io: Io = defaultIo): Promise<number> {
   const [command, ...rest] = argv
@@ -261,6 +312,8 @@ export async function main (argv: string[], io: Io = defaultIo): Promise<number>
         return 0
       case 'cedar':
         return await cedarCommand(rest, io)
+      case 'keys':
+        return keysCommand(rest, io)
       default:
         io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
         return 2

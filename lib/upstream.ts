@@ -13,7 +13,7 @@ import { createPublicKey, timingSafeEqual, type JsonWebKey } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import { createVerifier } from 'fast-jwt'
+import { createDecoder, createVerifier } from 'fast-jwt'
 import { remoteKeyResolver } from './identity.js'
 import { messageBinding } from './tokens/binding.js'
 import type { EphemeralClaims } from './tokens/minter.js'
@@ -108,22 +108,37 @@ export function createUpstreamVerifier (options: UpstreamVerifierOptions): Upstr
   const replay = options.replay ?? new MemoryReplayStore()
   const ownsReplay = options.replay === undefined
   const maxLifetime = options.maxLifetimeSeconds ?? 300
-  const verifyJwt = createVerifier({
-    key: async (decoded: { header: { kid?: unknown, alg?: unknown } }) => {
-      if (remote !== null) {
-        try { return await remote(decoded.header) } catch (err) {
-          if ((err as { code?: string }).code === 'MCPW_ERR_AUTH_KEYS_UNAVAILABLE') throw new UpstreamTokenError('keys', 'the gateway\'s signing keys cannot be fetched')
-          throw new UpstreamTokenError('signature', 'no key of the gateway matches the token\'s kid and alg')
-        }
-      }
-      return local!(decoded.header)
-    },
-    algorithms: ['EdDSA'],
-    allowedIss: options.issuer,
-    allowedAud: options.audience,
-    clockTolerance: (options.clockToleranceSeconds ?? 5) * 1000,
-    requiredClaims: REQUIRED
-  })
+  // One synchronous verifier per key, created on first use: key lookup is the only async step.
+  const decode = createDecoder({ complete: true })
+  const byKey = new Map<string, (token: string) => unknown>()
+  const verifierFor = (pem: string): (token: string) => unknown => {
+    let v = byKey.get(pem)
+    if (v === undefined) {
+      v = createVerifier({
+        key: pem,
+        algorithms: ['EdDSA'],
+        allowedIss: options.issuer,
+        allowedAud: options.audience,
+        clockTolerance: (options.clockToleranceSeconds ?? 5) * 1000,
+        requiredClaims: REQUIRED
+      })
+      byKey.set(pem, v)
+    }
+    return v
+  }
+  async function keyFor (header: { kid?: unknown, alg?: unknown }): Promise<string> {
+    if (header.alg !== 'EdDSA') throw new UpstreamTokenError('signature', 'the token\'s signature, algorithm or key is not accepted')
+    if (local !== null) return local(header)
+    try { return await remote!(header) } catch (err) {
+      if ((err as { code?: string }).code === 'MCPW_ERR_AUTH_KEYS_UNAVAILABLE') throw new UpstreamTokenError('keys', 'the gateway\'s signing keys cannot be fetched')
+      throw new UpstreamTokenError('signature', 'no key of the gateway matches the token\'s kid and alg')
+    }
+  }
+  async function verifyJwt (token: string): Promise<unknown> {
+    let header: { kid?: unknown, alg?: unknown }
+    try { header = (decode(token) as { header: typeof header }).header } catch (err) { throw mapError(err) }
+    return verifierFor(await keyFor(header))(token)
+  }
 
   return {
     async verify (input: VerifyInput): Promise<EphemeralClaims> {

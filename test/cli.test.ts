@@ -88,3 +88,23 @@ t.test('start with a config serves it; start without one runs the demo, and clie
   t.equal(await main(['client', url, '--token', 'garbage', 'list'], refused.io), 1)
   t.match(refused.err.join(''), /401|Invalid token/)
 })
+
+t.test('keys: list and rotate', async t => {
+  const keysDir = join(dir, 'keys')
+  const first = capture()
+  t.equal(await main(['keys', 'list', '--keys-dir', keysDir], first.io), 0)
+  t.match(first.out.join('\n'), /^\d{4}-\d\d-\d\d-[0-9a-f]{10}  activates 1970-01-01T00:00:00\.000Z  \(signing\)  \(published\)$/)
+  const rotated = capture()
+  t.equal(await main(['keys', 'rotate', '--keys-dir', keysDir, '--activate-in', '120'], rotated.io), 0)
+  t.match(rotated.out.join('\n'), /new key \S+ in .*: published now, signs from /)
+  const listed = capture()
+  await main(['keys', 'list', '--keys-dir', keysDir], listed.io)
+  const lines = listed.out
+  t.equal(lines.length, 2)
+  t.match(lines[0], /\(signing\)  \(published\)$/, 'the old key signs until the new one activates')
+  t.match(lines[1], /  \(published\)$/)
+  t.notMatch(lines[1], /signing/)
+  const bad = capture()
+  t.equal(await main(['keys', 'rotate', '--keys-dir', keysDir, '--activate-in', 'soon'], bad.io), 2)
+  t.match(bad.err.join(''), /--activate-in must be a whole number/)
+})

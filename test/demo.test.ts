@@ -84,3 +84,20 @@ t.test('api: metrics, payments, users, settings', async t => {
   t.match(text(await c.callTool({ name: 'user_delete', arguments: { userId: 'u-200' } })), /no user u-200/)
   t.same(JSON.parse(text(await c.callTool({ name: 'config_override', arguments: { key: 'feature.newCheckout', value: 'on' } }))), { key: 'feature.newCheckout', value: 'on', previous: 'off' })
 })
+
+t.test('the demo servers cannot be bypassed: without the gateway\'s token they refuse', async t => {
+  const { request } = await import('undici')
+  const agentToken = demo.tokens()[0]!.token
+  for (const server of ['db', 'file', 'api'] as const) {
+    for (const authorization of [undefined, `Bearer ${agentToken}`]) {
+      const res = await request(demo.upstreams[server].url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...(authorization !== undefined ? { authorization } : {}) },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'database_drop', arguments: { table: 'customers' } } })
+      })
+      const body = await res.body.json() as { error: { message: string } }
+      t.equal(res.statusCode, 401, `${server} ${authorization === undefined ? 'without a token' : 'with the agent\'s own token'}: 401`)
+      t.match(body.error.message, /^Unauthorized: /)
+    }
+  }
+})

@@ -31,7 +31,7 @@ export function retentionSeconds (ttlSeconds: number): number {
 const FILE = 'keys.json'
 
 function newKid (): string {
-  return `${new Date().toISOString().slice(0, 10)}-${randomBytes(6).toString('base64url')}`
+  return `${new Date().toISOString().slice(0, 10)}-${randomBytes(5).toString('hex')}`
 }
 
 function writeKey (dir: string, kid: string): void {
@@ -102,7 +102,7 @@ export function rotateKeys (dir: string, ttlSeconds: number, activateInSeconds =
 /** The keys of a folder, as loaded: which signs now, which are published. */
 export class KeyRing {
   #keys: Array<{ kid: string, activates: number, privateKey: KeyObject, privateKeyPem: string, jwk: JsonWebKey }> = []
-  #mtime = 0
+  #stamp = ''
   readonly dir: string
   readonly ttlSeconds: number
 
@@ -115,8 +115,10 @@ export class KeyRing {
 
   /** Re-reads keys.json when it changed; returns true when it did. Throws when the folder is unreadable. */
   reload (): boolean {
-    const mtime = statSync(join(this.dir, FILE)).mtimeMs
-    if (mtime === this.#mtime) return false
+    const st = statSync(join(this.dir, FILE))
+    // keys.json is replaced by rename, so a new inode means a new list.
+    const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`
+    if (stamp === this.#stamp) return false
     const list = readList(this.dir)
     this.#keys = list.keys.map(k => {
       const privateKeyPem = readFileSync(join(this.dir, `${k.kid}.key.pem`), 'utf8')
@@ -131,8 +133,13 @@ export class KeyRing {
       }
     }).sort((a, b) => a.activates - b.activates)
     if (this.#keys.length === 0) throw new Error(`${join(this.dir, FILE)} lists no key`)
-    this.#mtime = mtime
+    this.#stamp = stamp
     return true
+  }
+
+  /** The keys as listed, oldest first. */
+  list (): Array<{ kid: string, activates: string }> {
+    return this.#keys.map(k => ({ kid: k.kid, activates: new Date(k.activates).toISOString() }))
   }
 
   /** The key that signs at `now`: the newest one already active. */
