@@ -6,7 +6,7 @@
  * The result is deep-frozen: nothing changes it after boot.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs'
-import { createPublicKey } from 'node:crypto'
+import { createPrivateKey, createPublicKey } from 'node:crypto'
 import { dirname, extname, resolve } from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
@@ -47,13 +47,43 @@ const AuthorizationSchema = Type.Object({
   watch: Type.Boolean({ default: true })
 }, strict)
 
+const VaultSchema = Type.Object({
+  address: Str(),
+  token: Type.Optional(Str()),
+  appRole: Type.Optional(Type.Object({ roleId: Str(), secretId: Str(), mount: Str({ default: 'approle' }) }, strict)),
+  namespace: Type.Optional(Str()),
+  mount: Str({ default: 'secret' }),
+  path: Str(),
+  field: Str(),
+  cacheSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 60 }),
+  timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 5 })
+}, strict)
+
+/** `env:NAME`, `file:PATH`, or `{ vault: {...} }`. */
+const SecretRefSchema = Type.Union([Str(), Type.Object({ vault: VaultSchema }, strict)])
+
 const UpstreamAuthSchema = Type.Object({
-  type: Type.Union([Type.Literal('ephemeral'), Type.Literal('none')])
+  type: Type.Union([Type.Literal('ephemeral'), Type.Literal('exchange'), Type.Literal('secret'), Type.Literal('none')]),
+  // exchange
+  tokenEndpoint: Type.Optional(Str()),
+  clientId: Type.Optional(Str()),
+  clientAuth: Type.Optional(Type.Union([Type.Literal('client_secret_basic'), Type.Literal('private_key_jwt')])),
+  clientSecret: Type.Optional(SecretRefSchema),
+  privateKeyFile: Type.Optional(Str()),
+  audience: Type.Optional(Str()),
+  resource: Type.Optional(Str()),
+  scope: Type.Optional(Str()),
+  timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 60 })),
+  // secret
+  header: Type.Optional(Str()),
+  format: Type.Optional(Str()),
+  secret: Type.Optional(SecretRefSchema)
 }, strict)
 
 const TokensSchema = Type.Object({
   issuer: Type.Optional(Str()),
   ttlSeconds: Type.Integer({ minimum: 1, maximum: 300, default: 60 }),
+  exchangeTtlSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 300 }),
   keysDir: Str({ default: './.mcp-warden/keys' })
 }, { ...strict, default: {} })
 
@@ -97,13 +127,48 @@ const ConfigSchema = Type.Object({
 export type RawConfig = Static<typeof ConfigSchema>
 export type Sensitivity = 'low' | 'medium' | 'high'
 
+export type SecretRef =
+  | { readonly kind: 'env', readonly name: string }
+  | { readonly kind: 'file', readonly path: string }
+  | {
+    readonly kind: 'vault'
+    readonly address: string
+    readonly token?: SecretRef
+    readonly appRole?: { readonly roleId: string, readonly secretId: SecretRef, readonly mount: string }
+    readonly namespace?: string
+    readonly mount: string
+    readonly path: string
+    readonly field: string
+    readonly cacheSeconds: number
+    readonly timeoutMs: number
+  }
+
+export type UpstreamAuthConfig =
+  | { readonly type: 'none' }
+  | { readonly type: 'ephemeral' }
+  | {
+    readonly type: 'exchange'
+    readonly tokenEndpoint: string
+    readonly clientId: string
+    readonly clientAuth: 'client_secret_basic' | 'private_key_jwt'
+    readonly clientSecret?: SecretRef
+    readonly privateKeyPem?: string
+    readonly audience?: string
+    /** RFC 8707 resource requested for the upstream token (default: the upstream's resource). */
+    readonly resource: string
+    /** Scope template: {scope} (the message's scope), {tool}, {method}, {server}. */
+    readonly scope: string
+    readonly timeoutMs: number
+  }
+  | { readonly type: 'secret', readonly header: string, readonly format: string, readonly secret: SecretRef }
+
 export interface UpstreamConfig {
   readonly name: string
   readonly url: string
   /** RFC 8707 resource of the upstream: the `aud` of tokens minted for it. */
   readonly resource: string
   /** How the gateway authenticates to the upstream: a per-message ephemeral token, or nothing. */
-  readonly auth: { readonly type: 'ephemeral' | 'none' }
+  readonly auth: UpstreamAuthConfig
   readonly tools: Readonly<Record<string, { sensitivity?: Sensitivity, readOnly?: boolean, destructive?: boolean }>>
   readonly defaultSensitivity: Sensitivity
   readonly timeoutMs: number
@@ -135,6 +200,8 @@ export interface TokensConfig {
   /** `iss` of the ephemeral tokens (default: publicUrl). */
   readonly issuer: string
   readonly ttlSeconds: number
+  /** Longest life of an access token issued by the gateway's token exchange (POST /oauth/token). */
+  readonly exchangeTtlSeconds: number
   /** Absolute path of the signing keys' folder. */
   readonly keysDir: string
 }
@@ -197,6 +264,93 @@ function deepFreeze<T> (value: T): T {
     else for (const v of Object.values(value)) deepFreeze(v)
   }
   return value
+}
+
+type RawSecretRef = string | { vault: Static<typeof VaultSchema> }
+
+/** Parses a secret reference; checks at boot what can be checked (the variable is set, the file readable). */
+export function secretRef (field: string, raw: RawSecretRef, baseDir: string): SecretRef {
+  if (typeof raw === 'string') {
+    const m = /^(env|file):(.+)$/.exec(raw)
+    if (m === null) fail(field, 'a secret is "env:NAME", "file:PATH" or { vault: {...} }, never the value itself')
+    if (m[1] === 'env') {
+      if (process.env[m[2]!] === undefined || process.env[m[2]!] === '') fail(field, `the environment variable ${m[2]!} is not set`)
+      return { kind: 'env', name: m[2]! }
+    }
+    const path = resolve(baseDir, m[2]!)
+    try { readFileSync(path) } catch (err) { fail(field, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`) }
+    return { kind: 'file', path }
+  }
+  const v = raw.vault
+  parseUrl(`${field}.vault.address`, v.address)
+  if ((v.token === undefined) === (v.appRole === undefined)) fail(`${field}.vault`, 'set exactly one of token and appRole')
+  return {
+    kind: 'vault',
+    address: v.address.replace(/\/+$/, ''),
+    ...(v.token !== undefined ? { token: secretRef(`${field}.vault.token`, v.token, baseDir) } : {}),
+    ...(v.appRole !== undefined ? { appRole: { roleId: v.appRole.roleId, secretId: secretRef(`${field}.vault.appRole.secretId`, v.appRole.secretId, baseDir), mount: v.appRole.mount } } : {}),
+    ...(v.namespace !== undefined ? { namespace: v.namespace } : {}),
+    mount: v.mount,
+    path: v.path,
+    field: v.field,
+    cacheSeconds: v.cacheSeconds,
+    timeoutMs: Math.round(v.timeoutSeconds * 1000)
+  }
+}
+
+const AUTH_FIELDS: Record<string, string[]> = {
+  none: [],
+  ephemeral: [],
+  exchange: ['tokenEndpoint', 'clientId', 'clientAuth', 'clientSecret', 'privateKeyFile', 'audience', 'resource', 'scope', 'timeoutSeconds'],
+  secret: ['header', 'format', 'secret']
+}
+
+function upstreamAuth (field: string, raw: Static<typeof UpstreamAuthSchema> | undefined, resource: string, baseDir: string): UpstreamAuthConfig {
+  if (raw === undefined) return { type: 'ephemeral' }
+  const extra = Object.keys(raw).find(k => k !== 'type' && !AUTH_FIELDS[raw.type]!.includes(k))
+  if (extra !== undefined) fail(`${field}.${extra}`, `not used by auth type ${raw.type}`)
+  switch (raw.type) {
+    case 'none': case 'ephemeral': return { type: raw.type }
+    case 'exchange': {
+      if (raw.tokenEndpoint === undefined) fail(`${field}.tokenEndpoint`, 'required for auth type exchange')
+      parseUrl(`${field}.tokenEndpoint`, raw.tokenEndpoint)
+      if (raw.clientId === undefined) fail(`${field}.clientId`, 'required for auth type exchange')
+      const clientAuth = raw.clientAuth ?? 'client_secret_basic'
+      let privateKeyPem: string | undefined
+      if (clientAuth === 'client_secret_basic') {
+        if (raw.clientSecret === undefined) fail(`${field}.clientSecret`, 'required for client_secret_basic')
+        if (raw.privateKeyFile !== undefined) fail(`${field}.privateKeyFile`, 'only used with clientAuth private_key_jwt')
+      } else {
+        if (raw.privateKeyFile === undefined) fail(`${field}.privateKeyFile`, 'required for private_key_jwt')
+        if (raw.clientSecret !== undefined) fail(`${field}.clientSecret`, 'not used with private_key_jwt')
+        const file = resolve(baseDir, raw.privateKeyFile)
+        try { privateKeyPem = readFileSync(file, 'utf8'); createPrivateKey(privateKeyPem) } catch {
+          fail(`${field}.privateKeyFile`, `${file} is not a readable PEM private key`)
+        }
+      }
+      if (raw.resource !== undefined) parseUrl(`${field}.resource`, raw.resource)
+      return {
+        type: 'exchange',
+        tokenEndpoint: raw.tokenEndpoint,
+        clientId: raw.clientId,
+        clientAuth,
+        ...(raw.clientSecret !== undefined ? { clientSecret: secretRef(`${field}.clientSecret`, raw.clientSecret, baseDir) } : {}),
+        ...(privateKeyPem !== undefined ? { privateKeyPem } : {}),
+        ...(raw.audience !== undefined ? { audience: raw.audience } : {}),
+        resource: raw.resource ?? resource,
+        scope: raw.scope ?? '{scope}',
+        timeoutMs: Math.round((raw.timeoutSeconds ?? 5) * 1000)
+      }
+    }
+    case 'secret': {
+      if (raw.secret === undefined) fail(`${field}.secret`, 'required for auth type secret')
+      const header = (raw.header ?? 'authorization').toLowerCase()
+      if (!/^[a-z0-9-]+$/.test(header) || ['host', 'content-type', 'content-length', 'mcp-session-id', 'cookie'].includes(header)) fail(`${field}.header`, `"${header}" cannot carry a secret`)
+      const format = raw.format ?? (header === 'authorization' ? 'Bearer {secret}' : '{secret}')
+      if (!format.includes('{secret}')) fail(`${field}.format`, 'must contain {secret}')
+      return { type: 'secret', header, format, secret: secretRef(`${field}.secret`, raw.secret, baseDir) }
+    }
+  }
 }
 
 /**
@@ -268,7 +422,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       url: u.url,
       resource: u.resource ?? u.url,
       // Values inside a record get no schema defaults: they are set here.
-      auth: u.auth ?? { type: 'ephemeral' },
+      auth: upstreamAuth(`upstreams.${name}.auth`, u.auth, u.resource ?? u.url, baseDir),
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
       timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000)
@@ -289,7 +443,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       claims: id.claims
     },
     authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },
-    tokens: { issuer: tokenIssuer, ttlSeconds: cfg.tokens.ttlSeconds, keysDir: resolve(baseDir, cfg.tokens.keysDir) },
+    tokens: { issuer: tokenIssuer, ttlSeconds: cfg.tokens.ttlSeconds, exchangeTtlSeconds: cfg.tokens.exchangeTtlSeconds, keysDir: resolve(baseDir, cfg.tokens.keysDir) },
     upstreams,
     limits: cfg.limits,
     store: cfg.store,

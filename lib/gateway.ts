@@ -14,6 +14,8 @@ import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
 import mcpProxy from '../plugins/mcp-proxy.js'
 import ephemeralToken from '../plugins/ephemeral-token.js'
+import tokenExchange from '../plugins/token-exchange.js'
+import upstreamSecret from '../plugins/upstream-secret.js'
 
 export interface GatewayOptions {
   /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
@@ -46,6 +48,8 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   await app.register(identity, { config })
   await app.register(cedarAuthz, { config })
   await app.register(ephemeralToken, { config })
+  await app.register(tokenExchange, { config })
+  await app.register(upstreamSecret, { config })
   await app.register(mcpProxy, { config, sessions })
 
   app.get('/healthz', async () => ({ status: 'ok' }))

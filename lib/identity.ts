@@ -2,9 +2,9 @@
  * Agent identity: from verified JWT claims to the principal the gateway decides on,
  * and the issuer key sources (a PEM public key or a remote JWKS).
  */
-import { KeyObject, type webcrypto } from 'node:crypto'
+import { createPublicKey, KeyObject, type JsonWebKey, type webcrypto } from 'node:crypto'
 import { createRemoteJWKSet, errors as joseErrors } from 'jose'
-import { createVerifier, type Algorithm } from 'fast-jwt'
+import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
 
@@ -21,6 +21,13 @@ export interface Identity {
   readonly subject: string | null
   /** Seconds since the epoch, from `exp`. */
   readonly expiresAt: number
+  /**
+   * True for an access token issued by the gateway's own token exchange: it is limited to
+   * its `scopes` (tool:…, resource:…, prompt:…) on its one resource.
+   */
+  readonly delegated: boolean
+  /** The acting party of a delegated token (`act.sub`), if any. */
+  readonly actor: string | null
   /** The verified claims. Never logged. */
   readonly claims: Readonly<Record<string, unknown>>
 }
@@ -34,7 +41,7 @@ function strings (v: unknown): string[] {
 }
 
 /** Maps verified claims to an Identity; throws TokenInvalidError when no agent id can be found. */
-export function identityFromClaims (claims: Record<string, unknown>, config: IdentityConfig): Identity {
+export function identityFromClaims (claims: Record<string, unknown>, config: IdentityConfig, gatewayIssuer?: string): Identity {
   const names = config.claims
   const agentId = str(claims[names.agentId]) ?? str(claims.sub)
   if (agentId === null) throw new TokenInvalidError(`the token has neither a "${names.agentId}" nor a "sub" claim naming the agent`)
@@ -49,6 +56,8 @@ export function identityFromClaims (claims: Record<string, unknown>, config: Ide
     issuer: String(claims.iss),
     subject: str(claims.sub),
     expiresAt: typeof claims.exp === 'number' ? claims.exp : 0,
+    delegated: gatewayIssuer !== undefined && claims.iss === gatewayIssuer && gatewayIssuer !== config.issuer,
+    actor: claims.act !== null && typeof claims.act === 'object' ? str((claims.act as Record<string, unknown>).sub) : null,
     claims
   })
 }
@@ -98,6 +107,70 @@ export function remoteKeyResolver (jwksUri: string, algorithms: readonly string[
       pems.set(key, pem)
     }
     return pem
+  }
+}
+
+/**
+ * Chooses the verification key of a bearer token: the identity provider's for its tokens
+ * (algorithm in the allow-list), the gateway's own key ring for access tokens its token
+ * exchange issued (typ "at+jwt", EdDSA). Tokens the gateway minted for upstreams are
+ * never accepted as bearer tokens.
+ */
+export function createKeySelector (config: IdentityConfig, gatewayIssuer: string, gatewayJwks: () => { keys: JsonWebKey[] } | undefined): (header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown }) => Promise<string> {
+  const resolveKey = config.jwksUri !== undefined ? remoteKeyResolver(config.jwksUri, config.algorithms) : null
+  const gatewayPems = new Map<string, string>()
+  return async function keyFor (header, payload) {
+    if (payload.iss === gatewayIssuer && gatewayIssuer !== config.issuer) {
+      if (header.typ !== 'at+jwt') throw new TokenInvalidError('tokens the gateway minted for upstreams are not accepted here')
+      if (header.alg !== 'EdDSA' || typeof header.kid !== 'string') throw new TokenInvalidError('the token\'s algorithm is not accepted')
+      const jwk = gatewayJwks()?.keys.find(k => k.kid === header.kid)
+      if (jwk === undefined) throw new TokenInvalidError('no signing key of the gateway matches the token\'s "kid"')
+      let pem = gatewayPems.get(header.kid)
+      if (pem === undefined) {
+        pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
+        gatewayPems.set(header.kid, pem)
+      }
+      return pem
+    }
+    if (typeof header.alg !== 'string' || !config.algorithms.includes(header.alg)) {
+      throw new TokenInvalidError(`algorithm "${String(header.alg)}" is not accepted (accepted: ${config.algorithms.join(', ')})`)
+    }
+    return resolveKey !== null ? await resolveKey(header) : config.publicKeyPem!
+  }
+}
+
+/**
+ * A verifier of bearer tokens outside a request (the token endpoint's subject and actor
+ * tokens): signature, `iss`, `exp`, `nbf`, required claims. The audience is the caller's to check.
+ */
+export function createBearerVerifier (config: IdentityConfig, gatewayIssuer: string, gatewayJwks: () => { keys: JsonWebKey[] } | undefined): (token: string) => Promise<Record<string, unknown>> {
+  const keyFor = createKeySelector(config, gatewayIssuer, gatewayJwks)
+  const decode = createDecoder({ complete: true })
+  const verifiers = new Map<string, (token: string) => unknown>()
+  return async (token) => {
+    try {
+      const { header, payload } = decode(token) as { header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown } }
+      const pem = await keyFor(header, payload)
+      let verify = verifiers.get(pem)
+      if (verify === undefined) {
+        verify = createVerifier({
+          key: pem,
+          algorithms: [...new Set([...config.algorithms, 'EdDSA'])] as Algorithm[],
+          allowedIss: [...new Set([config.issuer, gatewayIssuer])],
+          clockTolerance: config.clockToleranceSeconds * 1000,
+          requiredClaims: ['iss', 'exp', 'aud']
+        })
+        verifiers.set(pem, verify)
+      }
+      return verify(token) as Record<string, unknown>
+    } catch (err) {
+      if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) throw err
+      const e = err as { code?: string, message?: string }
+      if (e.code === 'FAST_JWT_EXPIRED') throw new TokenInvalidError('the token has expired')
+      if (e.code === 'FAST_JWT_INACTIVE') throw new TokenInvalidError('the token is not valid yet (nbf)')
+      if (e.code === 'FAST_JWT_MALFORMED' || e.code === 'FAST_JWT_INVALID_TYPE') throw new TokenInvalidError('the token is not a well-formed JWT')
+      throw new TokenInvalidError(e.message ?? 'the token could not be verified')
+    }
   }
 }
 

@@ -14,7 +14,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { resourceUrl } from '../lib/config.js'
 import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
-import { audiences, identityFromClaims, remoteKeyResolver, type Identity, type JwtHeader } from '../lib/identity.js'
+import { audiences, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -63,21 +63,21 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   if (id.jwksUri === undefined && id.publicKeyPem === undefined) {
     throw new Error('mcp-warden identity: identity needs a key source (jwksUri or publicKeyFile)')
   }
-  const resolveKey = id.jwksUri !== undefined ? remoteKeyResolver(id.jwksUri, id.algorithms) : null
   const extraAudiences = id.audiences
+  const gatewayIssuer = config.tokens.issuer
+  // The key ring is the ephemeral-token plugin's; it is looked up when a token needs it.
+  const keyFor = createKeySelector(id, gatewayIssuer, () => app.hasDecorator('tokens') ? app.tokens.keys.jwks() : undefined)
 
   await app.register(fastifyJwt, {
-    secret: resolveKey !== null
-      ? async (_request: FastifyRequest, token: { header: JwtHeader }) => await resolveKey(token.header)
-      : { public: id.publicKeyPem!, private: '' },
+    secret: async (_request: FastifyRequest, token: { header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown } }) => await keyFor(token.header, token.payload),
     namespace: 'mcpWarden',
     jwtVerify: 'mcpWardenJwtVerify',
     jwtDecode: 'mcpWardenJwtDecode',
     jwtSign: 'mcpWardenJwtSign',
     decode: { complete: true },
     verify: {
-      algorithms: [...id.algorithms],
-      allowedIss: id.issuer,
+      algorithms: [...new Set([...id.algorithms, 'EdDSA'])],
+      allowedIss: [...new Set([id.issuer, gatewayIssuer])],
       clockTolerance: id.clockToleranceSeconds * 1000,
       requiredClaims: ['iss', 'exp', 'aud']
     },
@@ -112,7 +112,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       throw e
     }
     try {
-      request.identity = identityFromClaims(claims, id)
+      request.identity = identityFromClaims(claims, id, gatewayIssuer)
     } catch (err) {
       reply.header('www-authenticate', `${challenge}, error="invalid_token"`)
       throw err

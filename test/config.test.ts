@@ -25,7 +25,7 @@ t.test('defaults', async t => {
   const db = c.upstreams.get('db')!
   t.equal(db.resource, 'http://127.0.0.1:9001/mcp', 'resource defaults to url')
   t.same(db.auth, { type: 'ephemeral' }, 'upstreams get ephemeral tokens by default')
-  t.same(c.tokens, { issuer: 'http://127.0.0.1:8080', ttlSeconds: 60, keysDir: join(process.cwd(), '.mcp-warden/keys') })
+  t.same(c.tokens, { issuer: 'http://127.0.0.1:8080', ttlSeconds: 60, exchangeTtlSeconds: 300, keysDir: join(process.cwd(), '.mcp-warden/keys') })
   t.equal(db.defaultSensitivity, 'high')
   t.equal(db.timeoutMs, 30_000)
   t.ok(Object.isFrozen(c) && Object.isFrozen(c.identity) && Object.isFrozen(db), 'the config is frozen')

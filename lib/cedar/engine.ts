@@ -199,6 +199,16 @@ export function requestEntities (r: AuthzRequest): { principal: { type: string, 
   return { principal, resource, entities }
 }
 
+/** The scope a delegated token needs for a request: tool:<name>, resource:<uri> or prompt:<name>. */
+export function delegatedScope (r: Pick<AuthzRequest, 'action' | 'tool' | 'uri' | 'prompt' | 'method'>): string {
+  switch (r.action) {
+    case 'call_tool': return `tool:${r.tool ?? ''}`
+    case 'read_resource': return `resource:${r.uri ?? ''}`
+    case 'get_prompt': return `prompt:${r.prompt ?? ''}`
+    case 'connect': return `mcp:${r.method}`
+  }
+}
+
 function describe (r: AuthzRequest): string {
   switch (r.action) {
     case 'call_tool': return `call tool ${r.server.name}/${r.tool ?? ''}`
@@ -232,6 +242,14 @@ export class CedarEngine {
     const decisionId = randomUUID()
     const base = { decisionId, policyVersion: set.version }
     const fail = (error: string): Decision => ({ ...base, outcome: 'error', allowed: false, policies: [], advice: [], errors: [error], reason: ENGINE_ERROR_REASON })
+    // A token from the gateway's own token exchange is limited to its granted scope:
+    // Cedar can only narrow that further.
+    if (r.identity.delegated && r.action !== 'connect') {
+      const needed = delegatedScope(r)
+      if (!r.identity.scopes.includes(needed)) {
+        return { ...base, outcome: 'deny', allowed: false, policies: [], advice: [], errors: [], reason: `the token's scope does not include ${needed}` }
+      }
+    }
     try {
       const now = r.now ?? new Date()
       const { localHour, localWeekday } = localTime(now, this.timezone)

@@ -29,6 +29,7 @@ export interface MintedToken {
 }
 
 export class TokenMinter {
+  readonly #accessSigners = new Map<string, (payload: Record<string, unknown>) => string>()
   readonly #keys: KeyRing
   readonly #signers = new Map<string, (payload: Record<string, unknown>) => string>()
   readonly issuer: string
@@ -61,5 +62,21 @@ export class TokenMinter {
       call_sha256: binding.callSha256
     }
     return { token: sign(claims as unknown as Record<string, unknown>), claims, kid: key.kid }
+  }
+
+  /**
+   * Signs an access token of the gateway's token exchange (typ "at+jwt", RFC 9068): the
+   * caller sets every claim but iss, iat, nbf, exp and jti.
+   */
+  mintAccessToken (claims: Record<string, unknown>, ttlSeconds: number, now = Date.now()): { token: string, claims: Record<string, unknown> } {
+    const key = this.#keys.current(now)
+    let sign = this.#accessSigners.get(key.kid)
+    if (sign === undefined) {
+      sign = createSigner({ key: key.privateKeyPem, algorithm: 'EdDSA', kid: key.kid, header: { alg: 'EdDSA', typ: 'at+jwt' } })
+      this.#accessSigners.set(key.kid, sign)
+    }
+    const iat = Math.floor(now / 1000)
+    const full = { ...claims, iss: this.issuer, iat, nbf: iat, exp: iat + ttlSeconds, jti: randomUUID() }
+    return { token: sign(full), claims: full }
   }
 }

@@ -1,0 +1,90 @@
+/**
+ * token-exchange (RFC 8693), both ways:
+ * - as STS: `POST /oauth/token` exchanges an agent token for a narrower gateway token
+ *   (one server route, a Cedar-allowed scope, `act` for delegation);
+ * - as client: for upstreams with `auth.type: exchange`, exchanges the agent's token at the
+ *   upstream's authorization server for each call (cached) and hands the result to the proxy.
+ * Failures fail closed: a refusal by the authorization server is an access denied, an
+ * unreachable one a 503; nothing is forwarded either way.
+ */
+import fp from 'fastify-plugin'
+import formbody from '@fastify/formbody'
+import type { FastifyInstance } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+import { CredentialError, RpcCode } from '../lib/errors.js'
+import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
+import { createBearerVerifier, principalKey } from '../lib/identity.js'
+import { rpcError } from '../lib/jsonrpc.js'
+import { exchangeToken, StsError } from '../lib/sts.js'
+import { messageBinding } from '../lib/tokens/binding.js'
+import type {} from './cedar-authz.js'
+import type {} from './ephemeral-token.js'
+import type {} from './mcp-proxy.js'
+
+export interface TokenExchangeOptions {
+  config: GatewayConfig
+}
+
+async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions): Promise<void> {
+  const { config } = opts
+  const verify = createBearerVerifier(config.identity, config.tokens.issuer, () => app.tokens.keys.jwks())
+
+  await app.register(async function sts (scope) {
+    await scope.register(formbody, { bodyLimit: 64 * 1024 })
+    scope.setErrorHandler(async (error: { statusCode?: number }, _request, reply) => {
+      const status = error.statusCode !== undefined && error.statusCode < 500 ? 400 : 500
+      return await reply.code(status).header('cache-control', 'no-store').header('pragma', 'no-cache')
+        .send(status === 400 ? { error: 'invalid_request', error_description: 'send application/x-www-form-urlencoded parameters (RFC 8693)' } : { error: 'server_error' })
+    })
+    scope.post('/oauth/token', async (request, reply) => {
+      void reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+      const params = request.body
+      if (params === null || typeof params !== 'object' || !/^application\/x-www-form-urlencoded/i.test(request.headers['content-type'] ?? '')) {
+        return await reply.code(400).send({ error: 'invalid_request', error_description: 'send application/x-www-form-urlencoded parameters (RFC 8693)' })
+      }
+      try {
+        return await exchangeToken(params as Record<string, string | string[]>, { config, verify, engine: app.cedar.engine, minter: app.tokens.minter })
+      } catch (err) {
+        if (!(err instanceof StsError)) throw err
+        request.log.info({ error: err.error, reason: err.message }, 'token exchange refused')
+        return await reply.code(400).send({ error: err.error, error_description: err.message })
+      }
+    })
+  })
+
+  // The client side: one ExchangeClient (and cache) per exchange upstream.
+  const clients = new Map<string, ExchangeClient>()
+  for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth))
+  if (clients.size === 0) return
+
+  app.addHook('preHandler', async (request, reply) => {
+    const target = request.mcpTarget
+    const client = target !== null ? clients.get(target.server.name) : undefined
+    if (client === undefined || request.identity === null) return
+    if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
+    const bearer = /^Bearer\s+(\S+)/i.exec(request.headers.authorization ?? '')?.[1]
+    if (bearer === undefined) throw new CredentialError(target!.server.name)
+    const binding = messageBinding(request.method, request.mcp?.message)
+    const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: target!.server.name })
+    try {
+      const token = await client.tokenFor(bearer, principalKey(request.identity), scope, request.identity.expiresAt)
+      request.upstreamAuth = { headers: { authorization: `Bearer ${token}` } }
+    } catch (err) {
+      if (err instanceof ExchangeRefusedError) {
+        const reason = err.message
+        request.mcpOutcome = { outcome: 'deny', reason }
+        return await reply.code(request.mcp === null ? 403 : 200).type('application/json; charset=utf-8')
+          .send(rpcError(request.mcp?.id ?? null, RpcCode.accessDenied, `Access denied: ${reason}`, { decisionId: request.decision.decisionId, policies: request.decision.policies }))
+      }
+      request.log.error({ server: target!.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
+      throw new CredentialError(target!.server.name)
+    }
+  })
+}
+
+export default fp(tokenExchange, {
+  name: 'mcp-warden-token-exchange',
+  fastify: '5.x',
+  dependencies: ['mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz', 'mcp-warden-ephemeral-token']
+})
+export { tokenExchange }

@@ -1,0 +1,41 @@
+/**
+ * upstream-secret: for legacy upstreams with `auth.type: secret`, injects a vaulted secret
+ * (env:, file: or Vault KV v2) into one header of each allowed, forwarded message. The
+ * agent never sees it; logs, errors and audit records never contain it.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+import { CredentialError } from '../lib/errors.js'
+import { createSecretProvider, describeRef, type SecretProvider } from '../lib/secrets.js'
+import type {} from './cedar-authz.js'
+import type {} from './mcp-proxy.js'
+
+export interface UpstreamSecretOptions {
+  config: GatewayConfig
+}
+
+async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions): Promise<void> {
+  const providers = new Map<string, { provider: SecretProvider, header: string, format: string, ref: string }>()
+  for (const u of opts.config.upstreams.values()) {
+    if (u.auth.type === 'secret') providers.set(u.name, { provider: createSecretProvider(u.auth.secret), header: u.auth.header, format: u.auth.format, ref: describeRef(u.auth.secret) })
+  }
+  if (providers.size === 0) return
+  app.addHook('preHandler', async (request) => {
+    const target = request.mcpTarget
+    const p = target !== null ? providers.get(target.server.name) : undefined
+    if (p === undefined || request.identity === null) return
+    if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
+    let value: string
+    try {
+      value = await p.provider.get()
+    } catch (err) {
+      request.log.error({ server: target!.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
+      throw new CredentialError(target!.server.name)
+    }
+    request.upstreamAuth = { headers: { [p.header]: p.format.replace('{secret}', value) } }
+  })
+}
+
+export default fp(upstreamSecret, { name: 'mcp-warden-upstream-secret', fastify: '5.x', dependencies: ['mcp-warden-context', 'mcp-warden-cedar-authz'] })
+export { upstreamSecret }
