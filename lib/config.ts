@@ -50,13 +50,13 @@ const AuthorizationSchema = Type.Object({
 const VaultSchema = Type.Object({
   address: Str(),
   token: Type.Optional(Str()),
-  appRole: Type.Optional(Type.Object({ roleId: Str(), secretId: Str(), mount: Str({ default: 'approle' }) }, strict)),
+  appRole: Type.Optional(Type.Object({ roleId: Str(), secretId: Str(), mount: Type.Optional(Str()) }, strict)),
   namespace: Type.Optional(Str()),
-  mount: Str({ default: 'secret' }),
+  mount: Type.Optional(Str()),
   path: Str(),
   field: Str(),
-  cacheSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 60 }),
-  timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 5 })
+  cacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600 })),
+  timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 60 }))
 }, strict)
 
 /** `env:NAME`, `file:PATH`, or `{ vault: {...} }`. */
@@ -244,6 +244,13 @@ function firstSchemaError (schema: TSchema, value: unknown): string | undefined 
     if (Array.isArray(sch.anyOf) && sch.anyOf.every(o => o.const !== undefined)) {
       return `${field}: must be one of ${sch.anyOf.map(o => JSON.stringify(o.const)).join(', ')}`
     }
+    if (Array.isArray(sch.anyOf)) {
+      // A union of a string and an object (a secret reference): explain with the member that fits the value's shape.
+      const member = (sch.anyOf as Array<{ type?: string }>).find(o => o.type === (typeof e.value === 'object' && e.value !== null ? 'object' : typeof e.value))
+      const inner = member !== undefined ? firstSchemaError(member as TSchema, e.value) : undefined
+      if (inner !== undefined) return inner.startsWith('(top level)') ? `${field}${inner.slice('(top level)'.length)}` : `${field}.${inner}`
+      return `${field}: must be "env:NAME", "file:PATH" or { vault: { address, token or appRole, path, field } }`
+    }
     return `${field}: ${e.message.toLowerCase()}`
   }
   return undefined
@@ -288,13 +295,13 @@ export function secretRef (field: string, raw: RawSecretRef, baseDir: string): S
     kind: 'vault',
     address: v.address.replace(/\/+$/, ''),
     ...(v.token !== undefined ? { token: secretRef(`${field}.vault.token`, v.token, baseDir) } : {}),
-    ...(v.appRole !== undefined ? { appRole: { roleId: v.appRole.roleId, secretId: secretRef(`${field}.vault.appRole.secretId`, v.appRole.secretId, baseDir), mount: v.appRole.mount } } : {}),
+    ...(v.appRole !== undefined ? { appRole: { roleId: v.appRole.roleId, secretId: secretRef(`${field}.vault.appRole.secretId`, v.appRole.secretId, baseDir), mount: v.appRole.mount ?? 'approle' } } : {}),
     ...(v.namespace !== undefined ? { namespace: v.namespace } : {}),
-    mount: v.mount,
+    mount: v.mount ?? 'secret',
     path: v.path,
     field: v.field,
-    cacheSeconds: v.cacheSeconds,
-    timeoutMs: Math.round(v.timeoutSeconds * 1000)
+    cacheSeconds: v.cacheSeconds ?? 60,
+    timeoutMs: Math.round((v.timeoutSeconds ?? 5) * 1000)
   }
 }
 

@@ -1,0 +1,90 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { request } from 'undici'
+import { makeIssuer } from './fixtures/keys.js'
+import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { startOAuthServer, type OAuthServer } from './fixtures/oauth-server.js'
+
+const issuer = makeIssuer('ES256')
+let up: RecordingUpstream
+let as: OAuthServer
+let gw: TestGateway
+const dir = mkdtempSync(join(tmpdir(), 'mcpw-exchange-'))
+
+t.before(async () => {
+  up = await startRecordingUpstream()
+  as = await startOAuthServer(issuer, ['banned-bot'])
+  process.env.MCPW_TEST_CLIENT_SECRET = as.clientSecret
+  writeFileSync(join(dir, 'client.key.pem'), as.clientKeyPem)
+  gw = await startGateway({
+    issuer,
+    upstreams: {
+      basic: { url: up.url, resource: 'https://basic.internal/mcp', auth: { type: 'exchange', tokenEndpoint: as.tokenEndpoint, clientId: 'gateway', clientSecret: 'env:MCPW_TEST_CLIENT_SECRET' } },
+      pkj: { url: up.url, resource: 'https://pkj.internal/mcp', auth: { type: 'exchange', tokenEndpoint: as.tokenEndpoint, clientId: 'gateway-pkj', clientAuth: 'private_key_jwt', privateKeyFile: join(dir, 'client.key.pem'), scope: 'tool:{tool}' } },
+      down: { url: up.url, auth: { type: 'exchange', tokenEndpoint: 'http://127.0.0.1:9/token', clientId: 'gateway', clientSecret: 'env:MCPW_TEST_CLIENT_SECRET', timeoutSeconds: 1 } }
+    }
+  })
+})
+t.teardown(async () => { await gw.close(); await up.close(); await as.close() })
+
+const post = async (server: string, agent: string, body: unknown) => {
+  const res = await request(gw.url(server), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource(server), sub: agent, agentId: agent })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify(body)
+  })
+  const text = await res.body.text()
+  return { status: res.statusCode, text }
+}
+const call = (tool: string, id = 1) => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: tool, arguments: { text: 'x' } } })
+
+t.test('client_secret_basic: the upstream gets the authorization server\'s token for it, cached per principal and scope', async t => {
+  const before = as.exchanges.length
+  const n = up.received.length
+  await post('basic', 'bot-1', call('echo'))
+  const got = up.received.at(-1)!
+  t.equal(up.received.length, n + 1, 'forwarded')
+  const token = String(got.headers.authorization).replace('Bearer ', '')
+  const claims = await as.verify(token, 'https://basic.internal/mcp')
+  t.match(claims, { iss: as.issuer, sub: 'bot-1', aud: 'https://basic.internal/mcp', scope: 'tool:echo', client_id: 'gateway' }, 'a token of the authorization server, for this upstream and scope')
+  t.equal(as.exchanges.length, before + 1)
+
+  await post('basic', 'bot-1', call('echo', 2))
+  t.equal(as.exchanges.length, before + 1, 'the second call of the same tool reuses the cached token')
+  t.equal(up.received.at(-1)!.headers.authorization, got.headers.authorization)
+  await post('basic', 'bot-1', call('count', 3))
+  t.equal(as.exchanges.length, before + 2, 'another scope, another exchange')
+  await post('basic', 'bot-2', call('echo', 4))
+  t.equal(as.exchanges.length, before + 3, 'another principal, another exchange')
+  for (const r of up.received.slice(n)) {
+    const payload = JSON.parse(Buffer.from(String(r.headers.authorization).split('.')[1]!, 'base64url').toString()) as { iss: string }
+    t.equal(payload.iss, as.issuer, 'every forwarded token is the authorization server\'s, never the agent\'s')
+  }
+})
+
+t.test('private_key_jwt and a scope template', async t => {
+  await post('pkj', 'bot-3', call('echo'))
+  const claims = await as.verify(String(up.received.at(-1)!.headers.authorization).replace('Bearer ', ''), 'https://pkj.internal/mcp')
+  t.match(claims, { sub: 'bot-3', scope: 'tool:echo', client_id: 'gateway-pkj' })
+})
+
+t.test('the authorization server says invalid_grant: access denied, nothing forwarded', async t => {
+  const n = up.received.length
+  const r = await post('basic', 'banned-bot', call('echo'))
+  t.equal(r.status, 200)
+  t.match(JSON.parse(r.text), { error: { code: -32003, message: /Access denied: .*refused to exchange the agent's token \(invalid_grant\)/ } })
+  t.equal(up.received.length, n)
+  t.match(gw.audit.at(-1), { outcome: 'deny', agentId: 'banned-bot' })
+})
+
+t.test('the authorization server down: 503, nothing forwarded (fail closed)', async t => {
+  const n = up.received.length
+  const r = await post('down', 'bot-1', call('echo'))
+  t.equal(r.status, 503)
+  t.match(JSON.parse(r.text), { error: { code: -32014, message: /could not obtain a credential for MCP server "down"/ } })
+  t.equal(up.received.length, n)
+  t.match(gw.audit.at(-1), { outcome: 'error', status: 503 })
+})

@@ -1,0 +1,119 @@
+import t from 'tap'
+import { request } from 'undici'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { makeIssuer } from './fixtures/keys.js'
+import { ALLOW_ALL, startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+
+const GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
+const AT = 'urn:ietf:params:oauth:token-type:access_token'
+const issuer = makeIssuer('ES256')
+let up: RecordingUpstream
+let gw: TestGateway
+
+t.before(async () => {
+  up = await startRecordingUpstream()
+  gw = await startGateway({
+    issuer,
+    upstreams: { echo: { url: up.url }, other: { url: up.url } },
+    extra: { authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false } }
+  })
+})
+t.teardown(async () => { await gw.close(); await up.close() })
+
+const agentToken = (claims: Record<string, unknown> = {}) =>
+  issuer.sign({ aud: [gw.config.publicUrl], agentId: 'bot-1', userId: 'alice', roles: ['reader'], department: 'support', ...claims })
+
+async function exchange (params: Record<string, string | string[]>, contentType = 'application/x-www-form-urlencoded') {
+  const form = new URLSearchParams()
+  for (const [k, v] of Object.entries(params)) for (const x of Array.isArray(v) ? v : [v]) form.append(k, x)
+  const res = await request(`${gw.base}/oauth/token`, { method: 'POST', headers: { 'content-type': contentType }, body: contentType.includes('json') ? JSON.stringify(params) : form.toString() })
+  return { status: res.statusCode, headers: res.headers, json: await res.body.json() as Record<string, any> }
+}
+const base = () => ({ grant_type: GRANT, subject_token: agentToken(), subject_token_type: AT, resource: gw.resource('echo'), scope: 'tool:echo' })
+const decode = (token: string, part = 1) => JSON.parse(Buffer.from(token.split('.')[part]!, 'base64url').toString()) as Record<string, any>
+
+t.test('every RFC 8693 / RFC 6749 error case', async t => {
+  const expired = issuer.sign({ aud: [gw.config.publicUrl], roles: ['reader'], exp: Math.floor(Date.now() / 1000) - 60 })
+  const cases: Array<[string, Record<string, string | string[]>, string, RegExp]> = [
+    ['another grant type', { ...base(), grant_type: 'client_credentials' }, 'unsupported_grant_type', /token-exchange/],
+    ['no grant type', { subject_token: agentToken() }, 'invalid_request', /"grant_type" is required/],
+    ['no subject token', { ...base(), subject_token: '' }, 'invalid_request', /"subject_token" is required/],
+    ['no subject token type', { ...base(), subject_token_type: '' }, 'invalid_request', /"subject_token_type" is required/],
+    ['an unsupported subject token type', { ...base(), subject_token_type: 'urn:ietf:params:oauth:token-type:saml2' }, 'invalid_request', /subject_token_type must be/],
+    ['a repeated parameter', { ...base(), scope: ['tool:echo', 'tool:count'] }, 'invalid_request', /only once/],
+    ['an actor token type without actor token', { ...base(), actor_token_type: AT }, 'invalid_request', /actor_token_type without actor_token/],
+    ['no resource', { ...base(), resource: '' }, 'invalid_request', /"resource" is required/],
+    ['a resource of somebody else', { ...base(), resource: 'https://evil.example/mcp' }, 'invalid_target', /not a resource of this gateway/],
+    ['two resources', { ...base(), resource: [gw.resource('echo'), gw.resource('other')] }, 'invalid_target', /only once/],
+    ['a forged subject token', { ...base(), subject_token: makeIssuer('ES256', issuer.issuer, issuer.kid).sign({ aud: [gw.config.publicUrl] }) }, 'invalid_grant', /subject_token is not valid/],
+    ['an expired subject token', { ...base(), subject_token: expired }, 'invalid_grant', /expired/],
+    ['a subject token for another audience', { ...base(), subject_token: issuer.sign({ aud: 'https://elsewhere.example' }) }, 'invalid_grant', /audience is not this gateway/],
+    ['no scope', { ...base(), scope: '' }, 'invalid_scope', /"scope" is required/],
+    ['a scope of another kind', { ...base(), scope: 'admin' }, 'invalid_scope', /not a scope of this gateway/],
+    ['a scope Cedar does not allow', { ...base(), scope: 'tool:echo tool:add_tool' }, 'invalid_scope', /tool:add_tool on echo is not allowed for this subject/]
+  ]
+  for (const [name, params, error, description] of cases) {
+    const r = await exchange(params)
+    t.equal(r.status, 400, `${name}: 400`)
+    t.equal(r.json.error, error, `${name}: ${error}`)
+    t.match(r.json.error_description, description, `${name}: ${r.json.error_description}`)
+    t.equal(r.headers['cache-control'], 'no-store')
+  }
+  const json = await exchange(base(), 'application/json')
+  t.match(json, { status: 400, json: { error: 'invalid_request' } }, 'JSON bodies are not the token endpoint\'s format')
+})
+
+t.test('a narrowed token: its resource and scope only, no longer than the subject, accepted nowhere else', async t => {
+  const subjectExp = Math.floor(Date.now() / 1000) + 120
+  const r = await exchange({ ...base(), subject_token: agentToken({ exp: subjectExp }), scope: 'tool:echo' })
+  t.equal(r.status, 200)
+  t.match(r.json, { issued_token_type: AT, token_type: 'Bearer', scope: 'tool:echo' })
+  t.ok(r.json.expires_in <= 120 && r.json.expires_in > 100, 'TTL no longer than the subject token\'s remaining life')
+  t.equal(r.headers['cache-control'], 'no-store')
+  const token = r.json.access_token as string
+  t.match(decode(token, 0), { alg: 'EdDSA', typ: 'at+jwt' })
+  t.match(decode(token), { iss: gw.config.tokens.issuer, sub: 'bot-1', aud: gw.resource('echo'), scope: 'tool:echo', agentId: 'bot-1', userId: 'alice', roles: ['reader'], department: 'support' })
+  t.ok(decode(token).exp <= subjectExp)
+
+  const client = new Client({ name: 'narrowed', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(gw.url('echo')), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
+  t.teardown(async () => { await client.close() })
+  t.same((await client.callTool({ name: 'echo', arguments: { text: 'narrow' } })).content, [{ type: 'text', text: 'narrow' }], 'the scoped tool works')
+  const n = up.received.length
+  await t.rejects(client.callTool({ name: 'count', arguments: { n: 1 } }), { code: -32003, message: /the token's scope does not include tool:count/ }, 'a tool Cedar allows but the scope does not: denied')
+  t.equal(up.received.length, n, 'nothing forwarded')
+  const elsewhere = await request(gw.url('other'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) })
+  t.equal(elsewhere.statusCode, 401, 'refused on another server route (audience)')
+  await elsewhere.body.dump()
+
+  const wider = await exchange({ ...base(), subject_token: token, scope: 'tool:echo tool:count' })
+  t.match(wider.json, { error: 'invalid_scope', error_description: /does not include tool:count/ }, 'a narrowed token cannot be exchanged for more')
+  const same = await exchange({ ...base(), subject_token: token, scope: 'tool:echo' })
+  t.equal(same.status, 200, 'but for the same or less')
+})
+
+t.test('delegation: act names the actor, and chains', async t => {
+  const actor1 = issuer.sign({ aud: [gw.config.publicUrl], sub: 'orchestrator', agentId: 'orchestrator' })
+  const first = await exchange({ ...base(), actor_token: actor1, actor_token_type: AT })
+  t.equal(first.status, 200)
+  t.same(decode(first.json.access_token).act, { sub: 'orchestrator' })
+  const actor2 = issuer.sign({ aud: [gw.config.publicUrl], sub: 'planner', agentId: 'planner' })
+  const second = await exchange({ ...base(), subject_token: first.json.access_token, actor_token: actor2, actor_token_type: AT })
+  t.same(decode(second.json.access_token).act, { sub: 'planner', act: { sub: 'orchestrator' } }, 'the newest actor outermost')
+  const badActor = await exchange({ ...base(), actor_token: 'garbage', actor_token_type: AT })
+  t.match(badActor.json, { error: 'invalid_grant', error_description: /actor_token is not valid/ })
+})
+
+t.test('tokens the gateway minted for upstreams are not bearer tokens', async t => {
+  const r = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${agentToken({ aud: gw.resource('echo') })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) })
+  await r.body.dump()
+  const ephemeral = String(up.received.at(-1)!.headers.authorization).replace('Bearer ', '')
+  t.equal(decode(ephemeral).iss, gw.config.tokens.issuer)
+  const replayed = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${ephemeral}`, 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) })
+  t.equal(replayed.statusCode, 401)
+  t.match(await replayed.body.json(), { error: { message: /minted for upstreams are not accepted/ } })
+  const asSubject = await exchange({ ...base(), subject_token: ephemeral })
+  t.match(asSubject.json, { error: 'invalid_grant' })
+})
