@@ -113,6 +113,11 @@ const ConfigSchema = Type.Object({
   authorization: AuthorizationSchema,
   tokens: TokensSchema,
   upstreams: Type.Record(Type.String(), UpstreamSchema),
+  toolScan: Type.Object({
+    rules: Type.Optional(Str()),
+    disable: Type.Array(Str(), { default: [] }),
+    pins: Str({ default: './.mcp-warden/pins.json' })
+  }, { ...strict, default: {} }),
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
     sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 })
@@ -216,6 +221,8 @@ export interface GatewayConfig {
   readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
+  /** Tool metadata scanning and pinning. */
+  readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
   readonly store: 'memory'
   readonly audit: { readonly destination: string }
   readonly logLevel: string
@@ -453,6 +460,11 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     tokens: { issuer: tokenIssuer, ttlSeconds: cfg.tokens.ttlSeconds, exchangeTtlSeconds: cfg.tokens.exchangeTtlSeconds, keysDir: resolve(baseDir, cfg.tokens.keysDir) },
     upstreams,
     limits: cfg.limits,
+    toolScan: {
+      ...(cfg.toolScan.rules !== undefined ? { rules: resolve(baseDir, cfg.toolScan.rules) } : {}),
+      disable: cfg.toolScan.disable,
+      pins: resolve(baseDir, cfg.toolScan.pins)
+    },
     store: cfg.store,
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
     logLevel: cfg.logLevel

@@ -14,6 +14,7 @@ import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
 import mcpProxy from '../plugins/mcp-proxy.js'
 import ephemeralToken from '../plugins/ephemeral-token.js'
+import toolFilter from '../plugins/tool-filter.js'
 import tokenExchange from '../plugins/token-exchange.js'
 import upstreamSecret from '../plugins/upstream-secret.js'
 
@@ -47,6 +48,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   await app.register(mcpContext, { config })
   await app.register(identity, { config })
   await app.register(cedarAuthz, { config })
+  await app.register(toolFilter, { config })
   await app.register(ephemeralToken, { config })
   await app.register(tokenExchange, { config })
   await app.register(upstreamSecret, { config })

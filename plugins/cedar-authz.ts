@@ -133,10 +133,19 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
 
   app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
-    const decision = engine.authorize(authzRequestFor(request))
+    const authzRequest = authzRequestFor(request)
+    const decision = engine.authorize(authzRequest)
     request.decision = decision
     if (decision.allowed) return
     request.mcpOutcome = { outcome: decision.outcome, reason: decision.reason }
+    // A tool the caller may not even see (denied without arguments too) is answered like a
+    // tool that does not exist, so its existence is not revealed.
+    if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' &&
+        (authzRequest.arguments === undefined || !engine.authorize({ ...authzRequest, arguments: undefined }).allowed)) {
+      request.mcpOutcome = { outcome: 'deny', reason: `hidden: ${decision.reason}` }
+      return await reply.code(200).type('application/json; charset=utf-8')
+        .send(rpcError(request.mcp!.id, RpcCode.invalidParams, `Unknown tool: ${authzRequest.tool!}`))
+    }
     return await reply
       .code(request.mcp === null ? 403 : 200)
       .type('application/json; charset=utf-8')

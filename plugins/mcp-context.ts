@@ -13,7 +13,7 @@ import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
 import {
-  BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError,
+  BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   type WardenError
 } from '../lib/errors.js'
 import { parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
@@ -48,18 +48,21 @@ export interface McpContextOptions {
 }
 
 /** Maps Fastify's own body errors to the gateway's. */
-function normalise (error: FastifyError, maxBodyBytes: number): FastifyError & Partial<WardenError> {
+function normalise (error: FastifyError, maxBodyBytes: number, server: string): FastifyError & Partial<WardenError> {
   switch (error.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return new BodyTooLargeError(String(maxBodyBytes))
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new MediaTypeError()
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH': return new InvalidMessageError('Content-Length does not match the body')
-    default: return error
+    default:
+      // The upstream connection failed while the answer was being relayed (or the gateway is closing).
+      if (typeof error.code === 'string' && error.code.startsWith('UND_ERR')) return new UpstreamUnavailableError(server)
+      return error
   }
 }
 
 export function createMcpErrorHandler (maxBodyBytes: number) {
   return function mcpErrorHandler (this: FastifyInstance, raw: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-    const error = normalise(raw, maxBodyBytes)
+    const error = normalise(raw, maxBodyBytes, request.mcpTarget?.server.name ?? '')
     const status = error.statusCode !== undefined && error.statusCode >= 400 ? error.statusCode : 500
     const known = typeof error.rpcCode === 'number'
     let message: string

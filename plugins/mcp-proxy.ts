@@ -8,7 +8,9 @@
  * gets 404, as if it did not exist.
  */
 import fp from 'fastify-plugin'
+import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
+import { sseTransform, type MessageTransform } from '../lib/sse.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
@@ -27,6 +29,11 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Set by the upstream-credential plugins; null means the upstream gets no credential. */
     upstreamAuth: UpstreamAuth | null
+    /**
+     * Set by plugins that rewrite or watch the upstream's JSON-RPC messages (tool-filter):
+     * applied to a JSON answer, or to each message of an SSE stream, as it passes.
+     */
+    mcpResponseTransform: MessageTransform | null
   }
 }
 
@@ -68,20 +75,26 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     await Promise.all([...upstreams.values()].map(async u => { await u.pool.destroy() }))
   })
 
+  // A session id is checked right after identity, before any other stage can act on the request.
+  app.addHook('onRequest', async (request) => {
+    const target = request.mcpTarget
+    if (target === null || request.identity === null) return
+    const sessionHeader = request.headers['mcp-session-id']
+    if (sessionHeader === undefined) return
+    if (Array.isArray(sessionHeader) || await sessions.owner(target.server.name, sessionHeader, ttl) !== principalKey(request.identity)) {
+      throw new SessionNotFoundError()
+    }
+  })
+
   app.decorateRequest('upstreamAuth', null)
+  app.decorateRequest('mcpResponseTransform', null)
 
   async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const target = request.mcpTarget!
     const upstream = upstreams.get(target.server.name)!
     const name = upstream.config.name
     const principal = principalKey(request.identity!)
-
-    const sessionHeader = request.headers['mcp-session-id']
-    if (Array.isArray(sessionHeader)) throw new SessionNotFoundError()
-    const sessionId = sessionHeader
-    if (sessionId !== undefined && await sessions.owner(name, sessionId, ttl) !== principal) {
-      throw new SessionNotFoundError()
-    }
+    const sessionId = request.headers['mcp-session-id'] as string | undefined
 
     const headers: Record<string, string> = { 'x-request-id': request.id }
     for (const h of FORWARD_REQUEST) {
@@ -132,6 +145,20 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     }
     if (String(res.headers['content-type']).startsWith('text/event-stream')) void reply.header('x-accel-buffering', 'no')
     request.mcpOutcome = { outcome: 'allow', reason: 'forwarded' }
+    const transform = request.mcpResponseTransform
+    const type = String(res.headers['content-type'] ?? '')
+    if (transform !== null && type.startsWith('text/event-stream')) {
+      const rewritten = sseTransform(transform)
+      pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
+      return await reply.code(status).send(rewritten)
+    }
+    if (transform !== null && type.startsWith('application/json')) {
+      const text = await res.body.text()
+      let message: unknown
+      try { message = JSON.parse(text) } catch { return await reply.code(status).send(text) }
+      if (message === null || typeof message !== 'object' || Array.isArray(message)) return await reply.code(status).send(text)
+      return await reply.code(status).send(JSON.stringify(await transform(message as Record<string, unknown>)))
+    }
     return await reply.code(status).send(res.body)
   }
 

@@ -1,0 +1,276 @@
+/**
+ * tool-filter: what you may not call, you cannot see.
+ *
+ * - tools/list, resources/list, resources/templates/list, prompts/list answers (JSON or SSE,
+ *   every page) are cut down to what the same Cedar decision would allow this caller with
+ *   the list-time context (no arguments), minus quarantined tools.
+ * - Every tool an upstream offers is scanned (rules/tool-scan.json) and pinned; a poisoned or
+ *   changed tool is quarantined: not listed, not callable, an audit record says why.
+ * - A tools/call of a tool that is not visible — never offered, hidden by policy,
+ *   quarantined — gets `-32602 Unknown tool: <name>`, the same answer for all three.
+ * - `notifications/tools/list_changed` from an upstream marks its catalog stale: the next
+ *   call re-reads the tool list.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import type { Tool } from '@modelcontextprotocol/sdk/types.js'
+import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
+import { ConfigError, RpcCode } from '../lib/errors.js'
+import type { Identity } from '../lib/identity.js'
+import { rpcError } from '../lib/jsonrpc.js'
+import { localTime } from '../lib/cedar/time.js'
+import { createSecretProvider } from '../lib/secrets.js'
+import { mintingFetch } from '../lib/tokens/fetch.js'
+import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib/tools/scanner.js'
+import { definitionHash, FilePinStore, type PinStore } from '../lib/tools/pins.js'
+import type { AuthzRequest } from '../lib/cedar/engine.js'
+import { VERSION } from '../lib/version.js'
+import type {} from './cedar-authz.js'
+import type {} from './ephemeral-token.js'
+import type {} from './mcp-proxy.js'
+
+export interface ToolReview {
+  readonly hash: string
+  readonly quarantined: boolean
+  /** Why a quarantined tool is: rule ids, or "changed since pinned". */
+  readonly reason: string
+  readonly findings: readonly Finding[]
+}
+
+interface Catalog {
+  tools: Map<string, { tool: Tool, review: ToolReview }>
+  stale: boolean
+  refreshing?: Promise<void>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    toolGuard: ToolGuard
+  }
+}
+
+export interface ToolFilterOptions {
+  config: GatewayConfig
+  /** Pin store (default: the file at toolScan.pins). */
+  pins?: PinStore
+}
+
+const LIST_METHODS = new Set(['tools/list', 'resources/list', 'resources/templates/list', 'prompts/list'])
+const MAX_DECISIONS = 50_000
+
+export const unknownTool = (id: string | number | null, name: string): Record<string, unknown> => rpcError(id, RpcCode.invalidParams, `Unknown tool: ${name}`)
+
+/** The gateway's view of each upstream's tools: reviews (scan + pin) and visibility decisions. */
+export class ToolGuard {
+  readonly #catalogs = new Map<string, Catalog>()
+  readonly #reviews = new Map<string, ToolReview>()
+  readonly #decisions = new Map<string, boolean>()
+  readonly #app: FastifyInstance
+  readonly #scanner: ToolScanner
+  readonly #pins: PinStore
+  readonly #config: GatewayConfig
+
+  constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
+    this.#app = app
+    this.#config = config
+    this.#scanner = scanner
+    this.#pins = pins
+  }
+
+  catalog (server: string): Catalog {
+    let c = this.#catalogs.get(server)
+    if (c === undefined) { c = { tools: new Map(), stale: true }; this.#catalogs.set(server, c) }
+    return c
+  }
+
+  /** Scans and pin-checks a tool; the result is kept per definition hash. */
+  async review (server: string, tool: Tool): Promise<ToolReview> {
+    const hash = definitionHash(tool)
+    const key = `${server}/${tool.name}\n${hash}`
+    const cached = this.#reviews.get(key)
+    if (cached !== undefined && cached.quarantined) return cached
+    if (cached !== undefined) {
+      // A clean review stays valid while the pin does: re-check it (cheap) in case it changed.
+      if (await this.#pins.check(server, tool) === 'changed') this.#reviews.delete(key)
+      else return cached
+    }
+    const otherServers = [...this.#config.upstreams.keys()].filter(s => s !== server)
+    const otherTools = otherServers.flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
+    const findings = this.#scanner.scan(tool, { otherServers, otherTools })
+    const pin = await this.#pins.check(server, tool)
+    const reason = findings.length > 0
+      ? `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
+      : pin === 'changed' ? 'quarantined: the definition changed since it was pinned; approve it with mcp-warden tools approve' : 'ok'
+    const review = { hash, quarantined: reason !== 'ok', reason, findings }
+    this.#reviews.set(key, review)
+    if (review.quarantined && cached === undefined) {
+      this.#app.log.warn({ server, tool: tool.name, reason, findings }, 'tool quarantined')
+    }
+    return review
+  }
+
+  /** Records tools an upstream offered (one page of tools/list) and returns their reviews. */
+  async record (server: string, tools: readonly Tool[]): Promise<Map<string, ToolReview>> {
+    const c = this.catalog(server)
+    const out = new Map<string, ToolReview>()
+    for (const tool of tools) {
+      if (typeof tool?.name !== 'string') continue
+      const review = await this.review(server, tool)
+      c.tools.set(tool.name, { tool, review })
+      out.set(tool.name, review)
+    }
+    c.stale = false
+    return out
+  }
+
+  /** Whether Cedar would let this caller call the tool (list-time context), cached per caller, policy version and local hour. */
+  visible (identity: Identity, server: UpstreamConfig, r: Omit<AuthzRequest, 'identity' | 'server'>, hash = ''): boolean {
+    const cedar = this.#app.cedar
+    const { localHour, localWeekday } = localTime(new Date(), cedar.engine.timezone)
+    const who = JSON.stringify([identity.issuer, identity.agentId, identity.userId, identity.roles, identity.department, identity.scopes, identity.delegated])
+    const key = `${who}\n${cedar.version}\n${localWeekday}:${localHour}\n${server.name}\n${r.action}:${r.tool ?? r.uri ?? r.prompt ?? ''}\n${hash}`
+    let allowed = this.#decisions.get(key)
+    if (allowed === undefined) {
+      allowed = cedar.authorize({ ...r, identity, server }).allowed
+      if (this.#decisions.size >= MAX_DECISIONS) this.#decisions.clear()
+      this.#decisions.set(key, allowed)
+    }
+    return allowed
+  }
+
+  /** Re-reads an upstream's tool list with the gateway's own credential for it (not possible for exchange upstreams). */
+  async refresh (server: UpstreamConfig): Promise<void> {
+    const c = this.catalog(server.name)
+    c.refreshing ??= (async () => {
+      const fetchImpl = this.#fetchFor(server)
+      if (fetchImpl === undefined) return
+      const client = new Client({ name: 'mcp-warden', version: VERSION })
+      const transport = new StreamableHTTPClientTransport(new URL(server.url), { fetch: fetchImpl })
+      try {
+        await client.connect(transport)
+        const tools: Tool[] = []
+        let cursor: string | undefined
+        do {
+          const page = await client.listTools(cursor !== undefined ? { cursor } : {})
+          tools.push(...page.tools)
+          cursor = page.nextCursor
+        } while (cursor !== undefined)
+        c.tools.clear()
+        await this.record(server.name, tools)
+        await transport.terminateSession().catch(() => {})
+      } catch (err) {
+        this.#app.log.warn({ server: server.name, error: (err as Error).message }, 'could not read the upstream\'s tool list')
+      } finally {
+        await client.close().catch(() => {})
+      }
+    })().finally(() => { c.refreshing = undefined })
+    await c.refreshing
+  }
+
+  #fetchFor (server: UpstreamConfig): typeof fetch | undefined {
+    const auth = server.auth
+    switch (auth.type) {
+      case 'none': return fetch
+      case 'ephemeral': return mintingFetch(this.#app.tokens.minter, server.resource, { agentId: 'mcp-warden', userId: null })
+      case 'secret': {
+        const provider = createSecretProvider(auth.secret)
+        return async (input, init = {}) => {
+          const headers = new Headers(init.headers)
+          headers.set(auth.header, auth.format.replace('{secret}', await provider.get()))
+          return await fetch(input, { ...init, headers })
+        }
+      }
+      case 'exchange': return undefined
+    }
+  }
+}
+
+async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promise<void> {
+  const { config } = opts
+  let scanner: ToolScanner
+  try {
+    scanner = new ToolScanner(loadRules([DEFAULT_RULES_FILE, ...(config.toolScan.rules !== undefined ? [config.toolScan.rules] : [])], config.toolScan.disable))
+  } catch (err) {
+    throw new ConfigError(`toolScan.rules: ${(err as Error).message}`)
+  }
+  let pins: PinStore
+  try {
+    pins = opts.pins ?? new FilePinStore(config.toolScan.pins)
+  } catch (err) {
+    throw new ConfigError(`toolScan.pins: cannot use ${config.toolScan.pins}: ${(err as Error).message}`)
+  }
+  const guard = new ToolGuard(app, config, scanner, pins)
+  app.decorate('toolGuard', guard)
+
+  async function refuse (request: FastifyRequest, reply: FastifyReply, name: string, reason: string): Promise<FastifyReply> {
+    request.mcpOutcome = { outcome: 'deny', reason }
+    return await reply.code(200).type('application/json; charset=utf-8').send(unknownTool(request.mcp?.id ?? null, name))
+  }
+
+  app.addHook('preHandler', async (request, reply) => {
+    const target = request.mcpTarget
+    const identity = request.identity
+    if (target === null || identity === null || request.decision?.allowed !== true) return
+    const server = target.server
+    const m = request.mcp
+
+    if (m?.method === 'tools/call') {
+      const c = guard.catalog(server.name)
+      // The gateway reads the tool list itself when it has not seen the tool (or the list
+      // changed). It cannot for exchange upstreams (no credential of its own there): their
+      // unknown tools are left to the upstream, known ones are still checked.
+      const canRead = server.auth.type !== 'exchange'
+      if (canRead && (c.stale || !c.tools.has(m.tool!))) await guard.refresh(server)
+      const entry = c.tools.get(m.tool!)
+      if (entry === undefined && canRead) return await refuse(request, reply, m.tool!, 'the upstream offers no such tool')
+      if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
+    }
+
+    const listing = m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) ? m : null
+    const requestId = listing?.id
+    request.mcpResponseTransform = async (message) => {
+      if (message.method === 'notifications/tools/list_changed') {
+        guard.catalog(server.name).stale = true
+        return message
+      }
+      if (listing === null || message.id !== requestId || message.result === null || typeof message.result !== 'object') return message
+      const result = { ...(message.result as Record<string, unknown>) }
+      switch (listing.method) {
+        case 'tools/list': {
+          const tools = Array.isArray(result.tools) ? result.tools as Tool[] : []
+          const reviews = await guard.record(server.name, tools)
+          result.tools = tools.filter(t => {
+            const review = reviews.get(t.name)
+            return review !== undefined && !review.quarantined &&
+              guard.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash)
+          })
+          break
+        }
+        case 'resources/list':
+          result.resources = (Array.isArray(result.resources) ? result.resources as Array<{ uri?: unknown }> : [])
+            .filter(r => typeof r.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uri }))
+          break
+        case 'resources/templates/list':
+          result.resourceTemplates = (Array.isArray(result.resourceTemplates) ? result.resourceTemplates as Array<{ uriTemplate?: unknown }> : [])
+            .filter(r => typeof r.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uriTemplate }))
+          break
+        case 'prompts/list':
+          result.prompts = (Array.isArray(result.prompts) ? result.prompts as Array<{ name?: unknown }> : [])
+            .filter(p => typeof p.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: p.name }))
+          break
+      }
+      return { ...message, result }
+    }
+  })
+}
+
+export default fp(toolFilter, {
+  name: 'mcp-warden-tool-filter',
+  fastify: '5.x',
+  // Registered before the credential plugins, so that a refused call costs no credential;
+  // the ephemeral-token plugin's minter is looked up when the catalog is refreshed.
+  dependencies: ['mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz']
+})
+export { toolFilter }
