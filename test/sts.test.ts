@@ -84,9 +84,9 @@ t.test('a narrowed token: its resource and scope only, no longer than the subjec
   const posts = () => up.received.filter(r => r.method === 'POST').length
   const n = posts()
   await t.rejects(client.callTool({ name: 'count', arguments: { n: 1 } }), { code: -32602, message: /Unknown tool: count/ }, 'a tool Cedar allows but the scope does not: hidden')
+  t.equal(posts(), n, 'nothing forwarded')
   t.match(gw.audit.at(-1), { reason: "hidden: the token's scope does not include tool:count" })
   t.same((await client.listTools()).tools.map(x => x.name), ['echo'], 'lists show Cedar-allowed ∩ scope')
-  t.equal(posts(), n, 'nothing forwarded')
   const elsewhere = await request(gw.url('other'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) })
   t.equal(elsewhere.statusCode, 401, 'refused on another server route (audience)')
   await elsewhere.body.dump()
