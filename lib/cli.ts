@@ -13,6 +13,7 @@ import { VERSION } from './version.js'
 import { resolve as resolvePath } from 'node:path'
 import { KeyRing, rotateKeys } from './tokens/keys.js'
 import { cedarCommand, CedarUsageError } from './cli-cedar.js'
+import { toolsCommand, ToolsUsageError } from './cli-tools.js'
 
 const pkg = { version: VERSION }
 
@@ -37,6 +38,7 @@ Commands:
   client    list or call tools on an MCP endpoint with a bearer token
   cedar     policy tools: validate, test, explain, format, schema
   keys      the ephemeral-token signing keys: list, rotate
+  tools     tool pinning: list, diff, approve, pin
 
 Run "mcp-warden <command> --help" for a command's options.`,
   start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
@@ -314,15 +316,17 @@ export async function main (argv: string[], io: Io = defaultIo): Promise<number>
         return await cedarCommand(rest, io)
       case 'keys':
         return keysCommand(rest, io)
+      case 'tools':
+        return await toolsCommand(rest, io)
       default:
         io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
         return 2
     }
   } catch (err) {
     const e = err as Error & { code?: string }
-    if (err instanceof UsageError || err instanceof CedarUsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
+    if (err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
     else if (e.code === 'MCPW_ERR_CONFIG_INVALID') io.err(`mcp-warden: ${e.message}`)
     else io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
-    return err instanceof UsageError || err instanceof CedarUsageError ? 2 : 1
+    return err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError ? 2 : 1
   }
 }

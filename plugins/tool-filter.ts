@@ -27,6 +27,7 @@ import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib
 import { definitionHash, FilePinStore, type PinStore } from '../lib/tools/pins.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
 import { VERSION } from '../lib/version.js'
+import { createHash } from 'node:crypto'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
 import type {} from './mcp-proxy.js'
@@ -65,7 +66,9 @@ export const unknownTool = (id: string | number | null, name: string): Record<st
 /** The gateway's view of each upstream's tools: reviews (scan + pin) and visibility decisions. */
 export class ToolGuard {
   readonly #catalogs = new Map<string, Catalog>()
-  readonly #reviews = new Map<string, ToolReview>()
+  readonly #findings = new Map<string, readonly Finding[]>()
+  readonly #pages = new Map<string, Set<string>>()
+  readonly #announced = new Set<string>()
   readonly #decisions = new Map<string, boolean>()
   readonly #app: FastifyInstance
   readonly #scanner: ToolScanner
@@ -85,30 +88,50 @@ export class ToolGuard {
     return c
   }
 
-  /** Scans and pin-checks a tool; the result is kept per definition hash. */
+  /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
   async review (server: string, tool: Tool): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
-    const cached = this.#reviews.get(key)
-    if (cached !== undefined && cached.quarantined) return cached
-    if (cached !== undefined) {
-      // A clean review stays valid while the pin does: re-check it (cheap) in case it changed.
-      if (await this.#pins.check(server, tool) === 'changed') this.#reviews.delete(key)
-      else return cached
+    let findings = this.#findings.get(key)
+    if (findings === undefined) {
+      const otherServers = [...this.#config.upstreams.keys()].filter(s => s !== server)
+      const otherTools = otherServers.flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
+      findings = this.#scanner.scan(tool, { otherServers, otherTools })
+      this.#findings.set(key, findings)
+      if (findings.length > 0) this.#app.log.warn({ server, tool: tool.name, findings }, 'tool quarantined')
     }
-    const otherServers = [...this.#config.upstreams.keys()].filter(s => s !== server)
-    const otherTools = otherServers.flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
-    const findings = this.#scanner.scan(tool, { otherServers, otherTools })
-    const pin = await this.#pins.check(server, tool)
+    const pin = await this.#pins.check(server, tool, hash)
     const reason = findings.length > 0
       ? `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
       : pin === 'changed' ? 'quarantined: the definition changed since it was pinned; approve it with mcp-warden tools approve' : 'ok'
-    const review = { hash, quarantined: reason !== 'ok', reason, findings }
-    this.#reviews.set(key, review)
-    if (review.quarantined && cached === undefined) {
-      this.#app.log.warn({ server, tool: tool.name, reason, findings }, 'tool quarantined')
+    if (pin === 'changed' && findings.length === 0 && !this.#announced.has(key)) {
+      this.#announced.add(key)
+      this.#app.log.warn({ server, tool: tool.name, reason }, 'tool quarantined')
     }
-    return review
+    return { hash, quarantined: reason !== 'ok', reason, findings }
+  }
+
+  /**
+   * The tools of one tools/list page this caller may see. A page seen before (same text,
+   * same pins, same decision scope) is answered from cache.
+   */
+  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[]): Promise<Tool[]> {
+    const scope = this.decisionScope(identity, server)
+    // The page as the upstream sent it (not canonical: the same answer has the same text).
+    const pageKey = `${scope}\n${this.#pins.generation}\n${createHash('sha256').update(JSON.stringify(tools)).digest('base64url')}`
+    const names = this.#pages.get(pageKey)
+    if (names !== undefined) {
+      const c = this.catalog(server.name)
+      if (!c.stale) return tools.filter(t => names.has(t.name))
+    }
+    const reviews = await this.record(server.name, tools)
+    const visible = tools.filter(t => {
+      const review = reviews.get(t.name)
+      return review !== undefined && !review.quarantined && this.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash, scope)
+    })
+    if (this.#pages.size >= 10_000) this.#pages.clear()
+    this.#pages.set(pageKey, new Set(visible.map(t => t.name)))
+    return visible
   }
 
   /** Records tools an upstream offered (one page of tools/list) and returns their reviews. */
@@ -125,12 +148,20 @@ export class ToolGuard {
     return out
   }
 
-  /** Whether Cedar would let this caller call the tool (list-time context), cached per caller, policy version and local hour. */
-  visible (identity: Identity, server: UpstreamConfig, r: Omit<AuthzRequest, 'identity' | 'server'>, hash = ''): boolean {
+  /**
+   * The key of everything a list-time decision depends on besides the item: the caller's
+   * attributes, the policy version and the local hour (policies read context.localHour).
+   */
+  decisionScope (identity: Identity, server: UpstreamConfig): string {
     const cedar = this.#app.cedar
     const { localHour, localWeekday } = localTime(new Date(), cedar.engine.timezone)
-    const who = JSON.stringify([identity.issuer, identity.agentId, identity.userId, identity.roles, identity.department, identity.scopes, identity.delegated])
-    const key = `${who}\n${cedar.version}\n${localWeekday}:${localHour}\n${server.name}\n${r.action}:${r.tool ?? r.uri ?? r.prompt ?? ''}\n${hash}`
+    return `${JSON.stringify([identity.issuer, identity.agentId, identity.userId, identity.roles, identity.department, identity.scopes, identity.delegated])}\n${cedar.version}\n${localWeekday}:${localHour}\n${server.name}`
+  }
+
+  /** Whether Cedar would let this caller call the tool (list-time context), cached per decision scope and tool definition. */
+  visible (identity: Identity, server: UpstreamConfig, r: Omit<AuthzRequest, 'identity' | 'server'>, hash = '', scope = this.decisionScope(identity, server)): boolean {
+    const cedar = this.#app.cedar
+    const key = `${scope}\n${r.action}:${r.tool ?? r.uri ?? r.prompt ?? ''}\n${hash}`
     let allowed = this.#decisions.get(key)
     if (allowed === undefined) {
       allowed = cedar.authorize({ ...r, identity, server }).allowed
@@ -238,16 +269,9 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       if (listing === null || message.id !== requestId || message.result === null || typeof message.result !== 'object') return message
       const result = { ...(message.result as Record<string, unknown>) }
       switch (listing.method) {
-        case 'tools/list': {
-          const tools = Array.isArray(result.tools) ? result.tools as Tool[] : []
-          const reviews = await guard.record(server.name, tools)
-          result.tools = tools.filter(t => {
-            const review = reviews.get(t.name)
-            return review !== undefined && !review.quarantined &&
-              guard.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash)
-          })
+        case 'tools/list':
+          result.tools = await guard.visibleTools(identity, server, Array.isArray(result.tools) ? result.tools as Tool[] : [])
           break
-        }
         case 'resources/list':
           result.resources = (Array.isArray(result.resources) ? result.resources as Array<{ uri?: unknown }> : [])
             .filter(r => typeof r.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uri }))

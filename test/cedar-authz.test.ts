@@ -97,6 +97,10 @@ for (const period of ['day', 'night'] as const) {
         }
       }
       t.same(allowed.sort(), EXPECTED[period][agent.role], `${agent.role} may call exactly ${EXPECTED[period][agent.role]!.join(', ') || 'nothing'}`)
+      // One source of truth: what an agent sees listed is exactly what it may call.
+      const listed: string[] = []
+      for (const c of Object.values(clients)) listed.push(...(await c.listTools()).tools.map(x => x.name))
+      t.same(listed.sort(), allowed.sort(), `${agent.role}: the listed tools are the callable tools`)
       for (const c of Object.values(clients)) await c.close()
     }
     const denial = gw.audit.find(r => r.outcome === 'deny' && r.tool === 'database_drop')!

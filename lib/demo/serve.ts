@@ -19,6 +19,8 @@ export interface ServeOptions {
    * Returning a response status and message refuses the request.
    */
   guard?: (req: IncomingMessage, body: unknown, raw: Buffer) => Promise<Refusal | undefined> | Refusal | undefined
+  /** Answer POSTs with JSON instead of an SSE stream. */
+  json?: boolean
 }
 
 export interface Refusal { status: number, message: string }
@@ -79,6 +81,7 @@ export async function serveMcp (factory: () => McpServer, options: ServeOptions 
     }
     const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
+      enableJsonResponse: options.json === true,
       onsessioninitialized: (id) => { sessions.set(id, transport) }
     })
     transport.onclose = () => { if (transport.sessionId !== undefined) sessions.delete(transport.sessionId) }

@@ -1,0 +1,92 @@
+/**
+ * `mcp-warden tools …`: the operator's side of tool pinning.
+ */
+import { resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+import { loadConfig } from './config.js'
+import { listUpstreamTools } from './cedar/schema-gen.js'
+import { KeyRing } from './tokens/keys.js'
+import { TokenMinter } from './tokens/minter.js'
+import { mintingFetch } from './tokens/fetch.js'
+import { FilePinStore } from './tools/pins.js'
+
+export interface Io { out: (line: string) => void, err: (line: string) => void }
+export class ToolsUsageError extends Error {}
+
+export const TOOLS_HELP = `Usage: mcp-warden tools <command> [--config FILE | --pins FILE]
+
+Tool pinning: the gateway pins each tool's definition the first time it sees it. A tool
+whose definition changes later (a "rug pull") is quarantined — hidden and not callable —
+until the change is approved.
+
+Commands:
+  list                 pinned tools; those with a change waiting for approval are marked
+  diff                 what changed, pinned (-) against new (+); exit 1 when changes wait
+  approve SERVER/TOOL  accept the new definition of one tool
+  pin                  ask every upstream (--config) for its tools and pin them as they are now
+
+Options:
+  --config FILE   a gateway config (toolScan.pins, and the upstreams for pin)
+  --pins FILE     the pins file (default ./.mcp-warden/pins.json)`
+
+function lines (value: unknown): string[] {
+  return JSON.stringify(value, null, 2).split('\n')
+}
+
+export async function toolsCommand (args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args
+  let parsed: ReturnType<typeof parseArgs>
+  try {
+    parsed = parseArgs({ args: rest, allowPositionals: true, options: { config: { type: 'string' }, pins: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
+  } catch (err) {
+    throw new ToolsUsageError((err as Error).message)
+  }
+  const { values, positionals } = parsed
+  if (sub === undefined || sub === 'help' || sub === '--help' || values.help === true) { io.out(TOOLS_HELP); return sub === undefined ? 1 : 0 }
+  const config = typeof values.config === 'string' ? loadConfig(values.config) : undefined
+  const file = typeof values.pins === 'string' ? resolve(values.pins) : config?.toolScan.pins ?? resolve('.mcp-warden/pins.json')
+  const store = new FilePinStore(file)
+  switch (sub) {
+    case 'list': {
+      const entries = await store.entries()
+      if (entries.size === 0) io.out(`no pinned tools in ${file}`)
+      for (const [key, e] of entries) io.out(`${key}  ${e.pinned.hash.slice(0, 12)}  pinned ${e.pinned.at}${e.pending !== undefined ? '  CHANGED, waiting for approval' : ''}`)
+      return 0
+    }
+    case 'diff': {
+      let pending = 0
+      for (const [key, e] of await store.entries()) {
+        if (e.pending === undefined) continue
+        pending++
+        io.out(`${key}: changed since pinned (${e.pinned.hash.slice(0, 12)} -> ${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`)
+        const before = lines(e.pinned.definition)
+        const after = lines(e.pending.definition)
+        for (const l of before) if (!after.includes(l)) io.out(`- ${l}`)
+        for (const l of after) if (!before.includes(l)) io.out(`+ ${l}`)
+      }
+      if (pending === 0) io.out('no changes waiting for approval')
+      return pending === 0 ? 0 : 1
+    }
+    case 'approve': {
+      const target = positionals[0]
+      const m = target === undefined ? null : /^([^/]+)\/(.+)$/.exec(target)
+      if (m === null) throw new ToolsUsageError('approve needs SERVER/TOOL, e.g. db/database_query')
+      if (!await store.approve(m[1]!, m[2]!)) { io.err(`nothing to approve for ${target!}: no change is waiting`); return 1 }
+      io.out(`approved ${target!}: the new definition is pinned; running gateways list it again`)
+      return 0
+    }
+    case 'pin': {
+      if (config === undefined) throw new ToolsUsageError('pin needs --config (the upstreams to ask)')
+      const minter = new TokenMinter(new KeyRing(config.tokens.keysDir, config.tokens.ttlSeconds), config.tokens)
+      for (const u of config.upstreams.values()) {
+        if (u.auth.type === 'exchange' || u.auth.type === 'secret') { io.out(`${u.name}: skipped (auth ${u.auth.type}); its tools are pinned when the gateway first lists them`); continue }
+        const tools = await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined)
+        for (const tool of tools) await store.pin(u.name, tool)
+        io.out(`${u.name}: pinned ${tools.length} tools`)
+      }
+      return 0
+    }
+    default:
+      throw new ToolsUsageError(`unknown tools command "${sub}"\n\n${TOOLS_HELP}`)
+  }
+}
