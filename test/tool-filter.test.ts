@@ -99,6 +99,7 @@ t.test('rug pull: a changed definition is quarantined until approved', async t =
   out.length = 0
   t.equal(await main(['tools', 'approve', 'mal/rug_pull', '--pins', pins], io), 0)
   t.match(out.join('\n'), /approved mal\/rug_pull/)
+  await new Promise(resolve => setTimeout(resolve, 1100)) // a running gateway looks at the pins file at most once a second
   t.ok((await client.listTools()).tools.some(x => x.name === 'rug_pull'), 'approved: listed again')
   t.match(await client.callTool({ name: 'rug_pull', arguments: {} }), { content: [{ text: 'rug_pull ran' }] })
   t.equal(await main(['tools', 'approve', 'mal/honest_tool', '--pins', pins], io), 1, 'nothing to approve')
