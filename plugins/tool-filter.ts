@@ -13,8 +13,6 @@
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { Client } from '@modelcontextprotocol/sdk/client/index.js'
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { ConfigError, RpcCode } from '../lib/errors.js'
@@ -26,7 +24,7 @@ import { mintingFetch } from '../lib/tokens/fetch.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib/tools/scanner.js'
 import { definitionHash, FilePinStore, type PinStore } from '../lib/tools/pins.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
-import { VERSION } from '../lib/version.js'
+import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
 import { createHash } from 'node:crypto'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
@@ -177,24 +175,12 @@ export class ToolGuard {
     c.refreshing ??= (async () => {
       const fetchImpl = this.#fetchFor(server)
       if (fetchImpl === undefined) return
-      const client = new Client({ name: 'mcp-warden', version: VERSION })
-      const transport = new StreamableHTTPClientTransport(new URL(server.url), { fetch: fetchImpl })
       try {
-        await client.connect(transport)
-        const tools: Tool[] = []
-        let cursor: string | undefined
-        do {
-          const page = await client.listTools(cursor !== undefined ? { cursor } : {})
-          tools.push(...page.tools)
-          cursor = page.nextCursor
-        } while (cursor !== undefined)
+        const tools = await listUpstreamTools(server.url, fetchImpl, 'mcp-warden')
         c.tools.clear()
         await this.record(server.name, tools)
-        await transport.terminateSession().catch(() => {})
       } catch (err) {
         this.#app.log.warn({ server: server.name, error: (err as Error).message }, 'could not read the upstream\'s tool list')
-      } finally {
-        await client.close().catch(() => {})
       }
     })().finally(() => { c.refreshing = undefined })
     await c.refreshing

@@ -22,8 +22,8 @@ const CONTEXT = {
 }
 
 /** Every tool of an upstream (all pages of tools/list), asked with the MCP SDK client. */
-export async function listUpstreamTools (url: string, fetchImpl?: typeof fetch): Promise<Tool[]> {
-  const client = new Client({ name: 'mcp-warden-schema', version: VERSION })
+export async function listUpstreamTools (url: string, fetchImpl?: typeof fetch, clientName = 'mcp-warden-cli'): Promise<Tool[]> {
+  const client = new Client({ name: clientName, version: VERSION })
   const transport = new StreamableHTTPClientTransport(new URL(url), fetchImpl !== undefined ? { fetch: fetchImpl } : {})
   await client.connect(transport)
   try {
