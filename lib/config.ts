@@ -126,6 +126,7 @@ const ConfigSchema = Type.Object({
   audit: Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
+  serverTiming: Type.Boolean({ default: false }),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' })
 }, strict)
 
@@ -226,6 +227,8 @@ export interface GatewayConfig {
   readonly store: 'memory'
   readonly audit: { readonly destination: string }
   readonly logLevel: string
+  /** Send a Server-Timing header with the duration of each stage on MCP answers. */
+  readonly serverTiming: boolean
 }
 
 const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
@@ -467,7 +470,8 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     },
     store: cfg.store,
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
-    logLevel: cfg.logLevel
+    logLevel: cfg.logLevel,
+    serverTiming: cfg.serverTiming
   })
 }
 

@@ -9,6 +9,7 @@ import type { GatewayConfig } from './config.js'
 import { MemorySessionStore } from './stores/memory.js'
 import type { SessionStore } from './stores/types.js'
 import audit from '../plugins/audit.js'
+import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
@@ -44,6 +45,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   })
   const sessions = options.sessions ?? new MemorySessionStore()
 
+  await app.register(metrics, { config })
   await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
   await app.register(mcpContext, { config })
   await app.register(identity, { config })

@@ -25,3 +25,5 @@ export { createSecretProvider, VaultKvSecret, SecretUnavailableError, type Secre
 export { default as toolFilterPlugin, ToolGuard, type ToolReview } from '../plugins/tool-filter.js'
 export { ToolScanner, loadRules, DEFAULT_RULES_FILE, type Finding, type ScanRule } from './tools/scanner.js'
 export { FilePinStore, definitionHash, type PinStore, type PinEntry } from './tools/pins.js'
+export { default as metricsPlugin } from '../plugins/metrics.js'
+export { startStage, stagesOf, type Stage } from './timing.js'

@@ -18,6 +18,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { ConfigError, RpcCode } from '../lib/errors.js'
 import { rpcError } from '../lib/jsonrpc.js'
+import { startStage } from '../lib/timing.js'
 import {
   CedarEngine, compilePolicySet, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
@@ -134,7 +135,9 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
   app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
     const authzRequest = authzRequestFor(request)
+    const done = startStage(request, 'authz')
     const decision = engine.authorize(authzRequest)
+    done()
     request.decision = decision
     if (decision.allowed) return
     request.mcpOutcome = { outcome: decision.outcome, reason: decision.reason }

@@ -16,6 +16,7 @@ import { ConfigError, CredentialError } from '../lib/errors.js'
 import { KeyRing } from '../lib/tokens/keys.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { TokenMinter, type MintedToken } from '../lib/tokens/minter.js'
+import { startStage } from '../lib/timing.js'
 import type {} from './cedar-authz.js'
 import type {} from './mcp-proxy.js'
 
@@ -75,6 +76,7 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
     const target = request.mcpTarget
     if (target === null || target.server.auth.type !== 'ephemeral' || request.identity === null) return
     if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
+    const done = startStage(request, 'mint')
     try {
       const binding = messageBinding(request.method, request.mcp?.message)
       const minted = minter.mint(request.identity, target.server.resource, binding)
@@ -83,6 +85,8 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
     } catch (err) {
       request.log.error({ error: (err as Error).message, server: target.server.name }, 'minting an ephemeral token failed')
       throw new CredentialError(target.server.name)
+    } finally {
+      done()
     }
   })
 }

@@ -12,6 +12,7 @@ import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
+import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
 import { audiences, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
@@ -96,15 +97,18 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       throw new TokenMissingError()
     }
     let claims: Record<string, unknown>
+    const done = startStage(request, 'identity')
     try {
       claims = await request.mcpWardenJwtVerify()
     } catch (err) {
+      done()
       const e = toTokenError(err)
       if (e instanceof TokenInvalidError) {
         reply.header('www-authenticate', `${challenge}, error="invalid_token", error_description="${quote(e.message)}"`)
       }
       throw e
     }
+    done()
     const aud = audiences(claims)
     if (!aud.includes(target.resource) && !aud.some(a => extraAudiences.includes(a))) {
       const e = new TokenAudienceError(target.resource)

@@ -16,6 +16,7 @@ import {
   BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   type WardenError
 } from '../lib/errors.js'
+import { startStage } from '../lib/timing.js'
 import { parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
 
 export interface McpTarget {
@@ -112,7 +113,12 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
   app.addHook('preValidation', async (request) => {
     if (request.mcpTarget === null || request.method !== 'POST') return
     const body = request.body
-    request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0))
+    const done = startStage(request, 'parse')
+    try {
+      request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0))
+    } finally {
+      done()
+    }
   })
 }
 

@@ -11,6 +11,7 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { sseTransform, type MessageTransform } from '../lib/sse.js'
+import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
@@ -108,6 +109,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     reply.raw.once('close', () => { abort.abort() })
 
     let res: Awaited<ReturnType<Pool['request']>>
+    const upstreamDone = startStage(request, 'upstream')
     try {
       res = await upstream.pool.request({
         path: upstream.path,
@@ -120,6 +122,8 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       })
     } catch (err) {
       throw upstreamError(err, name)
+    } finally {
+      upstreamDone()
     }
 
     const status = res.statusCode

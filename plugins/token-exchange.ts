@@ -17,6 +17,7 @@ import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { rpcError } from '../lib/jsonrpc.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
+import { startStage } from '../lib/timing.js'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
 import type {} from './mcp-proxy.js'
@@ -66,6 +67,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
     if (bearer === undefined) throw new CredentialError(target!.server.name)
     const binding = messageBinding(request.method, request.mcp?.message)
     const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: target!.server.name })
+    const done = startStage(request, 'exchange')
     try {
       const token = await client.tokenFor(bearer, principalKey(request.identity), scope, request.identity.expiresAt)
       request.upstreamAuth = { headers: { authorization: `Bearer ${token}` } }
@@ -78,6 +80,8 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       }
       request.log.error({ server: target!.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
       throw new CredentialError(target!.server.name)
+    } finally {
+      done()
     }
   })
 }

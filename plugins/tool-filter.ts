@@ -25,6 +25,7 @@ import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib
 import { definitionHash, FilePinStore, type PinStore } from '../lib/tools/pins.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
+import { startStage } from '../lib/timing.js'
 import { createHash } from 'node:crypto'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
@@ -234,6 +235,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     const m = request.mcp
 
     if (m?.method === 'tools/call') {
+      const done = startStage(request, 'filter')
       const c = guard.catalog(server.name)
       // The gateway reads the tool list itself when it has not seen the tool (or the list
       // changed). It cannot for exchange upstreams (no credential of its own there): their
@@ -241,6 +243,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const canRead = server.auth.type !== 'exchange'
       if (canRead && (c.stale || !c.tools.has(m.tool!))) await guard.refresh(server)
       const entry = c.tools.get(m.tool!)
+      done()
       if (entry === undefined && canRead) return await refuse(request, reply, m.tool!, 'the upstream offers no such tool')
       if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
     }
@@ -253,6 +256,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         return message
       }
       if (listing === null || message.id !== requestId || message.result === null || typeof message.result !== 'object') return message
+      const done = startStage(request, 'filter')
       const result = { ...(message.result as Record<string, unknown>) }
       switch (listing.method) {
         case 'tools/list':
@@ -271,6 +275,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
             .filter(p => typeof p.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: p.name }))
           break
       }
+      done()
       return { ...message, result }
     }
   })

@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
 import { createSecretProvider, describeRef, type SecretProvider } from '../lib/secrets.js'
+import { startStage } from '../lib/timing.js'
 import type {} from './cedar-authz.js'
 import type {} from './mcp-proxy.js'
 
@@ -27,9 +28,12 @@ async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions
     if (p === undefined || request.identity === null) return
     if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
     let value: string
+    const done = startStage(request, 'secret')
     try {
       value = await p.provider.get()
+      done()
     } catch (err) {
+      done()
       request.log.error({ server: target!.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
       throw new CredentialError(target!.server.name)
     }

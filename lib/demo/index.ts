@@ -84,6 +84,8 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
       }
     },
     tokens: { keysDir: join(o.dataDir, 'keys') },
+    toolScan: { pins: join(o.dataDir, 'pins.json') },
+    serverTiming: true,
     logLevel: 'warn',
     ...o.overrides
   }, o.dataDir)
