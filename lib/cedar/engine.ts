@@ -8,11 +8,18 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
+import { setFlagsFromString } from 'node:v8'
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
 import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
+
+// Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
+// 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
+// with the inlining off, the same load runs clean. It is switched off before any Cedar call
+// is optimized. The cost is a few microseconds per Wasm call.
+setFlagsFromString('--no-turbo-inline-js-wasm-calls')
 
 export type CedarAction = 'connect' | 'call_tool' | 'read_resource' | 'get_prompt'
 
