@@ -1,9 +1,10 @@
 // Cedar decision latency: the shipped reference policies and a 200-policy set, side by side.
 // Run: npm run bench:cedar   (builds first; results in bench/results/cedar.json)
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs'
-import { tmpdir, cpus } from 'node:os'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Bench } from 'tinybench'
+import { benchOptions, report } from './common.mjs'
 import { CedarEngine, compilePolicySet, readPolicySource } from '../../dist/lib/cedar/engine.js'
 import { validateConfig } from '../../dist/lib/config.js'
 import { identityFromClaims } from '../../dist/lib/identity.js'
@@ -45,23 +46,8 @@ for (const [k, e] of Object.entries(engines)) {
   if (!d.allowed) throw new Error(`bench request should be allowed by ${k}: ${d.reason}`)
 }
 
-const quick = process.argv.includes('--quick')
-const bench = new Bench({ time: quick ? 300 : 2000, warmupTime: quick ? 100 : 500 })
+const bench = new Bench(benchOptions)
 for (const [k, e] of Object.entries(engines)) bench.add(`cedar decision, ${k} (${sets[k].policyIds.length})`, () => { e.authorize(request) })
 await bench.run()
-
-const rows = bench.tasks.map(t => ({
-  name: t.name,
-  p50_us: +(t.result.latency.p50 * 1000).toFixed(1),
-  p99_us: +(t.result.latency.p99 * 1000).toFixed(1),
-  mean_us: +(t.result.latency.mean * 1000).toFixed(1),
-  ops_per_s: Math.round(t.result.throughput.mean),
-  samples: t.result.latency.samplesCount ?? t.result.totalTime
-}))
-console.table(rows)
-const [a, b] = rows
+const [a, b] = report('cedar', bench)
 console.log(`200-policy / shipped p50 ratio: ${(b.p50_us / a.p50_us).toFixed(2)}`)
-mkdirSync(join(root, 'bench/results'), { recursive: true })
-writeFileSync(join(root, 'bench/results/cedar.json'), JSON.stringify({
-  date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, quick, rows
-}, null, 2) + '\n')

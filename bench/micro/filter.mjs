@@ -1,9 +1,10 @@
 // Filtering a tools/list answer of 500 tools for one caller: cold (first sight: scan, pin,
 // Cedar decision per tool) and warm (repeated list), side by side; also 50 tools.
 // Run: npm run bench:filter   (builds first; results in bench/results/filter.json)
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs'
-import { tmpdir, cpus } from 'node:os'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { quick, writeResults } from './common.mjs'
 import { buildGateway } from '../../dist/lib/gateway.js'
 import { validateConfig } from '../../dist/lib/config.js'
 import { identityFromClaims } from '../../dist/lib/identity.js'
@@ -35,7 +36,6 @@ const toolsOf = (n, tag) => Array.from({ length: n }, (_, i) => ({
 // The same call the tool-filter plugin makes for each tools/list answer.
 const filter = async (guard, tools) => await guard.visibleTools(identity, server, tools)
 
-const quick = process.argv.includes('--quick')
 const rounds = quick ? 5 : 25
 const rows = []
 for (const n of [50, 500]) {
@@ -60,5 +60,4 @@ for (const n of [50, 500]) {
 }
 console.table(rows)
 await app.close()
-mkdirSync(join(root, 'bench/results'), { recursive: true })
-writeFileSync(join(root, 'bench/results/filter.json'), JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, quick, rows }, null, 2) + '\n')
+writeResults('filter', { rows })

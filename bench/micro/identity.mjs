@@ -1,18 +1,18 @@
 // Agent JWT verification (identity stage): EdDSA and RS256, side by side.
 // Results in bench/results/identity.json.
 import { generateKeyPairSync } from 'node:crypto'
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs'
-import { tmpdir, cpus } from 'node:os'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Bench } from 'tinybench'
+import { benchOptions, report } from './common.mjs'
 import { createSigner } from 'fast-jwt'
 import { validateConfig } from '../../dist/lib/config.js'
 import { createBearerVerifier } from '../../dist/lib/identity.js'
 
 const root = new URL('../../', import.meta.url).pathname
 const dir = mkdtempSync(join(tmpdir(), 'mcpw-bench-id-'))
-const quick = process.argv.includes('--quick')
-const bench = new Bench({ time: quick ? 300 : 2000, warmupTime: quick ? 100 : 500 })
+const bench = new Bench(benchOptions)
 for (const [alg, pair] of [['EdDSA', generateKeyPairSync('ed25519')], ['RS256', generateKeyPairSync('rsa', { modulusLength: 2048 })]]) {
   writeFileSync(join(dir, `${alg}.pem`), pair.publicKey.export({ type: 'spki', format: 'pem' }))
   const config = validateConfig({
@@ -26,7 +26,4 @@ for (const [alg, pair] of [['EdDSA', generateKeyPairSync('ed25519')], ['RS256', 
   bench.add(`agent JWT verify (${alg})`, async () => { await verify(token) })
 }
 await bench.run()
-const rows = bench.tasks.map(t => ({ name: t.name, p50_us: +(t.result.latency.p50 * 1000).toFixed(1), p99_us: +(t.result.latency.p99 * 1000).toFixed(1), ops_per_s: Math.round(t.result.throughput.mean) }))
-console.table(rows)
-mkdirSync(join(root, 'bench/results'), { recursive: true })
-writeFileSync(join(root, 'bench/results/identity.json'), JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, quick, rows }, null, 2) + '\n')
+report('identity', bench)
