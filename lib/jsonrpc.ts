@@ -7,7 +7,7 @@
  * is what is forwarded.
  */
 import sjson from 'secure-json-parse'
-import { BatchError, InvalidMessageError, ParseError } from './errors.js'
+import { BatchError, HeaderMismatchError, InvalidMessageError, ParseError } from './errors.js'
 
 export type JsonRpcId = string | number
 
@@ -104,6 +104,21 @@ function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
   if (hasResult === hasError) throw new InvalidMessageError('a response has exactly one of "result" and "error"')
   if (hasError && !isObject(data.error)) throw new InvalidMessageError('"error" must be an object')
   return { kind: 'response', id: id as JsonRpcId, method: null, params: undefined, message: data, raw }
+}
+
+/**
+ * The 2026-07-28 protocol era's routing headers must say what the body says: `Mcp-Method`
+ * the method, `Mcp-Name` the tool or prompt name or the resource URI. Checked before any
+ * policy reads the message; throws HeaderMismatchError.
+ */
+export function checkRoutingHeaders (message: McpMessage, method: string | undefined, name: string | undefined): void {
+  if (method !== undefined && method !== (message.method ?? '')) {
+    throw new HeaderMismatchError('Mcp-Method', `the header says "${method.slice(0, 100)}", the body "${message.method ?? '(a response)'}"`)
+  }
+  if (name !== undefined) {
+    const bodyName = message.tool ?? message.prompt ?? message.uri
+    if (name !== bodyName) throw new HeaderMismatchError('Mcp-Name', `the header says "${name.slice(0, 200)}", the body ${bodyName === undefined ? 'names nothing' : `"${bodyName}"`}`)
+  }
 }
 
 /** A JSON-RPC error body. */

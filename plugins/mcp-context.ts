@@ -13,11 +13,11 @@ import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
 import {
-  BodyTooLargeError, MediaTypeError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
+  BodyTooLargeError, HeaderMismatchError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   type WardenError
 } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
-import { parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
+import { checkRoutingHeaders, parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
 
 export interface McpTarget {
   readonly server: UpstreamConfig
@@ -111,11 +111,20 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
   })
 
   app.addHook('preValidation', async (request) => {
-    if (request.mcpTarget === null || request.method !== 'POST') return
+    if (request.mcpTarget === null) return
+    // The 2026-07-28 era is stateless: no GET stream, no session to DELETE.
+    if (request.method !== 'POST' && request.headers['mcp-protocol-version'] === '2026-07-28') {
+      throw new MethodNotAllowedError(`${request.method} (protocol version 2026-07-28 is POST only)`)
+    }
+    if (request.method !== 'POST') return
     const body = request.body
     const done = startStage(request, 'parse')
     try {
       request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0))
+      const method = request.headers['mcp-method']
+      const name = request.headers['mcp-name']
+      if (Array.isArray(method) || Array.isArray(name)) throw new HeaderMismatchError('Mcp-Method/Mcp-Name', 'each may be sent once')
+      checkRoutingHeaders(request.mcp, method, name)
     } finally {
       done()
     }

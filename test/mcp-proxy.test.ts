@@ -209,3 +209,30 @@ t.test('an upstream that refuses the gateway\'s credentials is 502, and its chal
   t.equal(json.error.code, -32013)
   t.equal(res.headers['www-authenticate'], undefined)
 })
+
+t.test('2026-07-28 routing headers must match the body; that era has no GET or DELETE', async t => {
+  const auth = { authorization: `Bearer ${tokenFor('agent-h')}` }
+  const n = up.received.length
+  const call = JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } })
+  const cases: Array<[string, Record<string, string>, RegExp]> = [
+    ['Mcp-Method differs', { 'mcp-method': 'tools/list' }, /Header Mcp-Method does not match the message body: the header says "tools\/list", the body "tools\/call"/],
+    ['Mcp-Name differs', { 'mcp-method': 'tools/call', 'mcp-name': 'count' }, /Header Mcp-Name does not match the message body: the header says "count", the body "echo"/]
+  ]
+  for (const [name, headers, message] of cases) {
+    const res = await post('echo', call, { ...auth, 'mcp-protocol-version': '2026-07-28', ...headers })
+    t.equal(res.status, 400, `${name}: 400`)
+    t.equal(res.json.error.code, -32020, `${name}: -32020`)
+    t.match(res.json.error.message, message)
+    t.equal(res.json.id, 4)
+  }
+  const named = await post('echo', JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'ping' }), { ...auth, 'mcp-name': 'echo' })
+  t.equal(named.json.error.code, -32020, 'a name for a message that names nothing')
+  for (const method of ['GET', 'DELETE'] as const) {
+    const res = await request(gw.url('echo'), { method, headers: { ...auth, 'mcp-protocol-version': '2026-07-28' } })
+    t.equal(res.statusCode, 405, `${method} in the 2026-07-28 era: 405`)
+    await res.body.dump()
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+  const matching = await post('echo', init, { ...auth, 'mcp-method': 'initialize' })
+  t.equal(matching.status, 200, 'matching headers pass')
+})
