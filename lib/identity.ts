@@ -175,24 +175,9 @@ export function createBearerVerifier (config: IdentityConfig, gatewayIssuer: str
 }
 
 /**
- * Verifies an agent JWT outside a request (for `mcp-warden cedar explain`): signature with
- * an allowed algorithm, `iss`, `exp`, `nbf`, required claims — everything but the audience,
- * which depends on the route. Returns the claims.
+ * Verifies an agent JWT of the identity provider outside a request (for `mcp-warden cedar
+ * explain`): the same checks as the token endpoint's, without the gateway's own tokens.
  */
 export async function verifyAgentToken (token: string, config: IdentityConfig): Promise<Record<string, unknown>> {
-  const resolveKey = config.jwksUri !== undefined ? remoteKeyResolver(config.jwksUri, config.algorithms) : null
-  const verify = createVerifier({
-    key: async (decoded: { header: JwtHeader }) => resolveKey !== null ? await resolveKey(decoded.header) : config.publicKeyPem!,
-    algorithms: [...config.algorithms] as Algorithm[],
-    allowedIss: config.issuer,
-    clockTolerance: config.clockToleranceSeconds * 1000,
-    requiredClaims: ['iss', 'exp']
-  })
-  try {
-    return await verify(token) as Record<string, unknown>
-  } catch (err) {
-    const inner = (err as { originalError?: unknown }).originalError ?? err
-    if (inner instanceof TokenInvalidError || inner instanceof KeysUnavailableError) throw inner
-    throw new TokenInvalidError((err as Error).message)
-  }
+  return await createBearerVerifier(config, config.issuer, () => undefined)(token)
 }

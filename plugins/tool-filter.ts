@@ -257,6 +257,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       }
       if (listing === null || message.id !== requestId || message.result === null || typeof message.result !== 'object') return message
       const done = startStage(request, 'filter')
+      const scope = guard.decisionScope(identity, server)
       const result = { ...(message.result as Record<string, unknown>) }
       switch (listing.method) {
         case 'tools/list':
@@ -264,15 +265,15 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           break
         case 'resources/list':
           result.resources = (Array.isArray(result.resources) ? result.resources as Array<{ uri?: unknown }> : [])
-            .filter(r => typeof r.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uri }))
+            .filter(r => typeof r.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uri }, '', scope))
           break
         case 'resources/templates/list':
           result.resourceTemplates = (Array.isArray(result.resourceTemplates) ? result.resourceTemplates as Array<{ uriTemplate?: unknown }> : [])
-            .filter(r => typeof r.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uriTemplate }))
+            .filter(r => typeof r.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uriTemplate }, '', scope))
           break
         case 'prompts/list':
           result.prompts = (Array.isArray(result.prompts) ? result.prompts as Array<{ name?: unknown }> : [])
-            .filter(p => typeof p.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: p.name }))
+            .filter(p => typeof p.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: p.name }, '', scope))
           break
       }
       done()
