@@ -5,7 +5,7 @@ import { join } from 'node:path'
 
 const root = new URL('../', import.meta.url).pathname
 const r = JSON.parse(readFileSync(join(root, 'bench/results/latest.json'), 'utf8'))
-const STAGE_ORDER = ['identity', 'parse', 'authz', 'filter', 'mint', 'exchange', 'secret', 'upstream']
+const STAGE_ORDER = ['identity', 'parse', 'authz', 'filter', 'ratelimit', 'mint', 'exchange', 'secret', 'upstream']
 const hops = Object.entries(r.hops).sort(([a], [b]) => STAGE_ORDER.indexOf(a) - STAGE_ORDER.indexOf(b))
 
 // The chart: per-stage p50 and p99 bars, log-free linear scale, in µs.

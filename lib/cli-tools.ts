@@ -3,12 +3,13 @@
  */
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { loadConfig } from './config.js'
+import { loadConfig, type GatewayConfig } from './config.js'
 import { listUpstreamTools } from './cedar/schema-gen.js'
 import { KeyRing } from './tokens/keys.js'
 import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
-import { FilePinStore } from './tools/pins.js'
+import { FilePinStore, type PinStore } from './tools/pins.js'
+import { RedisStore } from './stores/redis.js'
 
 export interface Io { out: (line: string) => void, err: (line: string) => void }
 export class ToolsUsageError extends Error {}
@@ -45,7 +46,17 @@ export async function toolsCommand (args: string[], io: Io): Promise<number> {
   if (sub === undefined || sub === 'help' || sub === '--help' || values.help === true) { io.out(TOOLS_HELP); return sub === undefined ? 1 : 0 }
   const config = typeof values.config === 'string' ? loadConfig(values.config) : undefined
   const file = typeof values.pins === 'string' ? resolve(values.pins) : config?.toolScan.pins ?? resolve('.mcp-warden/pins.json')
-  const store = new FilePinStore(file)
+  // With `store: redis://…` the pins live in Redis, shared by every replica.
+  const shared = typeof values.pins !== 'string' && config !== undefined && config.store !== 'memory' ? new RedisStore(config.store) : undefined
+  try {
+    if (shared !== undefined) await shared.ready()
+    return await run(sub, shared?.pins ?? new FilePinStore(file), shared !== undefined ? 'the shared store' : file, config, positionals, io)
+  } finally {
+    await shared?.close()
+  }
+}
+
+async function run (sub: string, store: PinStore, file: string, config: GatewayConfig | undefined, positionals: string[], io: Io): Promise<number> {
   switch (sub) {
     case 'list': {
       const entries = await store.entries()

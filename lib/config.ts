@@ -13,6 +13,7 @@ import { Value } from '@sinclair/typebox/value'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from './errors.js'
 import { isTimeZone } from './cedar/time.js'
+import { parse as parseDuration } from '@lukeed/ms'
 
 const strict = { additionalProperties: false } as const
 const Str = (o: object = {}) => Type.String({ minLength: 1, ...o })
@@ -122,7 +123,15 @@ const ConfigSchema = Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
     sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 })
   }, { ...strict, default: {} }),
-  store: Type.Literal('memory', { default: 'memory' }),
+  rateLimit: Type.Optional(Type.Object({
+    max: Type.Integer({ minimum: 1 }),
+    timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { default: '1 minute' }),
+    tools: Type.Record(Type.String(), Type.Object({
+      max: Type.Integer({ minimum: 1 }),
+      timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()])
+    }, strict), { default: {} })
+  }, strict)),
+  store: Str({ default: 'memory' }),
   audit: Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
@@ -212,6 +221,14 @@ export interface TokensConfig {
   readonly keysDir: string
 }
 
+export interface RateLimitConfig {
+  /** Every MCP request of an agent counts against this. */
+  readonly max: number
+  readonly timeWindowMs: number
+  /** tools/call of a tool, per agent; keyed by tool name or by `server/tool`. */
+  readonly tools: ReadonlyMap<string, { readonly max: number, readonly timeWindowMs: number }>
+}
+
 export interface GatewayConfig {
   readonly listen: { readonly host: string, readonly port: number }
   /** Base URL without a trailing slash. */
@@ -224,7 +241,10 @@ export interface GatewayConfig {
   readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
   /** Tool metadata scanning and pinning. */
   readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
-  readonly store: 'memory'
+  /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */
+  readonly store: string
+  /** Per-agent request limits; absent: none. Windows in milliseconds. */
+  readonly rateLimit?: RateLimitConfig
   readonly audit: { readonly destination: string }
   readonly logLevel: string
   /** Send a Server-Timing header with the duration of each stage on MCP answers. */
@@ -370,6 +390,31 @@ function upstreamAuth (field: string, raw: Static<typeof UpstreamAuthSchema> | u
   }
 }
 
+function storeUrl (value: string): string {
+  if (value === 'memory') return value
+  const url = parseUrl('store', value, ['redis:', 'rediss:'])
+  if (url.pathname !== '' && url.pathname !== '/' && !/^\/\d+$/.test(url.pathname)) fail('store', 'the path of a Redis URL is a database number, e.g. redis://127.0.0.1:6379/0')
+  return value
+}
+
+/** "1 minute", "30 s", "500ms", or a number of milliseconds. */
+export function windowMs (field: string, value: number | string): number {
+  if (typeof value === 'number') return value
+  const ms = parseDuration(value)
+  if (ms === undefined || !Number.isFinite(ms) || ms < 1) fail(field, `"${value}" is not a time window (e.g. "1 minute", "30 seconds", 60000)`)
+  return Math.round(ms)
+}
+
+function rateLimitConfig (raw: NonNullable<RawConfig['rateLimit']>, upstreams: ReadonlyMap<string, UpstreamConfig>): RateLimitConfig {
+  const tools = new Map<string, { max: number, timeWindowMs: number }>()
+  for (const [name, t] of Object.entries(raw.tools)) {
+    const slash = name.indexOf('/')
+    if (slash >= 0 && !upstreams.has(name.slice(0, slash))) fail(`rateLimit.tools.${name}`, `no upstream is named "${name.slice(0, slash)}"`)
+    tools.set(name, { max: t.max, timeWindowMs: windowMs(`rateLimit.tools.${name}.timeWindow`, t.timeWindow) })
+  }
+  return { max: raw.max, timeWindowMs: windowMs('rateLimit.timeWindow', raw.timeWindow), tools }
+}
+
 /**
  * Validates a parsed config object and returns the normalised, frozen config.
  * `baseDir` resolves relative file paths (the config file's folder).
@@ -468,7 +513,8 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       disable: cfg.toolScan.disable,
       pins: resolve(baseDir, cfg.toolScan.pins)
     },
-    store: cfg.store,
+    store: storeUrl(cfg.store),
+    ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
     logLevel: cfg.logLevel,
     serverTiming: cfg.serverTiming

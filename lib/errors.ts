@@ -22,6 +22,7 @@ export const RpcCode = Object.freeze({
   upstreamTimeout: -32012,
   upstreamRejected: -32013,
   unavailable: -32014,
+  rateLimited: -32029,
   headerMismatch: -32020
 })
 
@@ -95,3 +96,9 @@ export const UpstreamProtocolError = define('MCPW_ERR_UPSTREAM_PROTOCOL',
 // --- upstream credentials ------------------------------------------------------------
 export const CredentialError = define('MCPW_ERR_UPSTREAM_CREDENTIAL',
   'The gateway could not obtain a credential for MCP server "%s"; the request was not forwarded', 503, RpcCode.unavailable)
+
+// --- shared state and limits -------------------------------------------------------------
+export const StoreUnavailableError = define('MCPW_ERR_STORE_UNAVAILABLE',
+  'The gateway\'s shared store is unreachable; the request was not forwarded. Retry in a few seconds', 503, RpcCode.unavailable)
+export const RateLimitedError = define('MCPW_ERR_RATE_LIMITED',
+  'Rate limit exceeded: %s; retry after %s seconds', 429, RpcCode.rateLimited)

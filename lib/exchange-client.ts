@@ -11,6 +11,8 @@ import type { UpstreamAuthConfig } from './config.js'
 import { algorithmFor } from './dev-tokens.js'
 import { createSecretProvider, type SecretProvider } from './secrets.js'
 import { ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from './sts.js'
+import { MemoryTokenCache } from './stores/memory.js'
+import type { TokenCache } from './stores/types.js'
 
 type ExchangeAuth = Extract<UpstreamAuthConfig, { type: 'exchange' }>
 
@@ -32,13 +34,15 @@ export class ExchangeClient {
   readonly #auth: ExchangeAuth
   readonly #secret: SecretProvider | undefined
   readonly #sign: ((payload: Record<string, unknown>) => string) | undefined
-  readonly #cache = new Map<string, { token: string, until: number }>()
+  readonly #cache: TokenCache
   readonly #inflight = new Map<string, Promise<string>>()
   /** Exchanges done at the authorization server (cache misses). */
   exchanges = 0
 
-  constructor (auth: ExchangeAuth) {
+  /** `cache` is shared by every client of a gateway (and by its replicas, with Redis). */
+  constructor (auth: ExchangeAuth, cache: TokenCache = new MemoryTokenCache()) {
     this.#auth = auth
+    this.#cache = cache
     this.#secret = auth.clientSecret !== undefined ? createSecretProvider(auth.clientSecret) : undefined
     if (auth.privateKeyPem !== undefined) {
       this.#sign = createSigner({ key: auth.privateKeyPem, algorithm: algorithmFor(createPrivateKey(auth.privateKeyPem)) })
@@ -56,9 +60,9 @@ export class ExchangeClient {
 
   /** An upstream token for this principal and scope (cached). */
   async tokenFor (subjectToken: string, principal: string, scope: string, subjectExpiresAt: number): Promise<string> {
-    const key = `${principal}\n${scope}`
-    const hit = this.#cache.get(key)
-    if (hit !== undefined && hit.until > Date.now()) return hit.token
+    const key = `${this.#auth.tokenEndpoint}\n${this.#auth.resource}\n${principal}\n${scope}`
+    const hit = await this.#cache.get(key)
+    if (hit !== null) return hit
     let pending = this.#inflight.get(key)
     if (pending === undefined) {
       pending = this.#exchange(subjectToken, scope, subjectExpiresAt, key).finally(() => { this.#inflight.delete(key) })
@@ -115,7 +119,7 @@ export class ExchangeClient {
     }
     const expiresIn = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in * 1000 : 60_000
     const until = Math.min(Date.now() + expiresIn - Math.min(EARLY_MS, expiresIn / 10), subjectExpiresAt * 1000)
-    this.#cache.set(key, { token: body.access_token, until })
+    await this.#cache.set(key, body.access_token, until)
     return body.access_token
   }
 }

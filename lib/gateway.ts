@@ -6,8 +6,9 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { DestinationStream } from 'pino'
 import type { GatewayConfig } from './config.js'
-import { MemorySessionStore } from './stores/memory.js'
-import type { SessionStore } from './stores/types.js'
+import type { GatewayStore } from './stores/types.js'
+import store from '../plugins/store.js'
+import rateLimit from '../plugins/rate-limit.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
@@ -22,8 +23,8 @@ import upstreamSecret from '../plugins/upstream-secret.js'
 export interface GatewayOptions {
   /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
   logger?: FastifyServerOptions['logger']
-  /** Session bindings; default: in memory. */
-  sessions?: SessionStore
+  /** Shared state; default: the store `config.store` names (closed with the gateway). */
+  store?: GatewayStore
   /** Audit destination; default: config.audit.destination. */
   auditStream?: DestinationStream
 }
@@ -43,21 +44,28 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     return503OnClosing: true,
     forceCloseConnections: true
   })
-  const sessions = options.sessions ?? new MemorySessionStore()
 
   await app.register(metrics, { config })
   await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
   await app.register(mcpContext, { config })
+  await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
   await app.register(identity, { config })
   await app.register(cedarAuthz, { config })
   await app.register(toolFilter, { config })
+  await app.register(rateLimit, { config })
   await app.register(ephemeralToken, { config })
   await app.register(tokenExchange, { config })
   await app.register(upstreamSecret, { config })
-  await app.register(mcpProxy, { config, sessions })
+  await app.register(mcpProxy, { config })
 
   app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async () => ({ status: 'ready', upstreams: [...config.upstreams.keys()] }))
-  app.addHook('onClose', async () => { if (options.sessions === undefined) await sessions.close() })
+  app.get('/readyz', async (_request, reply) => {
+    const storeUp = app.store.available()
+    return await reply.code(storeUp ? 200 : 503).send({
+      status: storeUp ? 'ready' : 'unavailable',
+      store: { kind: app.store.kind, available: storeUp },
+      upstreams: [...config.upstreams.keys()]
+    })
+  })
   return app
 }

@@ -3,7 +3,7 @@
  * each plugin times its own work; the metrics plugin reports the totals as a histogram and,
  * when enabled, a Server-Timing header.
  */
-export type Stage = 'identity' | 'parse' | 'authz' | 'filter' | 'mint' | 'exchange' | 'secret' | 'upstream'
+export type Stage = 'identity' | 'parse' | 'authz' | 'filter' | 'ratelimit' | 'mint' | 'exchange' | 'secret' | 'upstream'
 
 const STAGES = Symbol('mcp-warden.stages')
 

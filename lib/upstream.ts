@@ -23,6 +23,7 @@ import type { ReplayStore } from './stores/types.js'
 export type { EphemeralClaims } from './tokens/minter.js'
 export type { ReplayStore } from './stores/types.js'
 export { MemoryReplayStore } from './stores/memory.js'
+export { RedisReplayStore } from './stores/redis.js'
 
 export type UpstreamTokenErrorCode =
   | 'missing' | 'malformed' | 'signature' | 'expired' | 'not_yet_valid' | 'issuer' | 'audience'

@@ -19,7 +19,9 @@ import {
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
+import { MemorySessionStore } from '../lib/stores/memory.js'
 import { createMcpErrorHandler } from './mcp-context.js'
+import type {} from './store.js'
 
 export interface UpstreamAuth {
   /** Headers that authenticate the gateway to the upstream for this one message. */
@@ -40,7 +42,8 @@ declare module 'fastify' {
 
 export interface McpProxyOptions {
   config: GatewayConfig
-  sessions: SessionStore
+  /** Session bindings (default: the gateway store's; in memory without the store plugin). */
+  sessions?: SessionStore
 }
 
 /** Request headers that cross to the upstream (lower case). Authorization never does. */
@@ -61,7 +64,10 @@ function upstreamError (err: unknown, server: string): Error {
 }
 
 async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<void> {
-  const { config, sessions } = opts
+  const { config } = opts
+  const own = opts.sessions === undefined && !app.hasDecorator('store') ? new MemorySessionStore() : undefined
+  const sessions = opts.sessions ?? own ?? app.store.sessions
+  if (own !== undefined) app.addHook('onClose', async () => { await own.close() })
   const ttl = config.limits.sessionTtlSeconds
   const upstreams = new Map<string, Upstream>()
   for (const server of config.upstreams.values()) {

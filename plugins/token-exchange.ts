@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import formbody from '@fastify/formbody'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { CredentialError, RpcCode } from '../lib/errors.js'
+import { CredentialError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
 import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
 import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { rpcError } from '../lib/jsonrpc.js'
@@ -55,7 +55,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
 
   // The client side: one ExchangeClient (and cache) per exchange upstream.
   const clients = new Map<string, ExchangeClient>()
-  for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth))
+  for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, app.hasDecorator('store') ? app.store.tokens : undefined))
   if (clients.size === 0) return
 
   app.addHook('preHandler', async (request, reply) => {
@@ -78,6 +78,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
         return await reply.code(request.mcp === null ? 403 : 200).type('application/json; charset=utf-8')
           .send(rpcError(request.mcp?.id ?? null, RpcCode.accessDenied, `Access denied: ${reason}`, { decisionId: request.decision.decisionId, policies: request.decision.policies }))
       }
+      if (err instanceof StoreUnavailableError) throw err
       request.log.error({ server: target!.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
       throw new CredentialError(target!.server.name)
     } finally {

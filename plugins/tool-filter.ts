@@ -53,7 +53,7 @@ declare module 'fastify' {
 
 export interface ToolFilterOptions {
   config: GatewayConfig
-  /** Pin store (default: the file at toolScan.pins). */
+  /** Pin store (default: the gateway store's, else the file at toolScan.pins). */
   pins?: PinStore
 }
 
@@ -215,7 +215,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   }
   let pins: PinStore
   try {
-    pins = opts.pins ?? new FilePinStore(config.toolScan.pins)
+    pins = opts.pins ?? (app.hasDecorator('store') ? app.store.pins : new FilePinStore(config.toolScan.pins))
   } catch (err) {
     throw new ConfigError(`toolScan.pins: cannot use ${config.toolScan.pins}: ${(err as Error).message}`)
   }

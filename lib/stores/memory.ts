@@ -1,4 +1,5 @@
-import type { ReplayStore, SessionStore } from './types.js'
+import { FilePinStore, type PinStore } from '../tools/pins.js'
+import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
 
 interface Entry { principal: string, expires: number }
 
@@ -67,5 +68,47 @@ export class MemoryReplayStore implements ReplayStore {
   async close (): Promise<void> {
     clearInterval(this.#timer)
     this.#seen.clear()
+  }
+}
+
+/** Single-process exchange-token cache. */
+export class MemoryTokenCache implements TokenCache {
+  readonly #entries = new Map<string, { token: string, until: number }>()
+
+  async get (key: string): Promise<string | null> {
+    const e = this.#entries.get(key)
+    if (e === undefined) return null
+    if (e.until <= Date.now()) { this.#entries.delete(key); return null }
+    return e.token
+  }
+
+  async set (key: string, token: string, until: number): Promise<void> {
+    if (this.#entries.size >= 10_000) {
+      const now = Date.now()
+      for (const [k, e] of this.#entries) if (e.until <= now) this.#entries.delete(k)
+      if (this.#entries.size >= 10_000) this.#entries.delete(this.#entries.keys().next().value!)
+    }
+    this.#entries.set(key, { token, until })
+  }
+}
+
+/** The embedded default (`store: memory`): one process, pins in the `toolScan.pins` file. */
+export class MemoryStore implements GatewayStore {
+  readonly kind = 'memory' as const
+  readonly sessions = new MemorySessionStore()
+  readonly replay = new MemoryReplayStore()
+  readonly tokens = new MemoryTokenCache()
+  readonly rateLimitRedis = undefined
+  readonly pins: PinStore
+
+  constructor (pinsFile: string) {
+    this.pins = new FilePinStore(pinsFile)
+  }
+
+  available (): boolean { return true }
+  async ready (): Promise<void> {}
+  async close (): Promise<void> {
+    await this.sessions.close()
+    await this.replay.close()
   }
 }

@@ -1,7 +1,10 @@
 /**
- * Shared state of the gateway. The memory store serves one process; a Redis
- * store lets several replicas share the same bindings.
+ * Shared state of the gateway. The memory store serves one process; the Redis store
+ * lets several replicas share session bindings, the `jti` replay cache, rate-limit
+ * counters, tool pins and the exchange-token cache.
  */
+import type { PinStore } from '../tools/pins.js'
+
 export interface SessionStore {
   /**
    * Binds an upstream session to the principal that opened it. Returns false,
@@ -18,5 +21,29 @@ export interface SessionStore {
 export interface ReplayStore {
   /** Records a jti until `expiresAt` (seconds since the epoch); false when it was already used. */
   use (jti: string, expiresAt: number): Promise<boolean>
+  close (): Promise<void>
+}
+
+/** Upstream tokens obtained by token exchange, reused until shortly before they expire. */
+export interface TokenCache {
+  get (key: string): Promise<string | null>
+  /** Keeps `token` until `until` (ms since the epoch). */
+  set (key: string, token: string, until: number): Promise<void>
+}
+
+/** Everything the gateway shares between replicas, from one place (`store:` in the config). */
+export interface GatewayStore {
+  readonly kind: 'memory' | 'redis'
+  readonly sessions: SessionStore
+  readonly replay: ReplayStore
+  readonly tokens: TokenCache
+  /** The tool pins (the memory store keeps them in the `toolScan.pins` file). */
+  readonly pins: PinStore
+  /** The ioredis client @fastify/rate-limit keeps its counters in; undefined: in memory. */
+  readonly rateLimitRedis: unknown
+  /** False while the store cannot be reached: every MCP request is then refused with 503. */
+  available (): boolean
+  /** Resolves once the store is reachable, or rejects after `timeoutMs`. */
+  ready (timeoutMs?: number): Promise<void>
   close (): Promise<void>
 }

@@ -1,0 +1,269 @@
+/**
+ * The Redis store (`store: redis://…`): what several gateway replicas share.
+ *
+ * - session → principal bindings, with the session TTL, removed on DELETE;
+ * - the `jti` replay cache (SET NX until the token's `exp`);
+ * - the exchange-token cache (keys are hashes: no principal or scope in clear);
+ * - tool pins (four hashes, changed by Lua scripts so that two replicas that see the same
+ *   tool change at once agree; changes are announced on a channel, and every replica keeps
+ *   a local copy for the common "definition matches its pin" case);
+ * - rate-limit counters (@fastify/rate-limit's own Redis store, on the same connection).
+ *
+ * Fail closed: commands are never queued while Redis is unreachable. Every operation then
+ * throws StoreUnavailableError (503) at once, `available()` is false, and the client keeps
+ * reconnecting in the background; the gateway serves again as soon as Redis is back.
+ */
+import { createHash } from 'node:crypto'
+import { Redis, type RedisOptions } from 'ioredis'
+import { StoreUnavailableError } from '../errors.js'
+import { definitionHash, pinnedPart, type PinCheck, type PinEntry, type PinRecord, type PinStore } from '../tools/pins.js'
+import type { ToolLike } from '../tools/scanner.js'
+import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
+
+const BIND = `
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1`
+
+// KEYS: ph pr qh qr gen; ARGV: field hash record channel
+const PIN_CHECK = `
+local pinned = redis.call('HGET', KEYS[1], ARGV[1])
+if not pinned then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
+  return 'pinned-now'
+end
+local pending = redis.call('HGET', KEYS[3], ARGV[1])
+if pinned == ARGV[2] then
+  if pending then
+    redis.call('HDEL', KEYS[3], ARGV[1]); redis.call('HDEL', KEYS[4], ARGV[1])
+    redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
+  end
+  return 'match'
+end
+if pending ~= ARGV[2] then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+  redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
+end
+return 'changed'`
+
+// KEYS: ph pr qh qr gen; ARGV: field expectedPendingHash record channel
+const PIN_APPROVE = `
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[1]); redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1`
+
+type Scripted = Redis & {
+  mcpwBind: (key: string, principal: string, ttl: number) => Promise<number>
+  mcpwPinCheck: (...args: string[]) => Promise<PinCheck>
+  mcpwPinApprove: (...args: string[]) => Promise<number>
+}
+
+function digest (text: string): string {
+  return createHash('sha256').update(text).digest('base64url')
+}
+
+/** Runs a Redis operation; any failure is the store being unavailable (fail closed). */
+async function guarded<T> (op: () => Promise<T>): Promise<T> {
+  try {
+    return await op()
+  } catch (err) {
+    throw Object.assign(new StoreUnavailableError(), { cause: err })
+  }
+}
+
+export interface RedisStoreOptions {
+  /** Key prefix (default `mcpw:`): several gateways can share one Redis with different prefixes. */
+  prefix?: string
+  /** Longest wait for one command (default 2000 ms). */
+  commandTimeoutMs?: number
+}
+
+class RedisSessions implements SessionStore {
+  constructor (private readonly redis: Scripted, private readonly prefix: string) {}
+  #key (server: string, sessionId: string): string { return `${this.prefix}session:${server}:${digest(sessionId)}` }
+
+  async bind (server: string, sessionId: string, principal: string, ttlSeconds: number): Promise<boolean> {
+    return await guarded(async () => await this.redis.mcpwBind(this.#key(server, sessionId), principal, ttlSeconds) === 1)
+  }
+
+  async owner (server: string, sessionId: string, ttlSeconds: number): Promise<string | null> {
+    return await guarded(async () => await this.redis.call('GETEX', this.#key(server, sessionId), 'EX', ttlSeconds) as string | null)
+  }
+
+  async unbind (server: string, sessionId: string): Promise<void> {
+    await guarded(async () => await this.redis.del(this.#key(server, sessionId)))
+  }
+
+  async close (): Promise<void> {}
+}
+
+/** The jti replay cache in Redis: shared by every replica of a gateway (or of an upstream using `mcp-warden/upstream`). */
+export class RedisReplayStore implements ReplayStore {
+  constructor (private readonly redis: Redis, private readonly prefix = 'mcpw:') {}
+
+  async use (jti: string, expiresAt: number): Promise<boolean> {
+    const at = Math.max(Math.ceil(expiresAt), Math.floor(Date.now() / 1000) + 1)
+    return await guarded(async () => await this.redis.set(`${this.prefix}jti:${digest(jti)}`, '1', 'EXAT', at, 'NX') === 'OK')
+  }
+
+  async close (): Promise<void> {}
+}
+
+class RedisTokens implements TokenCache {
+  constructor (private readonly redis: Redis, private readonly prefix: string) {}
+
+  async get (key: string): Promise<string | null> {
+    return await guarded(async () => await this.redis.get(`${this.prefix}xtoken:${digest(key)}`))
+  }
+
+  async set (key: string, token: string, until: number): Promise<void> {
+    const ms = Math.floor(until - Date.now())
+    if (ms <= 0) return
+    await guarded(async () => await this.redis.set(`${this.prefix}xtoken:${digest(key)}`, token, 'PX', ms))
+  }
+}
+
+/** Tool pins in Redis, mirrored locally and refreshed when any replica changes one. */
+export class RedisPinStore implements PinStore {
+  readonly #redis: Scripted
+  readonly #sub: Redis
+  readonly #keys: string[]
+  readonly #channel: string
+  #mirror = new Map<string, { hash: string, pending: boolean }>()
+  #generation = 0
+
+  constructor (redis: Redis, prefix: string) {
+    this.#redis = redis as Scripted
+    this.#keys = ['pins:hash', 'pins:record', 'pins:pending-hash', 'pins:pending-record', 'pins:generation'].map(k => prefix + k)
+    this.#channel = `${prefix}pins:changed`
+    this.#sub = redis.duplicate({ enableOfflineQueue: true })
+    this.#sub.on('error', () => { /* reported by the main connection */ })
+    this.#sub.on('ready', () => { void this.#reload() })
+    this.#sub.on('message', () => { void this.#reload() })
+    void this.#sub.subscribe(this.#channel).catch(() => {})
+  }
+
+  get generation (): number { return this.#generation }
+
+  async #reload (): Promise<void> {
+    try {
+      const [pinned, pending] = await Promise.all([this.#redis.hgetall(this.#keys[0]!), this.#redis.hgetall(this.#keys[2]!)])
+      const next = new Map<string, { hash: string, pending: boolean }>()
+      for (const [k, hash] of Object.entries(pinned)) next.set(k, { hash, pending: pending[k] !== undefined })
+      this.#mirror = next
+      this.#generation++
+    } catch { /* Redis is down: requests are refused until it is back, then this runs again */ }
+  }
+
+  async check (server: string, tool: ToolLike, knownHash?: string): Promise<PinCheck> {
+    const hash = knownHash ?? definitionHash(tool)
+    const field = `${server}/${tool.name}`
+    const known = this.#mirror.get(field)
+    if (known !== undefined && known.hash === hash && !known.pending) return 'match'
+    const record: PinRecord = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
+    const result = await guarded(async () => await this.#redis.mcpwPinCheck(...this.#keys, field, hash, JSON.stringify(record), this.#channel))
+    if (result === 'pinned-now' || result === 'match') this.#mirror.set(field, { hash, pending: false })
+    else this.#mirror.set(field, { hash: known?.hash ?? '', pending: true })
+    if (result !== 'match' || known?.pending === true) this.#generation++
+    return result
+  }
+
+  async approve (server: string, tool: string): Promise<boolean> {
+    const field = `${server}/${tool}`
+    const [hash, raw] = await guarded(async () => await Promise.all([this.#redis.hget(this.#keys[2]!, field), this.#redis.hget(this.#keys[3]!, field)]))
+    if (hash === null || raw === null) return false
+    const record = { ...JSON.parse(raw) as PinRecord, at: new Date().toISOString() }
+    const ok = await guarded(async () => await this.#redis.mcpwPinApprove(...this.#keys, field, hash, JSON.stringify(record), this.#channel))
+    if (ok === 1) { this.#mirror.set(field, { hash, pending: false }); this.#generation++ }
+    return ok === 1
+  }
+
+  async pin (server: string, tool: ToolLike): Promise<void> {
+    const field = `${server}/${tool.name}`
+    const hash = definitionHash(tool)
+    const record: PinRecord = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
+    const [ph, pr, qh, qr, gen] = this.#keys as [string, string, string, string, string]
+    await guarded(async () => await this.#redis.multi()
+      .hset(ph, field, hash).hset(pr, field, JSON.stringify(record)).hdel(qh, field).hdel(qr, field).incr(gen)
+      .publish(this.#channel, field).exec())
+    this.#mirror.set(field, { hash, pending: false })
+    this.#generation++
+  }
+
+  async entries (): Promise<ReadonlyMap<string, PinEntry>> {
+    const [pinned, pending] = await guarded(async () => await Promise.all([this.#redis.hgetall(this.#keys[1]!), this.#redis.hgetall(this.#keys[3]!)]))
+    const out = new Map<string, PinEntry>()
+    for (const field of Object.keys(pinned).sort()) {
+      const p = pending[field]
+      out.set(field, { pinned: JSON.parse(pinned[field]!) as PinRecord, ...(p !== undefined ? { pending: JSON.parse(p) as PinRecord } : {}) })
+    }
+    return out
+  }
+
+  async close (): Promise<void> {
+    this.#sub.disconnect()
+  }
+}
+
+export class RedisStore implements GatewayStore {
+  readonly kind = 'redis' as const
+  readonly redis: Redis
+  readonly sessions: SessionStore
+  readonly replay: ReplayStore
+  readonly tokens: TokenCache
+  readonly pins: RedisPinStore
+  readonly rateLimitRedis: Redis
+  #closed = false
+
+  constructor (url: string, options: RedisStoreOptions = {}) {
+    const prefix = options.prefix ?? 'mcpw:'
+    const redisOptions: RedisOptions = {
+      // Fail closed and fast: nothing waits in a queue for a Redis that is down.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: options.commandTimeoutMs ?? 2000,
+      connectTimeout: 2000,
+      // Reconnect for ever, at most every second.
+      retryStrategy: (times) => Math.min(50 * times, 1000),
+      lazyConnect: false
+    }
+    this.redis = new Redis(url, redisOptions)
+    this.redis.on('error', () => { /* state is read from redis.status; errors reach callers as 503 */ })
+    this.redis.defineCommand('mcpwBind', { numberOfKeys: 1, lua: BIND })
+    this.redis.defineCommand('mcpwPinCheck', { numberOfKeys: 5, lua: PIN_CHECK })
+    this.redis.defineCommand('mcpwPinApprove', { numberOfKeys: 5, lua: PIN_APPROVE })
+    const scripted = this.redis as Scripted
+    this.sessions = new RedisSessions(scripted, prefix)
+    this.replay = new RedisReplayStore(this.redis, prefix)
+    this.tokens = new RedisTokens(this.redis, prefix)
+    this.pins = new RedisPinStore(this.redis, prefix)
+    this.rateLimitRedis = this.redis
+  }
+
+  available (): boolean {
+    return this.redis.status === 'ready'
+  }
+
+  async ready (timeoutMs = 5000): Promise<void> {
+    if (this.available()) return
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => { this.redis.off('ready', onReady); reject(Object.assign(new StoreUnavailableError(), { cause: new Error(`no connection within ${timeoutMs} ms`) })) }, timeoutMs)
+      const onReady = (): void => { clearTimeout(timer); resolve() }
+      this.redis.once('ready', onReady)
+    })
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.pins.close()
+    this.redis.disconnect()
+  }
+}

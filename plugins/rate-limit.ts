@@ -1,0 +1,95 @@
+/**
+ * rate-limit: per-agent request limits, and per-tool limits for tools/call
+ * (`rateLimit` in the config), counted by @fastify/rate-limit in the gateway's store
+ * (its Redis store when `store: redis://…`, so that every replica counts the same).
+ *
+ * Runs as a preHandler after the Cedar decision: a request that is denied anyway does not
+ * count. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
+ * forwarded, and the audit records the refusal. The counters are keyed by the principal
+ * (issuer + agent id), never by IP: agents behind one NAT do not share a limit.
+ */
+import fp from 'fastify-plugin'
+import rateLimitPlugin from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { GatewayConfig, RateLimitConfig } from '../lib/config.js'
+import { RateLimitedError, StoreUnavailableError } from '../lib/errors.js'
+import { principalKey } from '../lib/identity.js'
+import { startStage } from '../lib/timing.js'
+import type {} from './store.js'
+import type {} from './cedar-authz.js'
+
+export interface RateLimitOptions {
+  config: GatewayConfig
+}
+
+interface LimitResult { isAllowed: boolean, isExceeded?: boolean, max?: number, remaining?: number, ttlInSeconds?: number }
+type Limiter = (request: FastifyRequest) => Promise<LimitResult>
+
+/** The tool limit that applies to a call: `server/tool` first, then the bare tool name. */
+export function toolLimit (limits: RateLimitConfig, server: string, tool: string): { key: string, max: number, timeWindowMs: number } | undefined {
+  for (const key of [`${server}/${tool}`, tool]) {
+    const l = limits.tools.get(key)
+    if (l !== undefined) return { key, ...l }
+  }
+  return undefined
+}
+
+async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
+  const limits = opts.config.rateLimit
+  if (limits === undefined) return
+  const redis = app.store.rateLimitRedis
+  await app.register(rateLimitPlugin, {
+    global: false,
+    ...(redis !== undefined ? { redis: redis as never, nameSpace: 'mcpw:ratelimit:' } : {}),
+    skipOnError: false
+  })
+  const create = (app as unknown as { createRateLimit: (o: object) => Limiter }).createRateLimit
+  const perAgent = create({
+    max: limits.max,
+    timeWindow: limits.timeWindowMs,
+    keyGenerator: (request: FastifyRequest) => `agent:${principalKey(request.identity!)}`
+  })
+  const perTool = create({
+    max: (request: FastifyRequest) => toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.max,
+    timeWindow: (request: FastifyRequest) => toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.timeWindowMs,
+    keyGenerator: (request: FastifyRequest) =>
+      `tool:${toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.key}:${principalKey(request.identity!)}`
+  })
+
+  async function apply (limiter: Limiter, request: FastifyRequest, reply: FastifyReply, what: string): Promise<void> {
+    let r: LimitResult
+    try {
+      r = await limiter(request)
+    } catch (err) {
+      throw Object.assign(new StoreUnavailableError(), { cause: err })
+    }
+    if (r.isAllowed || r.isExceeded !== true) return
+    const retry = Math.max(1, r.ttlInSeconds ?? 1)
+    const error = new RateLimitedError(`${what} (${r.max ?? 0} requests per window)`, String(retry))
+    request.log.info({ agentId: request.identity?.agentId, limit: what }, 'rate limited')
+    void reply.headers({ 'retry-after': String(retry), 'x-ratelimit-limit': String(r.max ?? 0), 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(retry) })
+    throw error
+  }
+
+  app.addHook('preHandler', async (request, reply) => {
+    if (request.mcpTarget === null || request.identity === null) return
+    if (request.decision !== null && !request.decision.allowed) return
+    const done = startStage(request, 'ratelimit')
+    try {
+      await apply(perAgent, request, reply, 'requests of this agent')
+      const m = request.mcp
+      if (m?.method === 'tools/call' && toolLimit(limits, request.mcpTarget.server.name, m.tool!) !== undefined) {
+        await apply(perTool, request, reply, `calls of tool ${m.tool!} by this agent`)
+      }
+    } finally {
+      done()
+    }
+  })
+}
+
+export default fp(rateLimit, {
+  name: 'mcp-warden-rate-limit',
+  fastify: '5.x',
+  dependencies: ['mcp-warden-store', 'mcp-warden-context', 'mcp-warden-identity']
+})
+export { rateLimit }
