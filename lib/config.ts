@@ -103,6 +103,8 @@ const UpstreamSchema = Type.Object({
   timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 }))
 }, strict)
 
+const WINDOW_HINT = 'a number of milliseconds or a duration such as "1 minute"'
+
 const ConfigSchema = Type.Object({
   listen: Type.Object({
     host: Str({ default: '127.0.0.1' }),
@@ -125,10 +127,10 @@ const ConfigSchema = Type.Object({
   }, { ...strict, default: {} }),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1 }),
-    timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { default: '1 minute' }),
+    timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { default: '1 minute', hint: WINDOW_HINT }),
     tools: Type.Record(Type.String(), Type.Object({
       max: Type.Integer({ minimum: 1 }),
-      timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()])
+      timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { hint: WINDOW_HINT })
     }, strict), { default: {} })
   }, strict)),
   store: Str({ default: 'memory' }),
@@ -274,6 +276,8 @@ function firstSchemaError (schema: TSchema, value: unknown): string | undefined 
     if (Array.isArray(sch.anyOf) && sch.anyOf.every(o => o.const !== undefined)) {
       return `${field}: must be one of ${sch.anyOf.map(o => JSON.stringify(o.const)).join(', ')}`
     }
+    if (Array.isArray(sch.anyOf) && e.value === undefined) return `${field}: expected required property`
+    if (typeof (sch as { hint?: unknown }).hint === 'string') return `${field}: must be ${(sch as { hint: string }).hint}`
     if (Array.isArray(sch.anyOf)) {
       // A union of a string and an object (a secret reference): explain with the member that fits the value's shape.
       const member = (sch.anyOf as Array<{ type?: string }>).find(o => o.type === (typeof e.value === 'object' && e.value !== null ? 'object' : typeof e.value))

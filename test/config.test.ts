@@ -69,6 +69,26 @@ t.test('every bad field refuses to boot and is named', async t => {
   refuses(t, { ...base, authorization: { ...ALLOW_ALL, policies: 'no-such-folder' } }, /authorization\.policies: .*no-such-folder is not a folder/, 'a missing policy folder')
 })
 
+t.test('store and rateLimit', async t => {
+  t.equal(validateConfig(base).store, 'memory')
+  t.equal(validateConfig(base).rateLimit, undefined, 'no limits unless configured')
+  t.equal(validateConfig({ ...base, store: 'redis://127.0.0.1:6379/2' }).store, 'redis://127.0.0.1:6379/2')
+  t.equal(validateConfig({ ...base, store: 'rediss://redis.internal:6380' }).store, 'rediss://redis.internal:6380')
+  const c = validateConfig({ ...base, rateLimit: { max: 600, tools: { payment_process: { max: 5, timeWindow: '1 minute' }, 'db/drop': { max: 1, timeWindow: 3_600_000 } } } })
+  t.equal(c.rateLimit!.max, 600)
+  t.equal(c.rateLimit!.timeWindowMs, 60_000, 'the window defaults to a minute')
+  t.same([...c.rateLimit!.tools], [['payment_process', { max: 5, timeWindowMs: 60_000 }], ['db/drop', { max: 1, timeWindowMs: 3_600_000 }]])
+  refuses(t, { ...base, store: 'postgres://x' }, /store: must use redis: or rediss:/, 'a store that is not Redis')
+  refuses(t, { ...base, store: 'redis' }, /store: "redis" is not an absolute URL/, 'a store without a URL')
+  refuses(t, { ...base, store: 'redis://h:6379/cache' }, /store: the path of a Redis URL is a database number/, 'a bad database')
+  refuses(t, { ...base, rateLimit: { timeWindow: '1 minute' } }, /rateLimit\.max: expected required property/, 'a limit without max')
+  refuses(t, { ...base, rateLimit: { max: 0 } }, /rateLimit\.max: expected integer to be greater or equal to 1/, 'a max of 0')
+  refuses(t, { ...base, rateLimit: { max: 10, timeWindow: 'a while' } }, /rateLimit\.timeWindow: "a while" is not a time window/, 'a window that is not a duration')
+  refuses(t, { ...base, rateLimit: { max: 10, tools: { pay: { max: 2 } } } }, /rateLimit\.tools\.pay\.timeWindow: expected required property/, 'a tool limit without a window')
+  refuses(t, { ...base, rateLimit: { max: 10, tools: { 'nope/pay': { max: 2, timeWindow: '1m' } } } }, /rateLimit\.tools\.nope\/pay: no upstream is named "nope"/, 'a tool limit on an unknown server')
+  refuses(t, { ...base, rateLimit: { max: 10, burst: 3 } }, /rateLimit\.burst: unknown key/, 'an unknown key')
+})
+
 t.test('loadConfig reads YAML and JSON, resolving paths from the file\'s folder', async t => {
   const issuer = makeIssuer('ES256')
   writeFileSync(join(dir, 'issuer.pem'), issuer.publicKeyPem)
