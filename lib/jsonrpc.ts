@@ -121,6 +121,50 @@ export function checkRoutingHeaders (message: McpMessage, method: string | undef
   }
 }
 
+/** The first protocol version of the stateless era (per-request `_meta` envelope, routing headers). */
+export const MODERN_ERA = '2026-07-28'
+/** Where a 2026-07-28-era message names its protocol version. */
+export const PROTOCOL_VERSION_META_KEY = 'io.modelcontextprotocol/protocolVersion'
+
+/** Whether a protocol version belongs to the 2026-07-28 era or later. */
+export function isModernVersion (version: string): boolean {
+  return /^\d{4}-\d{2}-\d{2}$/.test(version) && version >= MODERN_ERA
+}
+
+/** The protocol version a message names in its `_meta` envelope (2026-07-28 era), if any. */
+export function envelopeVersion (message: McpMessage): string | undefined {
+  const meta = (message.params as { _meta?: unknown } | undefined)?._meta
+  if (meta === null || typeof meta !== 'object') return undefined
+  const v = (meta as Record<string, unknown>)[PROTOCOL_VERSION_META_KEY]
+  return typeof v === 'string' ? v : undefined
+}
+
+/** Methods whose target (tool, resource, prompt) the `Mcp-Name` header carries. */
+const NAMED_METHODS = new Set(['tools/call', 'resources/read', 'prompts/get'])
+
+/**
+ * The protocol era of a POSTed message, checked before any policy reads it. A message whose
+ * envelope names a 2026-07-28-era version must say so in `MCP-Protocol-Version` and carry
+ * `Mcp-Method` (and `Mcp-Name` for a tool call, resource read or prompt), each agreeing with
+ * the body; a header that names that era on a message without the envelope is refused too.
+ * Older-era messages are checked only for the routing headers they do send.
+ */
+export function checkEra (message: McpMessage, headers: { version?: string, method?: string, name?: string }): void {
+  if (message.kind !== 'response') {
+    const claimed = envelopeVersion(message)
+    const header = headers.version?.trim()
+    if (claimed !== undefined && isModernVersion(claimed)) {
+      if (header === undefined || header === '') throw new HeaderMismatchError('MCP-Protocol-Version', `it is required in protocol version ${claimed.slice(0, 20)}, which the body's _meta names`)
+      if (header !== claimed) throw new HeaderMismatchError('MCP-Protocol-Version', `the header says "${header.slice(0, 20)}", the body's _meta "${claimed.slice(0, 20)}"`)
+      if (headers.method === undefined) throw new HeaderMismatchError('Mcp-Method', `it is required in protocol version ${claimed.slice(0, 20)}`)
+      if (headers.name === undefined && NAMED_METHODS.has(message.method ?? '')) throw new HeaderMismatchError('Mcp-Name', `it is required for ${message.method ?? ''} in protocol version ${claimed.slice(0, 20)}`)
+    } else if (header !== undefined && isModernVersion(header)) {
+      throw new HeaderMismatchError('MCP-Protocol-Version', `the header says "${header.slice(0, 20)}", but the body has no _meta["${PROTOCOL_VERSION_META_KEY}"]${claimed !== undefined ? ` of that era (it says "${claimed.slice(0, 20)}")` : ''}`)
+    }
+  }
+  checkRoutingHeaders(message, headers.method, headers.name)
+}
+
 /** A JSON-RPC error body. */
 export function rpcError (id: JsonRpcId | null, code: number, message: string, data?: unknown): Record<string, unknown> {
   return { jsonrpc: '2.0', id, error: data === undefined ? { code, message } : { code, message, data } }

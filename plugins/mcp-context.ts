@@ -17,7 +17,7 @@ import {
   type WardenError
 } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
-import { checkRoutingHeaders, parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
+import { checkEra, parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
 
 export interface McpTarget {
   readonly server: UpstreamConfig
@@ -123,8 +123,9 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
       request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0))
       const method = request.headers['mcp-method']
       const name = request.headers['mcp-name']
-      if (Array.isArray(method) || Array.isArray(name)) throw new HeaderMismatchError('Mcp-Method/Mcp-Name', 'each may be sent once')
-      checkRoutingHeaders(request.mcp, method, name)
+      const version = request.headers['mcp-protocol-version']
+      if (Array.isArray(method) || Array.isArray(name) || Array.isArray(version)) throw new HeaderMismatchError('Mcp-Method/Mcp-Name/MCP-Protocol-Version', 'each may be sent once')
+      checkEra(request.mcp, { ...(version !== undefined ? { version } : {}), ...(method !== undefined ? { method } : {}), ...(name !== undefined ? { name } : {}) })
     } finally {
       done()
     }

@@ -213,13 +213,22 @@ t.test('an upstream that refuses the gateway\'s credentials is 502, and its chal
 t.test('2026-07-28 routing headers must match the body; that era has no GET or DELETE', async t => {
   const auth = { authorization: `Bearer ${tokenFor('agent-h')}` }
   const n = up.received.length
-  const call = JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } })
-  const cases: Array<[string, Record<string, string>, RegExp]> = [
-    ['Mcp-Method differs', { 'mcp-method': 'tools/list' }, /Header Mcp-Method does not match the message body: the header says "tools\/list", the body "tools\/call"/],
-    ['Mcp-Name differs', { 'mcp-method': 'tools/call', 'mcp-name': 'count' }, /Header Mcp-Name does not match the message body: the header says "count", the body "echo"/]
+  const meta = { 'io.modelcontextprotocol/protocolVersion': '2026-07-28' }
+  const call = JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' }, _meta: meta } })
+  const bare = JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } })
+  const era = { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/call', 'mcp-name': 'echo' }
+  const cases: Array<[string, string, Record<string, string | undefined>, RegExp]> = [
+    ['Mcp-Method differs', call, { ...era, 'mcp-method': 'tools/list' }, /Header Mcp-Method does not match the message body: the header says "tools\/list", the body "tools\/call"/],
+    ['Mcp-Name differs', call, { ...era, 'mcp-name': 'count' }, /Header Mcp-Name does not match the message body: the header says "count", the body "echo"/],
+    ['MCP-Protocol-Version missing', call, { ...era, 'mcp-protocol-version': undefined }, /Header MCP-Protocol-Version does not match the message body: it is required in protocol version 2026-07-28/],
+    ['MCP-Protocol-Version differs', call, { ...era, 'mcp-protocol-version': '2026-09-01' }, /the header says "2026-09-01", the body's _meta "2026-07-28"/],
+    ['the era header on a body without the envelope', bare, era, /the header says "2026-07-28", but the body has no _meta\["io.modelcontextprotocol\/protocolVersion"\]/],
+    ['Mcp-Method missing', call, { ...era, 'mcp-method': undefined }, /Header Mcp-Method does not match the message body: it is required in protocol version 2026-07-28/],
+    ['Mcp-Name missing on a tool call', call, { ...era, 'mcp-name': undefined }, /Header Mcp-Name does not match the message body: it is required for tools\/call/]
   ]
-  for (const [name, headers, message] of cases) {
-    const res = await post('echo', call, { ...auth, 'mcp-protocol-version': '2026-07-28', ...headers })
+  for (const [name, body, headers, message] of cases) {
+    const sent = Object.fromEntries(Object.entries({ ...auth, ...headers }).filter(([, v]) => v !== undefined)) as Record<string, string>
+    const res = await post('echo', body, sent)
     t.equal(res.status, 400, `${name}: 400`)
     t.equal(res.json.error.code, -32020, `${name}: -32020`)
     t.match(res.json.error.message, message)

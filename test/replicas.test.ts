@@ -13,7 +13,7 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import { z } from 'zod'
 import { Redis } from 'ioredis'
 import { ensureKeys, KeyRing } from '../lib/tokens/keys.js'
-import { createUpstreamVerifier, checkNodeRequest, RedisReplayStore } from '../lib/upstream.js'
+import { createUpstreamVerifier, checkNodeRequest, RedisReplayStore, type UpstreamVerifierOptions } from '../lib/upstream.js'
 import { serveMcp, type ServedMcp } from '../lib/demo/serve.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL } from './fixtures/gateway.js'
@@ -39,7 +39,7 @@ async function startUpstream (redisUrl: string): Promise<Upstream> {
   const verifier = createUpstreamVerifier({
     issuer: PUBLIC_URL,
     audience: ECHO_RESOURCE,
-    jwks: new KeyRing(keysDir, 60).jwks() as { keys: JsonWebKey[] },
+    jwks: new KeyRing(keysDir, 60).jwks() as NonNullable<UpstreamVerifierOptions['jwks']>,
     replay: new RedisReplayStore(replayConn, 'upstream:')
   })
   const received: Upstream['received'] = []
