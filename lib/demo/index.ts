@@ -85,6 +85,7 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
     },
     tokens: { keysDir: join(o.dataDir, 'keys') },
     toolScan: { pins: join(o.dataDir, 'pins.json') },
+    rateLimit: { max: 600, timeWindow: '1 minute', tools: { 'api/payment_process': { max: 5, timeWindow: '1 minute' } } },
     serverTiming: true,
     logLevel: 'warn',
     ...o.overrides
