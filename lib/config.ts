@@ -100,7 +100,8 @@ const UpstreamSchema = Type.Object({
   auth: Type.Optional(UpstreamAuthSchema),
   tools: Type.Optional(Type.Record(Type.String(), ToolAttrsSchema)),
   defaultSensitivity: Type.Optional(Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high')])),
-  timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 }))
+  timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 })),
+  prefix: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$' }))
 }, strict)
 
 const WINDOW_HINT = 'a number of milliseconds or a duration such as "1 minute"'
@@ -134,6 +135,10 @@ const ConfigSchema = Type.Object({
     }, strict), { default: {} })
   }, strict)),
   store: Str({ default: 'memory' }),
+  aggregate: Type.Object({
+    enabled: Type.Boolean({ default: true }),
+    separator: Type.String({ minLength: 1, maxLength: 8, pattern: '^[A-Za-z0-9_.-]+$', default: '__' })
+  }, { ...strict, default: {} }),
   audit: Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
@@ -189,6 +194,8 @@ export interface UpstreamConfig {
   readonly tools: Readonly<Record<string, { sensitivity?: Sensitivity, readOnly?: boolean, destructive?: boolean }>>
   readonly defaultSensitivity: Sensitivity
   readonly timeoutMs: number
+  /** Prefix of its tools and prompts on the aggregated endpoint (`<prefix><separator><name>`); '' = none. */
+  readonly prefix: string
 }
 
 export interface IdentityConfig {
@@ -245,6 +252,8 @@ export interface GatewayConfig {
   readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */
   readonly store: string
+  /** The aggregated endpoint `POST /mcp`: every upstream as one server. */
+  readonly aggregate: { readonly enabled: boolean, readonly separator: string }
   /** Per-agent request limits; absent: none. Windows in milliseconds. */
   readonly rateLimit?: RateLimitConfig
   readonly audit: { readonly destination: string }
@@ -491,8 +500,18 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       auth: upstreamAuth(`upstreams.${name}.auth`, u.auth, u.resource ?? u.url, baseDir),
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
-      timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000)
+      timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000),
+      prefix: u.prefix ?? name
     })
+  }
+
+  const prefixes = new Map<string, string>()
+  for (const u of upstreams.values()) {
+    if (u.prefix === '') continue
+    if (u.prefix.includes(cfg.aggregate.separator)) fail(`upstreams.${u.name}.prefix`, `must not contain the separator "${cfg.aggregate.separator}" (aggregate.separator)`)
+    const other = prefixes.get(u.prefix)
+    if (other !== undefined) fail(`upstreams.${u.name}.prefix`, `"${u.prefix}" is already the prefix of upstream ${other}`)
+    prefixes.set(u.prefix, u.name)
   }
 
   return deepFreeze({
@@ -518,6 +537,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       pins: resolve(baseDir, cfg.toolScan.pins)
     },
     store: storeUrl(cfg.store),
+    aggregate: cfg.aggregate,
     ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
     logLevel: cfg.logLevel,

@@ -9,6 +9,7 @@ import type { GatewayConfig } from './config.js'
 import type { GatewayStore } from './stores/types.js'
 import store from '../plugins/store.js'
 import rateLimit from '../plugins/rate-limit.js'
+import aggregate from '../plugins/aggregate.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
@@ -57,6 +58,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   await app.register(tokenExchange, { config })
   await app.register(upstreamSecret, { config })
   await app.register(mcpProxy, { config })
+  await app.register(aggregate, { config })
 
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_request, reply) => {

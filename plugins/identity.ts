@@ -10,7 +10,8 @@
  */
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { randomBytes } from 'node:crypto'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
@@ -22,7 +23,24 @@ declare module 'fastify' {
     identity: Identity | null
     mcpWardenJwtVerify: <T = Record<string, unknown>>() => Promise<T>
   }
+  interface FastifyInstance {
+    /**
+     * Verifies the agent token of a request for a resource (its `aud`), or throws the 401
+     * with `WWW-Authenticate` pointing at `metadataUrl`. Used by routes other than
+     * `/servers/:name/mcp` (the aggregated endpoint).
+     */
+    mcpAuthenticate: (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string) => Promise<Identity>
+    /**
+     * In-process requests made on behalf of an already verified agent (the aggregated
+     * endpoint calling a server route): `issue` returns a single-use random handle, valid
+     * for 30 s, to send as the `x-mcp-warden-internal` header instead of re-verifying a token.
+     */
+    mcpInternalIdentity: { issue: (identity: Identity) => string }
+  }
 }
+
+/** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */
+export const INTERNAL_IDENTITY_HEADER = 'x-mcp-warden-internal'
 
 export interface IdentityOptions {
   config: GatewayConfig
@@ -87,10 +105,19 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
 
   app.decorateRequest('identity', null)
 
-  app.addHook('onRequest', async (request, reply) => {
-    const target = request.mcpTarget
-    if (target === null) return
-    const challenge = `Bearer resource_metadata="${target.metadataUrl}"`
+  const internal = new Map<string, { identity: Identity, until: number }>()
+  app.decorate('mcpInternalIdentity', {
+    issue (identity: Identity): string {
+      const now = Date.now()
+      if (internal.size > 1000) for (const [k, v] of internal) if (v.until < now) internal.delete(k)
+      const handle = randomBytes(32).toString('base64url')
+      internal.set(handle, { identity, until: now + 30_000 })
+      return handle
+    }
+  })
+
+  async function authenticate (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
+    const challenge = `Bearer resource_metadata="${metadataUrl}"`
     const header = request.headers.authorization
     if (header === undefined || !/^Bearer\s+\S/i.test(header)) {
       reply.header('www-authenticate', challenge)
@@ -110,17 +137,32 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     }
     done()
     const aud = audiences(claims)
-    if (!aud.includes(target.resource) && !aud.some(a => extraAudiences.includes(a))) {
-      const e = new TokenAudienceError(target.resource)
+    if (!aud.includes(resource) && !aud.some(a => extraAudiences.includes(a))) {
+      const e = new TokenAudienceError(resource)
       reply.header('www-authenticate', `${challenge}, error="invalid_token", error_description="${quote(e.message)}"`)
       throw e
     }
     try {
-      request.identity = identityFromClaims(claims, id, gatewayIssuer)
+      return identityFromClaims(claims, id, gatewayIssuer)
     } catch (err) {
       reply.header('www-authenticate', `${challenge}, error="invalid_token"`)
       throw err
     }
+  }
+  app.decorate('mcpAuthenticate', authenticate)
+
+  app.addHook('onRequest', async (request, reply) => {
+    const target = request.mcpTarget
+    if (target === null) return
+    const handle = request.headers[INTERNAL_IDENTITY_HEADER]
+    if (handle !== undefined) {
+      const entry = typeof handle === 'string' ? internal.get(handle) : undefined
+      if (typeof handle === 'string') internal.delete(handle)
+      if (entry === undefined || entry.until < Date.now()) throw new TokenInvalidError('the internal request handle is unknown or used')
+      request.identity = entry.identity
+      return
+    }
+    request.identity = await authenticate(request, reply, target.resource, target.metadataUrl)
   })
 
   // RFC 9728 protected resource metadata, one document per server route.

@@ -141,7 +141,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     }))
   }
 
-  const audience = [...config.upstreams.keys()].map(name => resourceUrl(config, name))
+  const audience = [...[...config.upstreams.keys()].map(name => resourceUrl(config, name)), `${config.publicUrl}/mcp`]
   const token: Demo['token'] = (agent, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
     issuer: DEMO_ISSUER,
     audience,

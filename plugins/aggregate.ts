@@ -1,0 +1,265 @@
+/**
+ * aggregate: `POST /mcp`, every upstream as one virtual MCP server (resource `<publicUrl>/mcp`).
+ *
+ * Its tools are the tools the agent may call on every upstream, named `<server>__<tool>`
+ * (lib/aggregate.ts); its prompts likewise; its resources keep their URIs. Each message is
+ * answered by calling the per-server routes in-process (`/servers/<name>/mcp`) on behalf of
+ * the already verified agent, so every call goes through the whole pipeline for the real
+ * server and tool: Cedar, tool filter and quarantine, rate limit, the upstream's own
+ * credential (an ephemeral token for that upstream), audit. What an agent sees here is
+ * therefore exactly the union of what it sees per server.
+ *
+ * The endpoint is stateless (no `Mcp-Session-Id`; GET and DELETE answer 405). The upstream
+ * sessions it needs are opened per agent and server and reused for a while.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Server } from '@modelcontextprotocol/sdk/server/index.js'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import {
+  CallToolRequestSchema, GetPromptRequestSchema, ListPromptsRequestSchema, ListResourcesRequestSchema, ListResourceTemplatesRequestSchema,
+  ListToolsRequestSchema, McpError, ReadResourceRequestSchema
+} from '@modelcontextprotocol/sdk/types.js'
+import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
+import { AggregateNames } from '../lib/aggregate.js'
+import { MethodNotAllowedError, OriginForbiddenError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
+import { principalKey, type Identity } from '../lib/identity.js'
+import { parseMcpMessage } from '../lib/jsonrpc.js'
+import { VERSION } from '../lib/version.js'
+import { createMcpErrorHandler } from './mcp-context.js'
+import { INTERNAL_IDENTITY_HEADER } from './identity.js'
+import type {} from './store.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Marks the aggregated endpoint. */
+    mcpAggregate?: boolean
+  }
+}
+
+export interface AggregateOptions {
+  config: GatewayConfig
+}
+
+type Message = Record<string, any>
+interface InnerAnswer { status: number, sessionId: string | undefined, message: Message | undefined }
+
+/** The JSON-RPC answer to request `id` in a JSON or SSE body. */
+function answerIn (body: string, contentType: string, id: number): Message | undefined {
+  const candidates: Message[] = []
+  if (contentType.startsWith('text/event-stream')) {
+    for (const block of body.split(/\r?\n\r?\n/)) {
+      const data = block.split(/\r?\n/).filter(l => l.startsWith('data:')).map(l => l.slice(5).replace(/^ /, '')).join('\n')
+      if (data === '') continue
+      try { candidates.push(JSON.parse(data) as Message) } catch { /* not JSON: skipped */ }
+    }
+  } else if (body !== '') {
+    try { candidates.push(JSON.parse(body) as Message) } catch { return undefined }
+  }
+  return candidates.find(m => m.id === id && ('result' in m || 'error' in m)) ?? candidates.find(m => m.id === null && 'error' in m)
+}
+
+const SESSION_REUSE_MS = 10 * 60_000
+const MAX_PAGES = 20
+
+async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise<void> {
+  const { config } = opts
+  if (!config.aggregate.enabled) return
+  const resource = `${config.publicUrl}/mcp`
+  const metadataUrl = `${config.publicUrl}/.well-known/oauth-protected-resource/mcp`
+  const names = new AggregateNames(config)
+  const origins = new Set([new URL(config.publicUrl).origin, ...config.allowedOrigins])
+  const upstreams = [...config.upstreams.values()]
+
+  // Which unprefixed upstream offers a bare tool or prompt name (learned from the lists it answered).
+  const bareOwners = { tools: new Map<string, string>(), prompts: new Map<string, string>() }
+  // Which upstream serves a resource URI (learned from resources/list).
+  const resourceOwners = new Map<string, string>()
+  // Upstream sessions opened for an agent: principal \n server → session.
+  const sessions = new Map<string, { at: number, session: Promise<{ id: string | undefined, version: string } | null> }>()
+  let nextId = 1
+
+  async function inner (identity: Identity, authorization: string | undefined, server: string, message: Message,
+    session?: { id: string | undefined, version: string }): Promise<InnerAnswer> {
+    const res = await app.inject({
+      method: 'POST',
+      url: `/servers/${server}/mcp`,
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        [INTERNAL_IDENTITY_HEADER]: app.mcpInternalIdentity.issue(identity),
+        ...(authorization !== undefined ? { authorization } : {}),
+        ...(session?.id !== undefined ? { 'mcp-session-id': session.id } : {}),
+        ...(session !== undefined ? { 'mcp-protocol-version': session.version } : {})
+      },
+      payload: JSON.stringify(message)
+    })
+    const sid = res.headers['mcp-session-id']
+    return {
+      status: res.statusCode,
+      sessionId: typeof sid === 'string' ? sid : undefined,
+      message: 'id' in message ? answerIn(res.body, String(res.headers['content-type'] ?? ''), message.id as number) : undefined
+    }
+  }
+
+  async function openSession (identity: Identity, authorization: string | undefined, server: string): Promise<{ id: string | undefined, version: string } | null> {
+    const id = nextId++
+    const init = await inner(identity, authorization, server, {
+      jsonrpc: '2.0', id, method: 'initialize',
+      params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'mcp-warden-aggregate', version: VERSION } }
+    })
+    const result = init.message?.result as { protocolVersion?: string } | undefined
+    if (init.status !== 200 || result === undefined) return null
+    const session = { id: init.sessionId, version: result.protocolVersion ?? '2025-06-18' }
+    await inner(identity, authorization, server, { jsonrpc: '2.0', method: 'notifications/initialized' }, session)
+    return session
+  }
+
+  function sessionFor (identity: Identity, authorization: string | undefined, server: string, fresh = false): Promise<{ id: string | undefined, version: string } | null> {
+    const key = `${principalKey(identity)}\n${server}`
+    const now = Date.now()
+    const hit = sessions.get(key)
+    if (!fresh && hit !== undefined && now - hit.at < SESSION_REUSE_MS) return hit.session
+    if (sessions.size > 10_000) for (const [k, v] of sessions) if (now - v.at >= SESSION_REUSE_MS) sessions.delete(k)
+    const session = openSession(identity, authorization, server).catch(() => null)
+    sessions.set(key, { at: now, session })
+    void session.then(s => { if (s === null) sessions.delete(key) })
+    return session
+  }
+
+  /** One request to one upstream through its route, in the agent's session there (reopened once if it ended). */
+  async function call (identity: Identity, authorization: string | undefined, server: string, method: string, params: Message): Promise<Message> {
+    for (const fresh of [false, true]) {
+      const session = await sessionFor(identity, authorization, server, fresh)
+      if (session === null) throw new McpError(RpcCode.accessDenied, `Server ${server} is not available to this agent`)
+      const id = nextId++
+      const answer = await inner(identity, authorization, server, { jsonrpc: '2.0', id, method, params }, session)
+      if (answer.status === 404 && !fresh) continue // the upstream session ended: open a new one
+      if (answer.message === undefined) throw new McpError(RpcCode.upstreamUnavailable, `MCP server "${server}" gave no answer (HTTP ${answer.status})`)
+      if ('error' in answer.message) {
+        const e = answer.message.error as { code: number, message: string, data?: unknown }
+        throw new McpError(e.code, e.message.replace(/^MCP error -?\d+: /, ''), e.data)
+      }
+      return answer.message.result as Message
+    }
+    throw new McpError(RpcCode.upstreamUnavailable, `MCP server "${server}" ended the session`)
+  }
+
+  /** A list method on every upstream the agent can reach, following pages; unreachable ones contribute nothing. */
+  async function listAll<T> (identity: Identity, authorization: string | undefined, method: string, key: string): Promise<Array<{ server: UpstreamConfig, items: T[] }>> {
+    return await Promise.all(upstreams.map(async server => {
+      const items: T[] = []
+      let cursor: string | undefined
+      try {
+        for (let page = 0; page < MAX_PAGES; page++) {
+          const result = await call(identity, authorization, server.name, method, cursor !== undefined ? { cursor } : {})
+          if (Array.isArray(result[key])) items.push(...result[key] as T[])
+          cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined
+          if (cursor === undefined) break
+        }
+      } catch (err) {
+        app.log.debug({ server: server.name, method, error: (err as Error).message }, 'aggregate: upstream left out of the list')
+      }
+      return { server, items }
+    }))
+  }
+
+  function rememberBare (which: Map<string, string>, lists: Array<{ server: UpstreamConfig, items: Array<{ name: string }> }>): void {
+    for (const { server, items } of lists) if (server.prefix === '') for (const i of items) which.set(i.name, server.name)
+  }
+
+  function buildServer (identity: Identity, authorization: string | undefined): Server {
+    const server = new Server({ name: 'mcp-warden', version: VERSION }, {
+      capabilities: { tools: {}, resources: {}, prompts: {} },
+      instructions: 'Every MCP server behind this gateway as one: tool and prompt names are <server>__<name>.'
+    })
+    server.setRequestHandler(ListToolsRequestSchema, async () => {
+      const lists = await listAll<{ name: string }>(identity, authorization, 'tools/list', 'tools')
+      rememberBare(bareOwners.tools, lists)
+      const { items, collisions } = names.merge(lists)
+      if (collisions.length > 0) app.log.warn({ collisions }, 'aggregate: tool names exposed by more than one upstream are left out')
+      return { tools: items as never }
+    })
+    server.setRequestHandler(CallToolRequestSchema, async (req) => {
+      const target = names.resolve(req.params.name, n => bareOwners.tools.get(n))
+      if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
+      try {
+        return await call(identity, authorization, target.server, 'tools/call', { ...req.params, name: target.name }) as never
+      } catch (err) {
+        if (err instanceof McpError && err.code === RpcCode.invalidParams && /Unknown tool/.test(err.message)) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
+        throw err
+      }
+    })
+    server.setRequestHandler(ListPromptsRequestSchema, async () => {
+      const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list', 'prompts')
+      rememberBare(bareOwners.prompts, lists)
+      return { prompts: names.merge(lists).items as never }
+    })
+    server.setRequestHandler(GetPromptRequestSchema, async (req) => {
+      const target = names.resolve(req.params.name, n => bareOwners.prompts.get(n))
+      if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown prompt: ${req.params.name}`)
+      return await call(identity, authorization, target.server, 'prompts/get', { ...req.params, name: target.name }) as never
+    })
+    server.setRequestHandler(ListResourcesRequestSchema, async () => {
+      const lists = await listAll<{ uri: string }>(identity, authorization, 'resources/list', 'resources')
+      const seen = new Map<string, number>()
+      for (const { server: s, items } of lists) for (const r of items) { resourceOwners.set(r.uri, s.name); seen.set(r.uri, (seen.get(r.uri) ?? 0) + 1) }
+      return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
+    })
+    server.setRequestHandler(ListResourceTemplatesRequestSchema, async () => {
+      const lists = await listAll<{ uriTemplate: string }>(identity, authorization, 'resources/templates/list', 'resourceTemplates')
+      return { resourceTemplates: lists.flatMap(l => l.items) as never }
+    })
+    server.setRequestHandler(ReadResourceRequestSchema, async (req) => {
+      const owner = resourceOwners.get(req.params.uri)
+      if (owner === undefined) throw new McpError(RpcCode.invalidParams, `Unknown resource: ${req.params.uri} (list resources first)`)
+      return await call(identity, authorization, owner, 'resources/read', { ...req.params }) as never
+    })
+    return server
+  }
+
+  await app.register(async function routes (scope) {
+    scope.removeAllContentTypeParsers()
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes }, (_request, body, done) => { done(null, body) })
+    scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
+
+    scope.addHook('onRequest', async (request, reply) => {
+      const origin = request.headers.origin
+      if (origin !== undefined && !origins.has(origin)) throw new OriginForbiddenError(JSON.stringify(origin.slice(0, 200)))
+      if (!app.store.available()) throw new StoreUnavailableError()
+      if (request.method !== 'POST') {
+        void reply.header('allow', 'POST')
+        throw new MethodNotAllowedError(`${request.method} (the aggregated endpoint is stateless: POST only)`)
+      }
+      request.identity = await app.mcpAuthenticate(request, reply, resource, metadataUrl)
+    })
+
+    scope.route({
+      method: ['POST', 'GET', 'DELETE'],
+      url: '/mcp',
+      config: { mcpAggregate: true },
+      handler: async (request: FastifyRequest, reply: FastifyReply) => {
+        const message = parseMcpMessage(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
+        request.mcp = message
+        const server = buildServer(request.identity!, request.headers.authorization)
+        const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true })
+        reply.hijack()
+        reply.raw.on('close', () => { void transport.close(); void server.close() })
+        await server.connect(transport)
+        await transport.handleRequest(request.raw, reply.raw, message.message)
+      }
+    })
+  })
+
+  app.get('/.well-known/oauth-protected-resource/mcp', async (_request, reply) => {
+    void reply.header('cache-control', 'public, max-age=300')
+    return { resource, authorization_servers: [config.identity.issuer], bearer_methods_supported: ['header'], resource_name: 'mcp-warden: every server' }
+  })
+}
+
+export default fp(aggregate, {
+  name: 'mcp-warden-aggregate',
+  fastify: '5.x',
+  dependencies: ['mcp-warden-identity', 'mcp-warden-store', 'mcp-warden-proxy']
+})
+export { aggregate }
