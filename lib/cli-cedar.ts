@@ -16,6 +16,7 @@ import { PACKAGE_ROOT } from './version.js'
 import { KeyRing } from './tokens/keys.js'
 import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
+import { startStdioBridges } from './stdio-bridge.js'
 
 export interface Io { out: (line: string) => void, err: (line: string) => void }
 
@@ -175,12 +176,18 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
       // Upstreams that expect the gateway's ephemeral tokens get them, minted with its keys.
       const needsTokens = [...config.upstreams.values()].some(u => u.auth.type === 'ephemeral')
       const minter = needsTokens ? new TokenMinter(new KeyRing(config.tokens.keysDir, config.tokens.ttlSeconds), config.tokens) : null
-      for (const u of config.upstreams.values()) {
-        try {
-          tools.set(u.name, await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter!, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined))
-        } catch (err) {
-          throw new CedarUsageError(`upstream ${u.name} (${u.url}): cannot list its tools: ${(err as Error).message}`)
+      // stdio upstreams are spawned for the time of the listing.
+      const bridged = await startStdioBridges(config, { info () {}, warn () {} })
+      try {
+        for (const u of bridged.config.upstreams.values()) {
+          try {
+            tools.set(u.name, await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter!, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined))
+          } catch (err) {
+            throw new CedarUsageError(`upstream ${u.name} (${u.stdio !== undefined ? u.stdio.command.join(' ') : u.url}): cannot list its tools: ${(err as Error).message}`)
+          }
         }
+      } finally {
+        await bridged.close()
       }
       const text = schemaWithToolActions(readFileSync(schemaFile, 'utf8'), tools)
       if (str('out') !== undefined) {

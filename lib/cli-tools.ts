@@ -10,6 +10,7 @@ import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
 import { FilePinStore, type PinStore } from './tools/pins.js'
 import { RedisStore } from './stores/redis.js'
+import { startStdioBridges } from './stdio-bridge.js'
 
 export interface Io { out: (line: string) => void, err: (line: string) => void }
 export class ToolsUsageError extends Error {}
@@ -89,11 +90,16 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
     case 'pin': {
       if (config === undefined) throw new ToolsUsageError('pin needs --config (the upstreams to ask)')
       const minter = new TokenMinter(new KeyRing(config.tokens.keysDir, config.tokens.ttlSeconds), config.tokens)
-      for (const u of config.upstreams.values()) {
-        if (u.auth.type === 'exchange' || u.auth.type === 'secret') { io.out(`${u.name}: skipped (auth ${u.auth.type}); its tools are pinned when the gateway first lists them`); continue }
-        const tools = await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined)
-        for (const tool of tools) await store.pin(u.name, tool)
-        io.out(`${u.name}: pinned ${tools.length} tools`)
+      const bridged = await startStdioBridges(config, { info () {}, warn () {} })
+      try {
+        for (const u of bridged.config.upstreams.values()) {
+          if (u.auth.type === 'exchange' || u.auth.type === 'secret') { io.out(`${u.name}: skipped (auth ${u.auth.type}); its tools are pinned when the gateway first lists them`); continue }
+          const tools = await listUpstreamTools(u.url, u.auth.type === 'ephemeral' ? mintingFetch(minter, u.resource, { agentId: 'mcp-warden-cli', userId: null }) : undefined)
+          for (const tool of tools) await store.pin(u.name, tool)
+          io.out(`${u.name}: pinned ${tools.length} tools`)
+        }
+      } finally {
+        await bridged.close()
       }
       return 0
     }

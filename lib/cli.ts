@@ -148,7 +148,8 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
   io.out(`public URL: ${config.publicUrl}`)
   io.out('')
   io.out('MCP servers:')
-  for (const s of config.upstreams.values()) io.out(`  ${s.name.padEnd(6)} ${resourceUrl(config, s.name)}  ->  ${s.url}`)
+  for (const s of config.upstreams.values()) io.out(`  ${s.name.padEnd(6)} ${resourceUrl(config, s.name)}  ->  ${s.stdio !== undefined ? `stdio: ${s.stdio.command.join(' ')}` : s.url}`)
+  if (config.aggregate.enabled) io.out(`  (all)  ${config.publicUrl}/mcp  ->  every server above, tools named <server>${config.aggregate.separator}<tool>`)
   if (demo !== undefined) {
     io.out('')
     io.out('Demo agent tokens (valid 12 h on every demo server; signed by the demo issuer key in')

@@ -95,7 +95,18 @@ const ToolAttrsSchema = Type.Object({
 }, strict)
 
 const UpstreamSchema = Type.Object({
-  url: Str(),
+  url: Type.Optional(Str()),
+  command: Type.Optional(Type.Array(Str(), { minItems: 1 })),
+  cwd: Type.Optional(Str()),
+  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  envPass: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }))),
+  idleSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 86400 })),
+  maxProcesses: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  processLimits: Type.Optional(Type.Object({
+    memoryMb: Type.Optional(Type.Integer({ minimum: 16 })),
+    cpuSeconds: Type.Optional(Type.Integer({ minimum: 1 })),
+    openFiles: Type.Optional(Type.Integer({ minimum: 16 }))
+  }, strict)),
   resource: Type.Optional(Str()),
   auth: Type.Optional(UpstreamAuthSchema),
   tools: Type.Optional(Type.Record(Type.String(), ToolAttrsSchema)),
@@ -184,9 +195,26 @@ export type UpstreamAuthConfig =
   }
   | { readonly type: 'secret', readonly header: string, readonly format: string, readonly secret: SecretRef }
 
+/** A stdio upstream: the gateway spawns `command` per client session (lib/stdio-bridge.ts). */
+export interface StdioConfig {
+  /** argv: the program and its arguments (no shell). */
+  readonly command: readonly string[]
+  readonly cwd?: string
+  /** Fixed environment variables. */
+  readonly env: Readonly<Record<string, string>>
+  /** Variables passed through from the gateway's environment (default: PATH only). */
+  readonly envPass: readonly string[]
+  readonly idleMs: number
+  readonly maxProcesses: number
+  readonly limits: { readonly memoryMb?: number, readonly cpuSeconds?: number, readonly openFiles?: number }
+}
+
 export interface UpstreamConfig {
   readonly name: string
+  /** Streamable HTTP endpoint (for a stdio upstream: its bridge, set when the gateway starts). */
   readonly url: string
+  /** Set for stdio upstreams. */
+  readonly stdio?: StdioConfig
   /** RFC 8707 resource of the upstream: the `aud` of tokens minted for it. */
   readonly resource: string
   /** How the gateway authenticates to the upstream: a per-message ephemeral token, or nothing. */
@@ -403,6 +431,28 @@ function upstreamAuth (field: string, raw: Static<typeof UpstreamAuthSchema> | u
   }
 }
 
+const STDIO_ONLY = ['cwd', 'env', 'envPass', 'idleSeconds', 'maxProcesses', 'processLimits'] as const
+
+function stdioConfig (field: string, u: Static<typeof UpstreamSchema>, baseDir: string): StdioConfig | undefined {
+  if (u.command === undefined) {
+    const extra = STDIO_ONLY.find(k => u[k] !== undefined)
+    if (extra !== undefined) fail(`${field}.${extra}`, 'only used with command (stdio upstreams)')
+    return undefined
+  }
+  for (const k of Object.keys(u.env ?? {})) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) fail(`${field}.env.${k}`, 'not an environment variable name')
+  const cwd = u.cwd !== undefined ? resolve(baseDir, u.cwd) : undefined
+  if (cwd !== undefined && (!existsSync(cwd) || !statSync(cwd).isDirectory())) fail(`${field}.cwd`, `${cwd} is not a folder`)
+  return {
+    command: u.command,
+    ...(cwd !== undefined ? { cwd } : {}),
+    env: u.env ?? {},
+    envPass: u.envPass ?? ['PATH'],
+    idleMs: (u.idleSeconds ?? 900) * 1000,
+    maxProcesses: u.maxProcesses ?? 32,
+    limits: u.processLimits ?? {}
+  }
+}
+
 function storeUrl (value: string): string {
   if (value === 'memory') return value
   const url = parseUrl('store', value, ['redis:', 'rediss:'])
@@ -490,14 +540,19 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
   for (const name of names) {
     const u = cfg.upstreams[name]!
     if (!SERVER_NAME.test(name)) fail(`upstreams.${name}`, 'a server name is lower-case letters, digits, "-" and "_", starting with a letter or digit')
-    parseUrl(`upstreams.${name}.url`, u.url)
-    if (u.resource !== undefined) parseUrl(`upstreams.${name}.resource`, u.resource)
+    if ((u.url === undefined) === (u.command === undefined)) fail(`upstreams.${name}`, 'set exactly one of url (Streamable HTTP) and command (stdio)')
+    const stdio = stdioConfig(`upstreams.${name}`, u, baseDir)
+    if (u.url !== undefined) parseUrl(`upstreams.${name}.url`, u.url)
+    if (u.resource !== undefined) parseUrl(`upstreams.${name}.resource`, u.resource, ['http:', 'https:', 'urn:'])
+    const resource = u.resource ?? u.url ?? `urn:mcp-warden:stdio:${name}`
+    if (stdio !== undefined && u.auth !== undefined && u.auth.type !== 'ephemeral') fail(`upstreams.${name}.auth.type`, 'a stdio upstream is reached through the gateway\'s own bridge, which takes ephemeral tokens only')
     upstreams.set(name, {
       name,
-      url: u.url,
-      resource: u.resource ?? u.url,
+      url: u.url ?? '',
+      ...(stdio !== undefined ? { stdio } : {}),
+      resource,
       // Values inside a record get no schema defaults: they are set here.
-      auth: upstreamAuth(`upstreams.${name}.auth`, u.auth, u.resource ?? u.url, baseDir),
+      auth: upstreamAuth(`upstreams.${name}.auth`, u.auth, resource, baseDir),
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
       timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000),

@@ -10,6 +10,7 @@ import type { GatewayStore } from './stores/types.js'
 import store from '../plugins/store.js'
 import rateLimit from '../plugins/rate-limit.js'
 import aggregate from '../plugins/aggregate.js'
+import { startStdioBridges, type StdioBridge } from './stdio-bridge.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
@@ -20,6 +21,13 @@ import ephemeralToken from '../plugins/ephemeral-token.js'
 import toolFilter from '../plugins/tool-filter.js'
 import tokenExchange from '../plugins/token-exchange.js'
 import upstreamSecret from '../plugins/upstream-secret.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The local bridges of the stdio upstreams, by upstream name. */
+    stdioBridges: ReadonlyMap<string, StdioBridge>
+  }
+}
 
 export interface GatewayOptions {
   /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
@@ -45,6 +53,12 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     return503OnClosing: true,
     forceCloseConnections: true
   })
+
+  // stdio upstreams get a local Streamable HTTP bridge; the plugins see its URL.
+  const bridged = await startStdioBridges(config, app.log)
+  app.addHook('onClose', async () => { await bridged.close() })
+  config = bridged.config
+  app.decorate('stdioBridges', bridged.bridges)
 
   await app.register(metrics, { config })
   await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
