@@ -55,6 +55,8 @@ export const ConfigError = define('MCPW_ERR_CONFIG_INVALID', 'Invalid configurat
 // --- transport and message shape ---------------------------------------------
 export const OriginForbiddenError = define('MCPW_ERR_ORIGIN_FORBIDDEN',
   'Origin %s is not allowed; add it to allowedOrigins if this browser app is trusted', 403, RpcCode.invalidRequest)
+export const HostForbiddenError = define('MCPW_ERR_HOST_FORBIDDEN',
+  'Host %s is not allowed: this gateway\'s public URL is a loopback address, so only loopback Host headers are accepted (DNS rebinding defence)', 403, RpcCode.invalidRequest)
 export const UnknownServerError = define('MCPW_ERR_SERVER_UNKNOWN',
   'No MCP server named "%s" is configured on this gateway', 404, RpcCode.invalidRequest)
 export const ParseError = define('MCPW_ERR_RPC_PARSE', 'Parse error: %s', 400, RpcCode.parseError)

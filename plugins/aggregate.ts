@@ -22,11 +22,11 @@ import {
 } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { AggregateNames } from '../lib/aggregate.js'
-import { MethodNotAllowedError, OriginForbiddenError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
+import { MethodNotAllowedError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
 import { principalKey, type Identity } from '../lib/identity.js'
 import { parseMcpMessage } from '../lib/jsonrpc.js'
 import { VERSION } from '../lib/version.js'
-import { createMcpErrorHandler } from './mcp-context.js'
+import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
 import type {} from './store.js'
 
@@ -68,7 +68,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
   const resource = `${config.publicUrl}/mcp`
   const metadataUrl = `${config.publicUrl}/.well-known/oauth-protected-resource/mcp`
   const names = new AggregateNames(config)
-  const origins = new Set([new URL(config.publicUrl).origin, ...config.allowedOrigins])
+  const checkOrigin = originCheck(config)
+  const checkHost = hostCheck(config.publicUrl)
   const upstreams = [...config.upstreams.values()]
 
   // Which unprefixed upstream offers a bare tool or prompt name (learned from the lists it answered).
@@ -224,8 +225,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
 
     scope.addHook('onRequest', async (request, reply) => {
-      const origin = request.headers.origin
-      if (origin !== undefined && !origins.has(origin)) throw new OriginForbiddenError(JSON.stringify(origin.slice(0, 200)))
+      checkOrigin(request.headers.origin)
+      checkHost(request.headers.host)
       if (!app.store.available()) throw new StoreUnavailableError()
       if (request.method !== 'POST') {
         void reply.header('allow', 'POST')

@@ -13,7 +13,7 @@ import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
 import {
-  BodyTooLargeError, HeaderMismatchError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
+  BodyTooLargeError, HeaderMismatchError, HostForbiddenError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   type WardenError
 } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
@@ -84,6 +84,38 @@ export function createMcpErrorHandler (maxBodyBytes: number) {
   }
 }
 
+const LOOPBACK_HOST = /^(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?$/i
+
+/**
+ * DNS rebinding defence, checked before anything else on an MCP route.
+ * - `Origin` (sent by browsers): publicUrl's origin or an `allowedOrigins` entry; a gateway
+ *   whose publicUrl is a loopback address also accepts any loopback origin (a local web app).
+ * - `Host`: when publicUrl's host is localhost, 127.0.0.1 or [::1], only such Host headers are
+ *   accepted (a browser tricked into calling it under another name sends that name). A gateway
+ *   with a public name is reached through proxies that set their own Host; Origin applies there.
+ */
+export function hostCheck (publicUrl: string): (host: string | undefined) => void {
+  if (!LOOPBACK_HOST.test(new URL(publicUrl).host)) return () => {}
+  return (host) => {
+    if (host === undefined || !LOOPBACK_HOST.test(host)) throw new HostForbiddenError(JSON.stringify((host ?? '').slice(0, 200)))
+  }
+}
+
+export function originCheck (config: Pick<GatewayConfig, 'publicUrl' | 'allowedOrigins'>): (origin: string | undefined) => void {
+  const origins = new Set([new URL(config.publicUrl).origin, ...config.allowedOrigins])
+  const loopback = LOOPBACK_HOST.test(new URL(config.publicUrl).host)
+  return (origin) => {
+    if (origin === undefined || origins.has(origin)) return
+    if (loopback) {
+      try {
+        const u = new URL(origin)
+        if ((u.protocol === 'http:' || u.protocol === 'https:') && LOOPBACK_HOST.test(u.host)) return
+      } catch { /* not a URL: refused below */ }
+    }
+    throw new OriginForbiddenError(JSON.stringify(origin.slice(0, 200)))
+  }
+}
+
 async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promise<void> {
   const { config } = opts
   const targets = new Map<string, McpTarget>()
@@ -94,7 +126,8 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
       metadataUrl: metadataUrl(config, server.name)
     }))
   }
-  const origins = new Set([new URL(config.publicUrl).origin, ...config.allowedOrigins])
+  const checkOrigin = originCheck(config)
+  const checkHost = hostCheck(config.publicUrl)
 
   app.decorateRequest('mcpTarget', null)
   app.decorateRequest('mcp', null)
@@ -106,8 +139,8 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
     const target = targets.get(name)
     if (target === undefined) throw new UnknownServerError(name.slice(0, 64))
     request.mcpTarget = target
-    const origin = request.headers.origin
-    if (origin !== undefined && !origins.has(origin)) throw new OriginForbiddenError(JSON.stringify(origin.slice(0, 200)))
+    checkOrigin(request.headers.origin)
+    checkHost(request.headers.host)
   })
 
   app.addHook('preValidation', async (request) => {

@@ -6,7 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { randomUUID } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import { StreamableHTTPServerTransport, type EventStore } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 
 export interface ServeOptions {
@@ -21,6 +21,10 @@ export interface ServeOptions {
   guard?: (req: IncomingMessage, body: unknown, raw: Buffer) => Promise<Refusal | undefined> | Refusal | undefined
   /** Answer POSTs with JSON instead of an SSE stream. */
   json?: boolean
+  /** Makes streams resumable (`Last-Event-ID`): one store per session. */
+  eventStore?: () => EventStore
+  /** The SSE `retry` field sent to clients, in ms. */
+  retryInterval?: number
 }
 
 export interface Refusal { status: number, message: string }
@@ -82,6 +86,8 @@ export async function serveMcp (factory: () => McpServer, options: ServeOptions 
     const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       enableJsonResponse: options.json === true,
+      ...(options.eventStore !== undefined ? { eventStore: options.eventStore() } : {}),
+      ...(options.retryInterval !== undefined ? { retryInterval: options.retryInterval } : {}),
       onsessioninitialized: (id) => { sessions.set(id, transport) }
     })
     transport.onclose = () => { if (transport.sessionId !== undefined) sessions.delete(transport.sessionId) }
