@@ -22,6 +22,7 @@ import type { Logger } from 'pino'
 import type { GatewayConfig, StdioConfig, UpstreamConfig } from './config.js'
 import { createUpstreamVerifier, checkNodeRequest, type UpstreamVerifier } from './upstream.js'
 import { KeyRing, ensureKeys } from './tokens/keys.js'
+import { readBody, sendError } from './http-body.js'
 
 interface Pair {
   readonly http: StreamableHTTPServerTransport
@@ -63,22 +64,6 @@ export function childEnv (stdio: StdioConfig): Record<string, string> {
   for (const k of stdio.envPass) if (process.env[k] !== undefined) env[k] = process.env[k]
   Object.assign(env, stdio.env)
   return env as Record<string, string>
-}
-
-function sendError (res: ServerResponse, status: number, code: number, message: string): void {
-  res.writeHead(status, { 'content-type': 'application/json' })
-  res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code, message } }))
-}
-
-async function readBody (req: IncomingMessage, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > limit) throw new Error('body too large')
-    chunks.push(chunk as Buffer)
-  }
-  return Buffer.concat(chunks)
 }
 
 export class StdioBridge {

@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import { StreamableHTTPServerTransport, type EventStore } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
+import { readBody, sendError } from '../http-body.js'
 
 export interface ServeOptions {
   host?: string
@@ -35,22 +36,6 @@ export interface ServedMcp {
   /** Open sessions by id. */
   readonly sessions: ReadonlyMap<string, StreamableHTTPServerTransport>
   close (): Promise<void>
-}
-
-async function readBody (req: IncomingMessage, limit = 4 * 1024 * 1024): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > limit) throw new Error('body too large')
-    chunks.push(chunk as Buffer)
-  }
-  return Buffer.concat(chunks)
-}
-
-function sendError (res: ServerResponse, status: number, code: number, message: string): void {
-  res.writeHead(status, { 'content-type': 'application/json' })
-  res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code, message } }))
 }
 
 export async function serveMcp (factory: () => McpServer, options: ServeOptions = {}): Promise<ServedMcp> {
