@@ -49,3 +49,27 @@ t.test('a stream the server closes mid-call is resumed through the gateway (Last
   // Audit records are written when a response ends: the resumed GET stream has ended now.
   t.ok(gw.audit.some(a => a.httpMethod === 'GET' && a.outcome === 'allow'), 'the resumption (GET with Last-Event-ID) went through the gateway')
 })
+
+t.test('prompts and resources of the fixture through the aggregated endpoint', async t => {
+  const fixture = await startConformanceServer() as { url: string, close: () => Promise<void> }
+  const issuer = makeIssuer('EdDSA')
+  const gw = await startGateway({ issuer, upstreams: { conformance: { url: fixture.url, defaultSensitivity: 'low', prefix: 'conf' } } })
+  t.teardown(async () => { await gw.close(); await fixture.close() })
+  const client = new Client({ name: 'aggregate-prompts', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${gw.base}/mcp`), {
+    requestInit: { headers: { authorization: `Bearer ${issuer.sign({ aud: `${gw.config.publicUrl}/mcp` })}` } }
+  }))
+  t.teardown(async () => { await client.close() })
+  const prompts = (await client.listPrompts()).prompts.map(p => p.name).sort()
+  t.same(prompts, ['conf__test_prompt_with_arguments', 'conf__test_prompt_with_embedded_resource', 'conf__test_prompt_with_image', 'conf__test_simple_prompt'], 'prompts under the configured prefix')
+  const got = await client.getPrompt({ name: 'conf__test_prompt_with_arguments', arguments: { arg1: 'hello', arg2: 'world' } })
+  t.same(got.messages[0]!.content, { type: 'text', text: "Prompt with arguments: arg1='hello', arg2='world'" })
+  const resources = (await client.listResources()).resources.map(r => r.uri).sort()
+  t.same(resources, ['test://static-binary', 'test://static-text', 'test://watched-resource'], 'resources keep their URIs')
+  const read = await client.readResource({ uri: 'test://static-text' })
+  t.match(read.contents[0], { uri: 'test://static-text', text: 'This is the content of the static text resource.' })
+  t.same((await client.listResourceTemplates()).resourceTemplates.map(r => r.uriTemplate), ['test://template/{id}/data'])
+  await t.rejects(client.readResource({ uri: 'test://never-listed' }), /Unknown resource/)
+  t.ok(gw.audit.some(a => a.server === 'conformance' && a.method === 'prompts/get' && a.prompt === 'test_prompt_with_arguments' && a.outcome === 'allow'), 'decided and audited as the real prompt')
+  t.ok(gw.audit.some(a => a.server === 'conformance' && a.method === 'resources/read' && a.uri === 'test://static-text'))
+})

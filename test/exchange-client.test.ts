@@ -88,3 +88,33 @@ t.test('the authorization server down: 503, nothing forwarded (fail closed)', as
   t.equal(up.received.length, n)
   t.match(gw.audit.at(-1), { outcome: 'error', status: 503 })
 })
+
+t.test('with store: redis://…, replicas share the exchanged tokens', async t => {
+  const { startRedis } = await import('./fixtures/redis.js')
+  const redis = await startRedis()
+  const auth = { type: 'exchange', tokenEndpoint: as.tokenEndpoint, clientId: 'gateway', clientSecret: 'env:MCPW_TEST_CLIENT_SECRET' }
+  const replicas = [
+    await startGateway({ issuer, upstreams: { shared: { url: up.url, resource: 'https://shared.internal/mcp', auth } }, extra: { store: redis.url } }),
+    await startGateway({ issuer, upstreams: { shared: { url: up.url, resource: 'https://shared.internal/mcp', auth } }, extra: { store: redis.url } })
+  ]
+  t.teardown(async () => { for (const r of replicas) await r.close(); await redis.close() })
+  for (const r of replicas) await r.app.store.ready()
+  // Sessionless calls: the recording upstream answers 400, but what it received is what counts.
+  const send = async (g: TestGateway, id: number): Promise<number> => {
+    const res = await request(g.url('shared'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.sign({ aud: g.resource('shared'), sub: 'bot-r', agentId: 'bot-r' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify(call('echo', id))
+    })
+    await res.body.dump()
+    return res.statusCode
+  }
+  const before = as.exchanges.length
+  const n = up.received.length
+  await send(replicas[0]!, 1)
+  t.equal(as.exchanges.length, before + 1, 'the first replica exchanged')
+  await send(replicas[1]!, 2)
+  t.equal(up.received.length, n + 2, 'both calls were forwarded')
+  t.equal(as.exchanges.length, before + 1, 'the second replica used the token the first one stored')
+  t.equal(up.received.at(-1)!.headers.authorization, up.received.at(-2)!.headers.authorization)
+})
