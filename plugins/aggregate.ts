@@ -242,6 +242,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       handler: async (request: FastifyRequest, reply: FastifyReply) => {
         const message = parseMcpMessage(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
         request.mcp = message
+        // Each upstream call it makes is decided and audited on that server's route.
+        request.mcpOutcome = { outcome: 'allow', reason: 'answered by the aggregated endpoint; each upstream call is audited on its server route' }
         const server = buildServer(request.identity!, request.headers.authorization)
         const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true })
         reply.hijack()

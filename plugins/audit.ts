@@ -9,6 +9,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
+import type {} from './aggregate.js'
 
 export interface AuditRecord {
   time: string
@@ -90,7 +91,8 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
 
   type Tracked = FastifyRequest & { [written]?: true, [started]?: number }
   function write (request: Tracked, status: number, aborted: boolean): void {
-    if (request.routeOptions.config.mcp !== true || request[written] === true) return
+    const route = request.routeOptions.config
+    if ((route.mcp !== true && route.mcpAggregate !== true) || request[written] === true) return
     request[written] = true
     sink.write(auditRecord(request, status, aborted, performance.now() - (request[started] ?? performance.now())))
   }

@@ -88,6 +88,7 @@ t.test('the endpoint is a resource of its own: tokens, methods, metadata', async
   t.equal(res.statusCode, 401)
   t.equal(res.headers['www-authenticate'], `Bearer resource_metadata="${gw.config.publicUrl}/.well-known/oauth-protected-resource/mcp"`)
   t.match(await res.body.json(), { id: null, error: { code: -32001 } })
+  t.match(gw.audit.at(-1), { server: null, httpMethod: 'POST', outcome: 'deny', status: 401 }, 'a refusal at /mcp is audited')
   t.ok(perServer.length > 0)
 
   const meta = await request(`${gw.base}/.well-known/oauth-protected-resource/mcp`)
