@@ -98,13 +98,15 @@ t.test('one process per session, an explicit environment, ended with the session
   const a = await connect('fixture')
   const b = await connect('fixture')
   t.equal(bridge.spawned, before + 2, 'each session has its own process')
-  const infoA = JSON.parse(text(await a.client.callTool({ name: 'whoami', arguments: {} }))) as { env: string[], cwd: string, pid: number }
+  const infoA = JSON.parse(text(await a.client.callTool({ name: 'whoami', arguments: {} }))) as { env: string[], cwd: string, pid: number, openFiles: string | null }
   const infoB = JSON.parse(text(await b.client.callTool({ name: 'whoami', arguments: {} }))) as { pid: number }
   t.not(infoA.pid, infoB.pid)
   t.equal(infoA.cwd, ROOT.replace(/\/$/, ''), 'cwd as configured')
   t.notOk(infoA.env.includes('MCPW_TEST_GATEWAY_SECRET'), 'the gateway\'s environment does not leak')
   t.notOk(infoA.env.includes('HOME'), 'nor variables the config did not allow')
   t.ok(infoA.env.includes('FIXTURE_MODE') && infoA.env.includes('PATH'), 'the configured ones are there')
+  if (spawnLine(gw.config.upstreams.get('fixture')!.stdio!).limited) t.equal(infoA.openFiles, '256', 'processLimits.openFiles is in force (prlimit)')
+  else t.comment('prlimit is not available here: the limit could not be applied')
   await a.transport.terminateSession()
   await a.client.close()
   t.ok(await gone(infoA.pid), 'the process of a deleted session is gone')
