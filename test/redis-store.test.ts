@@ -112,3 +112,41 @@ t.test('Redis down: every operation fails closed at once; back: the store recove
   t.equal(await s.sessions.bind('db', 'after', 'alice', 60), true)
   t.equal(await s.replay.use('jti-after', Math.floor(Date.now() / 1000) + 60), true)
 })
+
+t.test('a gateway that boots while Redis is unreachable starts, is not ready, and refuses MCP requests with 503', async t => {
+  const { startGateway } = await import('./fixtures/gateway.js')
+  const { makeIssuer } = await import('./fixtures/keys.js')
+  const { startRecordingUpstream } = await import('./fixtures/upstream.js')
+  const { request } = await import('undici')
+  const down = await startRedis()
+  await down.stop()
+  const issuer = makeIssuer('EdDSA')
+  const up = await startRecordingUpstream()
+  const gw = await startGateway({ issuer, upstreams: { rec: { url: up.url } }, extra: { store: down.url } })
+  t.teardown(async () => { await gw.close(); await up.close(); await down.close() })
+  const ready = await request(`${gw.base}/readyz`)
+  t.equal(ready.statusCode, 503)
+  t.match(await ready.body.json(), { status: 'unavailable', store: { kind: 'redis', available: false } })
+  const res = await request(gw.url('rec'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('rec') })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } })
+  })
+  t.equal(res.statusCode, 503)
+  t.match(await res.body.json(), { error: { code: -32014, message: /shared store is unreachable/ } })
+  t.equal(up.received.length, 0, 'nothing forwarded')
+  const agg = await request(`${gw.base}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+  t.equal(agg.statusCode, 503, 'the aggregated endpoint too')
+  await agg.body.dump()
+  t.match(gw.audit.at(-1), { outcome: 'error', status: 503 })
+
+  await down.start()
+  let status = 0
+  for (let i = 0; i < 100 && status !== 200; i++) {
+    const r = await request(`${gw.base}/readyz`)
+    await r.body.dump()
+    status = r.statusCode
+    if (status !== 200) await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  t.equal(status, 200, 'ready once Redis is there')
+})
