@@ -455,7 +455,11 @@ function stdioConfig (field: string, u: Static<typeof UpstreamSchema>, baseDir: 
 
 function storeUrl (value: string): string {
   if (value === 'memory') return value
-  const url = parseUrl('store', value, ['redis:', 'rediss:'])
+  // A Redis URL may carry a password: it is never repeated in an error.
+  let url: URL
+  try { url = new URL(value) } catch { fail('store', 'is neither "memory" nor a Redis URL (redis://[user:password@]host:port[/db] or rediss://…)') }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') fail('store', 'must use redis: or rediss: (or be "memory")')
+  if (url.hostname === '') fail('store', 'names no host')
   if (url.pathname !== '' && url.pathname !== '/' && !/^\/\d+$/.test(url.pathname)) fail('store', 'the path of a Redis URL is a database number, e.g. redis://127.0.0.1:6379/0')
   return value
 }

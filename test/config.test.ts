@@ -79,7 +79,12 @@ t.test('store and rateLimit', async t => {
   t.equal(c.rateLimit!.timeWindowMs, 60_000, 'the window defaults to a minute')
   t.same([...c.rateLimit!.tools], [['payment_process', { max: 5, timeWindowMs: 60_000 }], ['db/drop', { max: 1, timeWindowMs: 3_600_000 }]])
   refuses(t, { ...base, store: 'postgres://x' }, /store: must use redis: or rediss:/, 'a store that is not Redis')
-  refuses(t, { ...base, store: 'redis' }, /store: "redis" is not an absolute URL/, 'a store without a URL')
+  refuses(t, { ...base, store: 'redis' }, /store: is neither "memory" nor a Redis URL/, 'a store without a URL')
+  t.equal(validateConfig({ ...base, store: 'rediss://mcpw:s3cret@redis.internal:6380/1' }).store, 'rediss://mcpw:s3cret@redis.internal:6380/1', 'credentials are allowed in a Redis URL')
+  let message = ''
+  try { validateConfig({ ...base, store: 'redis://:s3cret@h:6379/x' }) } catch (err) { message = (err as Error).message }
+  t.match(message, /store: the path of a Redis URL is a database number/)
+  t.notMatch(message, /s3cret/, 'and never repeated in an error')
   refuses(t, { ...base, store: 'redis://h:6379/cache' }, /store: the path of a Redis URL is a database number/, 'a bad database')
   refuses(t, { ...base, rateLimit: { timeWindow: '1 minute' } }, /rateLimit\.max: expected required property/, 'a limit without max')
   refuses(t, { ...base, rateLimit: { max: 0 } }, /rateLimit\.max: expected integer to be greater or equal to 1/, 'a max of 0')
