@@ -150,3 +150,15 @@ t.test('a gateway that boots while Redis is unreachable starts, is not ready, an
   }
   t.equal(status, 200, 'ready once Redis is there')
 })
+
+t.test('a Redis that requires a password: the right one in the URL works, a wrong one fails closed', async t => {
+  const secured = await startRedis({ password: 'pa ss/word' })
+  const good = new RedisStore(secured.url)
+  const bad = new RedisStore(secured.url.replace(encodeURIComponent('pa ss/word'), 'wrong'))
+  t.teardown(async () => { await good.close(); await bad.close(); await secured.close() })
+  await good.ready()
+  t.equal(await good.sessions.bind('db', 'sid', 'alice', 60), true)
+  await t.rejects(bad.ready(1000), StoreUnavailableError, 'never ready with a wrong password')
+  t.equal(bad.available(), false)
+  await t.rejects(bad.sessions.owner('db', 'sid', 60), StoreUnavailableError)
+})
