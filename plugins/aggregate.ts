@@ -18,7 +18,7 @@ import { Server } from '@modelcontextprotocol/sdk/server/index.js'
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import {
   CallToolRequestSchema, GetPromptRequestSchema, ListPromptsRequestSchema, ListResourcesRequestSchema, ListResourceTemplatesRequestSchema,
-  ListToolsRequestSchema, McpError, ReadResourceRequestSchema
+  ListToolsRequestSchema, McpError, ReadResourceRequestSchema, SetLevelRequestSchema
 } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { AggregateNames } from '../lib/aggregate.js'
@@ -44,19 +44,31 @@ export interface AggregateOptions {
 type Message = Record<string, any>
 interface InnerAnswer { status: number, sessionId: string | undefined, message: Message | undefined }
 
-/** The JSON-RPC answer to request `id` in a JSON or SSE body. */
-function answerIn (body: string, contentType: string, id: number): Message | undefined {
-  const candidates: Message[] = []
-  if (contentType.startsWith('text/event-stream')) {
-    for (const block of body.split(/\r?\n\r?\n/)) {
-      const data = block.split(/\r?\n/).filter(l => l.startsWith('data:')).map(l => l.slice(5).replace(/^ /, '')).join('\n')
-      if (data === '') continue
-      try { candidates.push(JSON.parse(data) as Message) } catch { /* not JSON: skipped */ }
-    }
-  } else if (body !== '') {
-    try { candidates.push(JSON.parse(body) as Message) } catch { return undefined }
+/** The JSON-RPC messages of an SSE stream, as they arrive. */
+async function * sseMessages (stream: AsyncIterable<Buffer | string>): AsyncGenerator<Message> {
+  let buffer = ''
+  const parse = (block: string): Message | undefined => {
+    const data = block.split(/\r?\n/).filter(l => l.startsWith('data:')).map(l => l.slice(5).replace(/^ /, '')).join('\n')
+    if (data === '') return undefined
+    try { return JSON.parse(data) as Message } catch { return undefined }
   }
-  return candidates.find(m => m.id === id && ('result' in m || 'error' in m)) ?? candidates.find(m => m.id === null && 'error' in m)
+  for await (const chunk of stream) {
+    buffer += chunk.toString()
+    let end: RegExpExecArray | null
+    while ((end = /\r?\n\r?\n/.exec(buffer)) !== null) {
+      const m = parse(buffer.slice(0, end.index))
+      buffer = buffer.slice(end.index + end[0].length)
+      if (m !== undefined) yield m
+    }
+  }
+  const last = parse(buffer)
+  if (last !== undefined) yield last
+}
+
+/** What the aggregated endpoint does with messages an upstream sends while it answers. */
+interface Relay {
+  /** A notification (progress, log message) for the agent's request. */
+  notify: (message: Message) => Promise<void>
 }
 
 const SESSION_REUSE_MS = 10 * 60_000
@@ -81,8 +93,9 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
   let nextId = 1
 
   async function inner (identity: Identity, authorization: string | undefined, server: string, message: Message,
-    session?: { id: string | undefined, version: string }): Promise<InnerAnswer> {
+    session?: { id: string | undefined, version: string }, relay?: Relay): Promise<InnerAnswer> {
     const res = await app.inject({
+      payloadAsStream: true,
       method: 'POST',
       url: `/servers/${server}/mcp`,
       headers: {
@@ -96,11 +109,30 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       payload: JSON.stringify(message)
     })
     const sid = res.headers['mcp-session-id']
-    return {
-      status: res.statusCode,
-      sessionId: typeof sid === 'string' ? sid : undefined,
-      message: 'id' in message ? answerIn(res.body, String(res.headers['content-type'] ?? ''), message.id as number) : undefined
+    const answer: InnerAnswer = { status: res.statusCode, sessionId: typeof sid === 'string' ? sid : undefined, message: undefined }
+    const body = res.stream()
+    if (!String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+      let text = ''
+      for await (const chunk of body) text += (chunk as Buffer).toString()
+      try {
+        const m = text === '' ? undefined : JSON.parse(text) as Message
+        if (m !== undefined && (m.id === message.id || (m.id === null && 'error' in m))) answer.message = m
+      } catch { /* not JSON: no answer */ }
+      return answer
     }
+    for await (const m of sseMessages(body)) {
+      if ((m.id === message.id || m.id === null) && ('result' in m || 'error' in m)) { answer.message = m; break }
+      if (typeof m.method !== 'string') continue
+      if (m.id !== undefined) {
+        // The upstream asks the agent something (sampling, elicitation): a stateless endpoint
+        // cannot carry the answer back, so the upstream hears so at once instead of waiting.
+        await inner(identity, authorization, server, { jsonrpc: '2.0', id: m.id, error: { code: RpcCode.methodNotFound, message: `${m.method} is not available through the aggregated endpoint /mcp; use /servers/${server}/mcp` } }, session)
+        continue
+      }
+      if (relay !== undefined && (m.method === 'notifications/progress' || m.method === 'notifications/message')) await relay.notify(m).catch(() => {})
+    }
+    body.destroy()
+    return answer
   }
 
   async function openSession (identity: Identity, authorization: string | undefined, server: string): Promise<{ id: string | undefined, version: string } | null> {
@@ -129,12 +161,12 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
   }
 
   /** One request to one upstream through its route, in the agent's session there (reopened once if it ended). */
-  async function call (identity: Identity, authorization: string | undefined, server: string, method: string, params: Message): Promise<Message> {
+  async function call (identity: Identity, authorization: string | undefined, server: string, method: string, params: Message, relay?: Relay): Promise<Message> {
     for (const fresh of [false, true]) {
       const session = await sessionFor(identity, authorization, server, fresh)
       if (session === null) throw new McpError(RpcCode.accessDenied, `Server ${server} is not available to this agent`)
       const id = nextId++
-      const answer = await inner(identity, authorization, server, { jsonrpc: '2.0', id, method, params }, session)
+      const answer = await inner(identity, authorization, server, { jsonrpc: '2.0', id, method, params }, session, relay)
       if (answer.status === 404 && !fresh) continue // the upstream session ended: open a new one
       if (answer.message === undefined) throw new McpError(RpcCode.upstreamUnavailable, `MCP server "${server}" gave no answer (HTTP ${answer.status})`)
       if ('error' in answer.message) {
@@ -171,7 +203,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
 
   function buildServer (identity: Identity, authorization: string | undefined): Server {
     const server = new Server({ name: 'mcp-warden', version: VERSION }, {
-      capabilities: { tools: {}, resources: {}, prompts: {} },
+      capabilities: { tools: {}, resources: {}, prompts: {}, logging: {} },
       instructions: 'Every MCP server behind this gateway as one: tool and prompt names are <server>__<name>.'
     })
     server.setRequestHandler(ListToolsRequestSchema, async () => {
@@ -181,15 +213,22 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       if (collisions.length > 0) app.log.warn({ collisions }, 'aggregate: tool names exposed by more than one upstream are left out')
       return { tools: items as never }
     })
-    server.setRequestHandler(CallToolRequestSchema, async (req) => {
+    server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
       const target = names.resolve(req.params.name, n => bareOwners.tools.get(n))
       if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
       try {
-        return await call(identity, authorization, target.server, 'tools/call', { ...req.params, name: target.name }) as never
+        // Progress and log messages of the call go back to the agent on this request's stream.
+        const relay: Relay = { notify: async (m) => { await extra.sendNotification({ method: m.method, params: m.params } as never) } }
+        return await call(identity, authorization, target.server, 'tools/call', { ...req.params, name: target.name }, relay) as never
       } catch (err) {
         if (err instanceof McpError && err.code === RpcCode.invalidParams && /Unknown tool/.test(err.message)) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
         throw err
       }
+    })
+    // The agent's log level applies to its sessions on every upstream.
+    server.setRequestHandler(SetLevelRequestSchema, async (req) => {
+      await Promise.all(upstreams.map(async u => { await call(identity, authorization, u.name, 'logging/setLevel', { level: req.params.level }).catch(() => {}) }))
+      return {}
     })
     server.setRequestHandler(ListPromptsRequestSchema, async () => {
       const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list', 'prompts')
@@ -245,7 +284,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
         // Each upstream call it makes is decided and audited on that server's route.
         request.mcpOutcome = { outcome: 'allow', reason: 'answered by the aggregated endpoint; each upstream call is audited on its server route' }
         const server = buildServer(request.identity!, request.headers.authorization)
-        const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true })
+        // SSE answers: progress and log messages of an upstream call are relayed before the result.
+        const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined })
         reply.hijack()
         reply.raw.on('close', () => { void transport.close(); void server.close() })
         await server.connect(transport)

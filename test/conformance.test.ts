@@ -6,6 +6,7 @@
 import t from 'tap'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
 // @ts-expect-error: a plain JavaScript script without type declarations
 import { runConformance } from '../scripts/conformance.mjs'
 // @ts-expect-error: a plain JavaScript fixture without type declarations
@@ -72,4 +73,17 @@ t.test('prompts and resources of the fixture through the aggregated endpoint', a
   await t.rejects(client.readResource({ uri: 'test://never-listed' }), /Unknown resource/)
   t.ok(gw.audit.some(a => a.server === 'conformance' && a.method === 'prompts/get' && a.prompt === 'test_prompt_with_arguments' && a.outcome === 'allow'), 'decided and audited as the real prompt')
   t.ok(gw.audit.some(a => a.server === 'conformance' && a.method === 'resources/read' && a.uri === 'test://static-text'))
+
+  // Progress and log messages of a call are relayed on the call's stream.
+  const progress: number[] = []
+  await client.callTool({ name: 'conf__test_tool_with_progress', arguments: {} }, undefined, { onprogress: (p) => { progress.push(p.progress) } })
+  t.same(progress, [0, 50, 100], 'progress relayed through /mcp')
+  const logs: unknown[] = []
+  client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => { logs.push(n.params.data) })
+  await client.callTool({ name: 'conf__test_tool_with_logging', arguments: {} })
+  t.same(logs, ['Tool execution started', 'Tool processing data', 'Tool execution completed'], 'log messages relayed through /mcp')
+  // A request of the upstream to the agent cannot cross a stateless endpoint: it fails at once, clearly.
+  const started = Date.now()
+  await t.rejects(client.callTool({ name: 'conf__test_sampling', arguments: { prompt: 'x' } }), /sampling\/createMessage is not available through the aggregated endpoint \/mcp; use \/servers\/conformance\/mcp/)
+  t.ok(Date.now() - started < 5000, 'without waiting for a timeout')
 })
