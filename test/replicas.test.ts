@@ -17,7 +17,7 @@ import { createUpstreamVerifier, checkNodeRequest, RedisReplayStore, type Upstre
 import { serveMcp, type ServedMcp } from '../lib/demo/serve.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL } from './fixtures/gateway.js'
-import { redisAvailable, startRedis, type RedisServer } from './fixtures/redis.js'
+import { readyz, redisAvailable, startRedis, type RedisServer } from './fixtures/redis.js'
 import { startReplica, type Replica } from './fixtures/replica.js'
 
 if (!redisAvailable()) throw new Error('these tests need redis-server on the PATH (apt-get install -y redis-server)')
@@ -212,15 +212,9 @@ t.test('Redis killed mid-run: 503 with a JSON-RPC error on every replica, nothin
   const sid = transport.sessionId!
   await redis.stop()
   for (const r of [a, b]) {
-    for (let i = 0; i < 20; i++) {
-      const res = await request(`${r.base}/readyz`)
-      await res.body.dump()
-      if (res.statusCode === 503) break
-      await new Promise(resolve => setTimeout(resolve, 100))
-    }
-    const ready = await request(`${r.base}/readyz`)
-    t.equal(ready.statusCode, 503, `replica ${r.name} is not ready`)
-    t.match(await ready.body.json(), { status: 'unavailable', store: { kind: 'redis', available: false } })
+    const ready = await readyz(r.base, 503)
+    t.equal(ready.status, 503, `replica ${r.name} is not ready`)
+    t.match(ready.body, { status: 'unavailable', store: { kind: 'redis', available: false } })
     const res = await post(r, alice, { jsonrpc: '2.0', id: 20, method: 'tools/call', params: { name: 'echo', arguments: { text: 'while down' } } }, { 'mcp-session-id': sid, 'mcp-protocol-version': '2025-06-18' })
     t.equal(res.status, 503)
     t.equal(res.json.id, null)
@@ -233,16 +227,7 @@ t.test('Redis killed mid-run: 503 with a JSON-RPC error on every replica, nothin
   await client.close().catch(() => {})
 
   await redis.start()
-  for (const r of [a, b]) {
-    let status = 0
-    for (let i = 0; i < 100 && status !== 200; i++) {
-      const res = await request(`${r.base}/readyz`)
-      await res.body.dump()
-      status = res.statusCode
-      if (status !== 200) await new Promise(resolve => setTimeout(resolve, 100))
-    }
-    t.equal(status, 200, `replica ${r.name} is ready again without a restart`)
-  }
+  for (const r of [a, b]) t.equal((await readyz(r.base, 200)).status, 200, `replica ${r.name} is ready again without a restart`)
   // This Redis kept nothing (no persistence): the old session's binding is gone, so the
   // session is refused, never guessed. A new session works on both replicas.
   const old = await post(a, alice, { jsonrpc: '2.0', id: 22, method: 'tools/list' }, { 'mcp-session-id': sid, 'mcp-protocol-version': '2025-06-18' })
