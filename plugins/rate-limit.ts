@@ -49,11 +49,12 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
     timeWindow: limits.timeWindowMs,
     keyGenerator: (request: FastifyRequest) => `agent:${principalKey(request.identity!)}`
   })
+  // The tool limit of a call, looked up once in the hook below.
+  const toolLimitOf = new WeakMap<FastifyRequest, { key: string, max: number, timeWindowMs: number }>()
   const perTool = create({
-    max: (request: FastifyRequest) => toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.max,
-    timeWindow: (request: FastifyRequest) => toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.timeWindowMs,
-    keyGenerator: (request: FastifyRequest) =>
-      `tool:${toolLimit(limits, request.mcpTarget!.server.name, request.mcp!.tool!)!.key}:${principalKey(request.identity!)}`
+    max: (request: FastifyRequest) => toolLimitOf.get(request)!.max,
+    timeWindow: (request: FastifyRequest) => toolLimitOf.get(request)!.timeWindowMs,
+    keyGenerator: (request: FastifyRequest) => `tool:${toolLimitOf.get(request)!.key}:${principalKey(request.identity!)}`
   })
 
   async function apply (limiter: Limiter, request: FastifyRequest, reply: FastifyReply, what: string): Promise<void> {
@@ -78,8 +79,10 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
     try {
       await apply(perAgent, request, reply, 'requests of this agent')
       const m = request.mcp
-      if (m?.method === 'tools/call' && toolLimit(limits, request.mcpTarget.server.name, m.tool!) !== undefined) {
-        await apply(perTool, request, reply, `calls of tool ${m.tool!} by this agent`)
+      const limit = m?.method === 'tools/call' ? toolLimit(limits, request.mcpTarget.server.name, m.tool!) : undefined
+      if (limit !== undefined) {
+        toolLimitOf.set(request, limit)
+        await apply(perTool, request, reply, `calls of tool ${m!.tool!} by this agent`)
       }
     } finally {
       done()
