@@ -9,7 +9,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { StoreUnavailableError } from '../lib/errors.js'
-import { createStore } from '../lib/stores/index.js'
+import { createStore, RedisStore } from '../lib/stores/index.js'
 import type { GatewayStore } from '../lib/stores/types.js'
 
 declare module 'fastify' {
@@ -29,6 +29,21 @@ async function store (app: FastifyInstance, opts: StoreOptions): Promise<void> {
   app.decorate('store', s)
   if (opts.store === undefined) app.addHook('onClose', async () => { await s.close() })
   if (s.kind === 'memory') return
+  // The operational log says when the store is lost and when it is back (transitions only).
+  if (s instanceof RedisStore) {
+    let up: boolean | undefined
+    let closing = false
+    app.addHook('preClose', async () => { closing = true })
+    const report = (now: boolean): void => {
+      if (now === up || closing) return
+      up = now
+      if (now) app.log.info('shared store (Redis) connected')
+      else app.log.warn('shared store (Redis) unreachable: MCP requests get 503 until it is back')
+    }
+    s.redis.on('ready', () => { report(true) })
+    s.redis.on('close', () => { if (up !== false) report(false) })
+    app.addHook('onReady', async () => { await s.ready(2000).catch(() => { report(false) }) })
+  }
   app.addHook('onRequest', async (request) => {
     if (request.routeOptions.config.mcp === true && !s.available()) throw new StoreUnavailableError()
   })

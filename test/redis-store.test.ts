@@ -142,6 +142,9 @@ t.test('a gateway that boots while Redis is unreachable starts, is not ready, an
 
   await down.start()
   t.equal((await readyz(gw.base, 200)).status, 200, 'ready once Redis is there')
+  const said = gw.log.map(l => (JSON.parse(l) as { msg?: string }).msg ?? '')
+  t.equal(said.filter(m => /shared store \(Redis\) unreachable/.test(m)).length, 1, 'the log says once that the store is unreachable')
+  t.ok(said.some(m => /shared store \(Redis\) connected/.test(m)), 'and when it is back')
 })
 
 t.test('a Redis that requires a password: the right one in the URL works, a wrong one fails closed', async t => {
