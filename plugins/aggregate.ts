@@ -25,6 +25,7 @@ import { AggregateNames } from '../lib/aggregate.js'
 import { MethodNotAllowedError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
 import { principalKey, type Identity } from '../lib/identity.js'
 import { parseMcpMessage } from '../lib/jsonrpc.js'
+import { sseMessages } from '../lib/sse.js'
 import { VERSION } from '../lib/version.js'
 import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
@@ -43,27 +44,6 @@ export interface AggregateOptions {
 
 type Message = Record<string, any>
 interface InnerAnswer { status: number, sessionId: string | undefined, message: Message | undefined }
-
-/** The JSON-RPC messages of an SSE stream, as they arrive. */
-async function * sseMessages (stream: AsyncIterable<Buffer | string>): AsyncGenerator<Message> {
-  let buffer = ''
-  const parse = (block: string): Message | undefined => {
-    const data = block.split(/\r?\n/).filter(l => l.startsWith('data:')).map(l => l.slice(5).replace(/^ /, '')).join('\n')
-    if (data === '') return undefined
-    try { return JSON.parse(data) as Message } catch { return undefined }
-  }
-  for await (const chunk of stream) {
-    buffer += chunk.toString()
-    let end: RegExpExecArray | null
-    while ((end = /\r?\n\r?\n/.exec(buffer)) !== null) {
-      const m = parse(buffer.slice(0, end.index))
-      buffer = buffer.slice(end.index + end[0].length)
-      if (m !== undefined) yield m
-    }
-  }
-  const last = parse(buffer)
-  if (last !== undefined) yield last
-}
 
 /** What the aggregated endpoint does with messages an upstream sends while it answers. */
 interface Relay {
