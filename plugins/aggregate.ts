@@ -22,7 +22,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { AggregateNames } from '../lib/aggregate.js'
-import { MethodNotAllowedError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
+import { MethodNotAllowedError, RpcCode } from '../lib/errors.js'
 import { principalKey, type Identity } from '../lib/identity.js'
 import { parseMcpMessage } from '../lib/jsonrpc.js'
 import { sseMessages } from '../lib/sse.js'
@@ -246,7 +246,6 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     scope.addHook('onRequest', async (request, reply) => {
       checkOrigin(request.headers.origin)
       checkHost(request.headers.host)
-      if (!app.store.available()) throw new StoreUnavailableError()
       if (request.method !== 'POST') {
         void reply.header('allow', 'POST')
         throw new MethodNotAllowedError(`${request.method} (the aggregated endpoint is stateless: POST only)`)

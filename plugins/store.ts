@@ -1,9 +1,9 @@
 /**
  * store: the gateway's shared state (DESIGN.md §10), as `app.store`.
  *
- * With `store: redis://…`, an MCP request that arrives while Redis is unreachable is
- * refused at once with 503 (JSON-RPC -32014), before identity or any other stage runs:
- * the gateway fails closed, and serves again as soon as the connection is back.
+ * With `store: redis://…`, an MCP request (server routes and `/mcp`) that arrives while Redis
+ * is unreachable is refused at once with 503 (JSON-RPC -32014), before identity or any other
+ * stage runs: the gateway fails closed, and serves again as soon as the connection is back.
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
@@ -11,6 +11,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { StoreUnavailableError } from '../lib/errors.js'
 import { createStore, RedisStore } from '../lib/stores/index.js'
 import type { GatewayStore } from '../lib/stores/types.js'
+import type {} from './aggregate.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -45,7 +46,8 @@ async function store (app: FastifyInstance, opts: StoreOptions): Promise<void> {
     app.addHook('onReady', async () => { await s.ready(2000).catch(() => { report(false) }) })
   }
   app.addHook('onRequest', async (request) => {
-    if (request.routeOptions.config.mcp === true && !s.available()) throw new StoreUnavailableError()
+    const route = request.routeOptions.config
+    if ((route.mcp === true || route.mcpAggregate === true) && !s.available()) throw new StoreUnavailableError()
   })
 }
 
