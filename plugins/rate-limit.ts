@@ -62,7 +62,7 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
     try {
       r = await limiter(request)
     } catch (err) {
-      throw Object.assign(new StoreUnavailableError(), { cause: err })
+      throw new StoreUnavailableError({ cause: err })
     }
     if (r.isAllowed || r.isExceeded !== true) return
     const retry = Math.max(1, r.ttlInSeconds ?? 1)

@@ -74,7 +74,7 @@ async function guarded<T> (op: () => Promise<T>): Promise<T> {
   try {
     return await op()
   } catch (err) {
-    throw Object.assign(new StoreUnavailableError(), { cause: err })
+    throw new StoreUnavailableError({ cause: err })
   }
 }
 
@@ -254,7 +254,7 @@ export class RedisStore implements GatewayStore {
   async ready (timeoutMs = 5000): Promise<void> {
     if (this.available()) return
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => { this.redis.off('ready', onReady); reject(Object.assign(new StoreUnavailableError(), { cause: new Error(`no connection within ${timeoutMs} ms`) })) }, timeoutMs)
+      const timer = setTimeout(() => { this.redis.off('ready', onReady); reject(new StoreUnavailableError({ cause: new Error(`no connection within ${timeoutMs} ms`) })) }, timeoutMs)
       const onReady = (): void => { clearTimeout(timer); resolve() }
       this.redis.once('ready', onReady)
     })
