@@ -8,6 +8,7 @@ import { cpus, totalmem } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
 import { createSigner } from 'fast-jwt'
+import { freePort } from '../dist/lib/http-body.js'
 
 const root = new URL('../', import.meta.url).pathname
 const quick = process.argv.includes('--quick')
@@ -18,7 +19,6 @@ const { privateKey, publicKey } = generateKeyPairSync('ed25519')
 const sign = createSigner({ key: privateKey.export({ type: 'pkcs8', format: 'pem' }), algorithm: 'EdDSA' })
 
 // The upstream and the gateway each get a process (and so, on two cores, a core) of their own.
-const freePort = async () => { const { createServer } = await import('node:net'); const s = createServer(); await new Promise(r => s.listen(0, '127.0.0.1', r)); const p = s.address().port; await new Promise(r => s.close(r)); return p }
 const gatewayPort = await freePort()
 const gatewayOrigin = `http://127.0.0.1:${gatewayPort}`
 const upstreamProc = fork(join(root, 'bench/e2e/servers.mjs'), ['upstream', gatewayOrigin, `${gatewayOrigin}/.well-known/jwks.json`], { stdio: 'inherit' })

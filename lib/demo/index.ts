@@ -3,7 +3,6 @@
  * issuer whose key is generated on first start, and the gateway config that fronts them.
  */
 import { mkdirSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { resourceUrl, validateConfig, type GatewayConfig } from '../config.js'
 import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
@@ -13,6 +12,7 @@ import { createFileServer, seedSandbox } from './file.js'
 import { serveMcp, type ServedMcp, type ServeOptions } from './serve.js'
 import { checkNodeRequest, createUpstreamVerifier, type UpstreamVerifier } from '../upstream.js'
 import { PACKAGE_ROOT } from '../version.js'
+import { freePort } from '../http-body.js'
 
 export const DEMO_ISSUER = 'https://demo-issuer.mcp-warden.local'
 
@@ -90,14 +90,6 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
     logLevel: 'warn',
     ...o.overrides
   }, o.dataDir)
-}
-
-async function freePort (host: string): Promise<number> {
-  const probe = createServer()
-  await new Promise<void>((resolve, reject) => { probe.once('error', reject); probe.listen(0, host, () => { resolve() }) })
-  const { port } = probe.address() as AddressInfo
-  await new Promise<void>(resolve => probe.close(() => { resolve() }))
-  return port
 }
 
 export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
