@@ -27,14 +27,16 @@ export { RedisReplayStore } from './stores/redis.js'
 
 export type UpstreamTokenErrorCode =
   | 'missing' | 'malformed' | 'signature' | 'expired' | 'not_yet_valid' | 'issuer' | 'audience'
-  | 'claims' | 'scope' | 'call_hash' | 'replay' | 'keys'
+  | 'claims' | 'scope' | 'call_hash' | 'replay' | 'keys' | 'replay_store'
 
 export class UpstreamTokenError extends Error {
   override name = 'UpstreamTokenError'
   readonly statusCode: number
   constructor (readonly code: UpstreamTokenErrorCode, message: string) {
     super(message)
-    this.statusCode = code === 'keys' ? 503 : 401
+    // The verifier could not decide (keys or replay store unreachable): 503, so the caller
+    // retries later instead of reading it as a refusal of its credentials.
+    this.statusCode = code === 'keys' || code === 'replay_store' ? 503 : 401
   }
 }
 
@@ -168,7 +170,11 @@ export function createUpstreamVerifier (options: UpstreamVerifierOptions): Upstr
       if (a.length !== b.length || !timingSafeEqual(a, b)) {
         throw new UpstreamTokenError('call_hash', 'the message does not match the call the token was minted for (call_sha256)')
       }
-      if (!await replay.use(claims.jti, claims.exp)) throw new UpstreamTokenError('replay', 'the token was already used (jti)')
+      let first: boolean
+      try { first = await replay.use(claims.jti, claims.exp) } catch {
+        throw new UpstreamTokenError('replay_store', 'the jti replay store is unreachable; the token cannot be checked for reuse')
+      }
+      if (!first) throw new UpstreamTokenError('replay', 'the token was already used (jti)')
       return claims
     },
     async close () { if (ownsReplay) await replay.close() }

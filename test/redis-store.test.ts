@@ -4,6 +4,13 @@
 import t from 'tap'
 import { RedisStore } from '../lib/stores/redis.js'
 import { StoreUnavailableError } from '../lib/errors.js'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createUpstreamVerifier, UpstreamTokenError } from '../lib/upstream.js'
+import { KeyRing } from '../lib/tokens/keys.js'
+import { TokenMinter } from '../lib/tokens/minter.js'
+import { messageBinding } from '../lib/tokens/binding.js'
 import { readyz, redisAvailable, startRedis, type RedisServer } from './fixtures/redis.js'
 
 if (!redisAvailable()) throw new Error('these tests need redis-server on the PATH (apt-get install -y redis-server)')
@@ -107,10 +114,22 @@ t.test('Redis down: every operation fails closed at once; back: the store recove
   await t.rejects(s.tokens.get('k'), StoreUnavailableError)
   await t.rejects(s.pins.check('db', { name: 'new-tool', description: 'x' }), StoreUnavailableError, 'an unpinned tool is not passed unchecked')
   t.ok(Date.now() - started < 1000, 'refusals are immediate, not queued')
+  // An upstream verifying the gateway's tokens with this replay store cannot decide: 503, never
+  // a pass (the jti is unchecked) and never a 401 (the credentials were not at fault).
+  const ring = new KeyRing(mkdtempSync(join(tmpdir(), 'mcpw-redis-up-')), 60)
+  const call = { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: {} } }
+  const token = new TokenMinter(ring, { issuer: 'https://gw.test', ttlSeconds: 60 }).mint({ agentId: 'bot', userId: 'alice' }, 'http://up.test/mcp', messageBinding('POST', call)).token
+  const verifier = createUpstreamVerifier({ issuer: 'https://gw.test', audience: 'http://up.test/mcp', jwks: ring.jwks(), replay: s.replay })
+  const input = { authorization: `Bearer ${token}`, httpMethod: 'POST', body: call }
+  const down = await verifier.verify(input).then(() => null, (err: unknown) => err)
+  t.type(down, UpstreamTokenError)
+  t.match(down, { code: 'replay_store', statusCode: 503, message: /replay store is unreachable/ })
   await redis.start()
   t.ok(await until(() => s.available(), 10_000), 'available again without a restart')
   t.equal(await s.sessions.bind('db', 'after', 'alice', 60), true)
   t.equal(await s.replay.use('jti-after', Math.floor(Date.now() / 1000) + 60), true)
+  t.match(await verifier.verify(input), { sub: 'bot' }, 'the token refused during the outage was not spent')
+  await t.rejects(verifier.verify(input), { code: 'replay' })
 })
 
 t.test('a gateway that boots while Redis is unreachable starts, is not ready, and refuses MCP requests with 503', async t => {

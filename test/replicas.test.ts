@@ -60,6 +60,15 @@ async function startUpstream (redisUrl: string): Promise<Upstream> {
   return { served, received, refused, replayConn }
 }
 
+/** Resolves once an ioredis connection has reconnected (ready), failing after 10 s. */
+async function connectionReady (conn: Redis): Promise<void> {
+  if (conn.status === 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`upstream Redis connection still ${conn.status} after 10 s`)) }, 10_000)
+    conn.once('ready', () => { clearTimeout(timer); resolve() })
+  })
+}
+
 let redis: RedisServer
 let up1: Upstream
 let up2: Upstream
@@ -228,6 +237,9 @@ t.test('Redis killed mid-run: 503 with a JSON-RPC error on every replica, nothin
 
   await redis.start()
   for (const r of [a, b]) t.equal((await readyz(r.base, 200)).status, 200, `replica ${r.name} is ready again without a restart`)
+  // The upstreams' own Redis connections reconnect on their own schedule; the gateway being
+  // ready says nothing about them, so wait for them before calling through.
+  for (const u of [up1, up2]) await connectionReady(u.replayConn)
   // This Redis kept nothing (no persistence): the old session's binding is gone, so the
   // session is refused, never guessed. A new session works on both replicas.
   const old = await post(a, alice, { jsonrpc: '2.0', id: 22, method: 'tools/list' }, { 'mcp-session-id': sid, 'mcp-protocol-version': '2025-06-18' })
