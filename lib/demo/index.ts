@@ -96,7 +96,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const dataDir = resolve(options.dataDir ?? join('.mcp-warden', 'demo'))
   mkdirSync(dataDir, { recursive: true })
   const issuer = loadOrCreateIssuerKey(dataDir)
-  const db = openDemoDatabase(join(dataDir, 'demo.db'))
+  const db = await openDemoDatabase(join(dataDir, 'demo.db'))
   const sandbox = join(dataDir, 'sandbox')
   seedSandbox(sandbox)
   const apiState = createApiState()
@@ -123,8 +123,15 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
 
   const host = options.host ?? '127.0.0.1'
   // publicUrl names the port, so port 0 is resolved to a free port now.
-  const port = options.port === 0 ? await freePort(host) : options.port ?? 8080
-  const config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
+  const port = options.port === 0 ? await freePort(host).catch(async (err: unknown) => { await Promise.all(served.map(async s => { await s.close() })); db.close(); throw err }) : options.port ?? 8080
+  let config: GatewayConfig
+  try {
+    config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
+  } catch (err) {
+    await Promise.all(served.map(async s => { await s.close() }))
+    db.close()
+    throw err
+  }
   for (const u of config.upstreams.values()) {
     verifiers.set(u.name, u.auth.type !== 'ephemeral' ? null : createUpstreamVerifier({
       issuer: config.tokens.issuer,
