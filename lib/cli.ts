@@ -131,11 +131,17 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     })
     config = demo.config
   }
-  const app = await buildGateway(config)
+  let app: Awaited<ReturnType<typeof buildGateway>>
+  try {
+    app = await buildGateway(config)
+  } catch (err) {
+    await demo?.close()
+    throw err
+  }
   try {
     await app.listen({ host: config.listen.host, port: config.listen.port })
   } catch (err) {
-    await app.close()
+    await app.close().catch(() => {})
     await demo?.close()
     const e = err as NodeJS.ErrnoException
     if (e.code === 'EADDRINUSE') throw new UsageError(`port ${config.listen.port} on ${config.listen.host} is in use; choose another with --port`)

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -63,6 +63,62 @@ t.test('start refuses a bad config and names the field (the real binary)', async
   writeFileSync(unknown, `identity: { issuer: https://idp, jwksUri: https://idp/jwks }\nauthorization: { schema: ${ALLOW_ALL.schema}, policies: ${ALLOW_ALL.policies} }\nupstreams: { db: { url: "http://127.0.0.1:1/mcp", auth: { type: none, tokn: 1 } } }\n`)
   const err2 = await run('node', [BIN, 'start', '--config', unknown]).then(() => null, (e: { stderr: string }) => e)
   t.match(err2!.stderr, /upstreams\.db\.auth\.tokn: unknown key/)
+})
+
+/** Listening TCP servers of this process (the demo's three, the gateway, stdio bridges), once the handles closed by now are gone (up to 2 s). */
+async function listening (expected = 0): Promise<number> {
+  const count = (): number => process.getActiveResourcesInfo().filter(r => r === 'TCPServerWrap').length
+  for (let i = 0; i < 100 && count() > expected; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  return count()
+}
+
+/** A demo data folder whose signing-key file is corrupt: the demo's gateway config is refused after its servers started. */
+function brokenDemoDir (): string {
+  const d = mkdtempSync(join(tmpdir(), 'mcpw-broken-demo-'))
+  mkdirSync(join(d, 'keys'))
+  writeFileSync(join(d, 'keys', 'keys.json'), '{ not json')
+  return d
+}
+
+/** A config with a stdio upstream (its bridge listens on loopback) and a policy that fails schema validation. */
+function brokenPolicyConfig (): string {
+  const d = mkdtempSync(join(tmpdir(), 'mcpw-broken-policy-'))
+  mkdirSync(join(d, 'policies'))
+  writeFileSync(join(d, 'policies', 'bad.cedar'), 'permit (principal, action == Mcp::Action::"no_such_action", resource);\n')
+  const file = join(d, 'gateway.yaml')
+  writeFileSync(file, [
+    'listen: { host: 127.0.0.1, port: 0 }',
+    'identity: { issuer: https://idp, jwksUri: https://idp/jwks }',
+    `authorization: { schema: ${ALLOW_ALL.schema}, policies: ${join(d, 'policies')}, watch: false }`,
+    `tokens: { keysDir: ${join(d, 'keys')} }`,
+    `upstreams: { fixture: { command: [${JSON.stringify(process.execPath)}, ${JSON.stringify(new URL('./fixtures/stdio-server.mjs', import.meta.url).pathname)}] } }`,
+    ''
+  ].join('\n'))
+  return file
+}
+
+t.test('a refused boot exits non-zero with the reason and leaves no port open (the real binary)', async t => {
+  for (const [what, args, reason] of [
+    ['the demo, its gateway config refused after its servers started', ['start', '--port', '0', '--data-dir', brokenDemoDir()], /tokens\.keysDir: cannot use .* for the signing keys/],
+    ['a config whose policies fail validation, after its stdio bridge started', ['start', '--config', brokenPolicyConfig()], /no_such_action|policy|Cedar/i]
+  ] as const) {
+    const started = Date.now()
+    const err = await run('node', [BIN, ...args], { timeout: 30_000 }).then(() => null, (e: { code: number | null, killed: boolean, signal: string | null, stderr: string }) => e)
+    t.ok(err, `${what}: exits non-zero`)
+    t.equal(err!.killed, false, `${what}: exits by itself (not killed after 30 s)`)
+    t.equal(err!.code, 1, `${what}: exit code 1`)
+    t.match(err!.stderr, reason, `${what}: the reason is printed`)
+    t.ok(Date.now() - started < 30_000, `${what}: within ${Date.now() - started} ms`)
+  }
+})
+
+t.test('a refused boot closes every server it had opened (in process)', async t => {
+  const before = await listening(Infinity)
+  const c = capture()
+  await t.rejects(start(['--port', '0', '--data-dir', brokenDemoDir()], c.io), /tokens\.keysDir/)
+  t.equal(await listening(before), before, 'the demo servers are closed again')
+  await t.rejects(start(['--config', brokenPolicyConfig()], c.io))
+  t.equal(await listening(before), before, 'the stdio bridge is closed again')
 })
 
 t.test('start with a config serves it; start without one runs the demo, and client talks to it', async t => {
