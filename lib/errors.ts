@@ -51,6 +51,8 @@ export function errorCatalog (): ReadonlyMap<string, { statusCode: number, rpcCo
 
 // --- boot -----------------------------------------------------------------
 export const ConfigError = define('MCPW_ERR_CONFIG_INVALID', 'Invalid configuration: %s', 500, RpcCode.internalError)
+/** A plugin needs another one that the host did not register; the message says which to register. */
+export const PluginMissingError = define('MCPW_ERR_PLUGIN_MISSING', '%s', 500, RpcCode.internalError)
 
 // --- transport and message shape ---------------------------------------------
 export const OriginForbiddenError = define('MCPW_ERR_ORIGIN_FORBIDDEN',

@@ -21,6 +21,7 @@ import ephemeralToken from '../plugins/ephemeral-token.js'
 import toolFilter from '../plugins/tool-filter.js'
 import tokenExchange from '../plugins/token-exchange.js'
 import upstreamSecret from '../plugins/upstream-secret.js'
+import health from '../plugins/health.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -60,28 +61,27 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   config = bridged.config
   app.decorate('stdioBridges', bridged.bridges)
 
-  await app.register(metrics, { config })
-  await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
-  await app.register(mcpContext, { config })
-  await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
-  await app.register(identity, { config })
-  await app.register(cedarAuthz, { config })
-  await app.register(toolFilter, { config })
-  await app.register(rateLimit, { config })
-  await app.register(ephemeralToken, { config })
-  await app.register(tokenExchange, { config })
-  await app.register(upstreamSecret, { config })
-  await app.register(mcpProxy, { config })
-  await app.register(aggregate, { config })
-
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_request, reply) => {
-    const storeUp = app.store.available()
-    return await reply.code(storeUp ? 200 : 503).send({
-      status: storeUp ? 'ready' : 'unavailable',
-      store: { kind: app.store.kind, available: storeUp },
-      upstreams: [...config.upstreams.keys()]
-    })
-  })
+  // A plugin that refuses its options fails here: close what the earlier ones opened
+  // (stdio bridges, the store's connection), so a refused boot leaves nothing running.
+  try {
+    await app.register(metrics, { config })
+    await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
+    await app.register(mcpContext, { config })
+    await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
+    await app.register(identity, { config })
+    await app.register(cedarAuthz, { config })
+    await app.register(toolFilter, { config })
+    await app.register(rateLimit, { config })
+    await app.register(ephemeralToken, { config })
+    await app.register(tokenExchange, { config })
+    await app.register(upstreamSecret, { config })
+    await app.register(mcpProxy, { config })
+    await app.register(aggregate, { config })
+    await app.register(health, { config })
+  } catch (err) {
+    await app.close().catch(() => {})
+    await bridged.close()
+    throw err
+  }
   return app
 }

@@ -17,6 +17,7 @@ import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
 import { audiences, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
+import mcpContext from './mcp-context.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -78,6 +79,9 @@ const quote = (s: string): string => s.replace(/["\\\r\n]/g, ' ')
 
 async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<void> {
   const { config } = opts
+  // The request context (Origin and Host checks, server lookup, JSON-RPC parsing) is what every
+  // later stage reads; a host that did not register it gets it here, with the same config.
+  if (!app.hasPlugin('mcp-warden-context')) await app.register(mcpContext, { config })
   const id = config.identity
   if (id.jwksUri === undefined && id.publicKeyPem === undefined) {
     throw new Error('mcp-warden identity: identity needs a key source (jwksUri or publicKeyFile)')
@@ -179,5 +183,5 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   })
 }
 
-export default fp(identity, { name: 'mcp-warden-identity', fastify: '5.x', dependencies: ['mcp-warden-context'] })
+export default fp(identity, { name: 'mcp-warden-identity', fastify: '5.x' })
 export { identity }

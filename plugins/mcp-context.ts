@@ -14,7 +14,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
 import {
   BodyTooLargeError, HeaderMismatchError, HostForbiddenError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
-  type WardenError
+  PluginMissingError, type WardenError
 } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
 import { checkEra, parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
@@ -129,6 +129,9 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
   const checkOrigin = originCheck(config)
   const checkHost = hostCheck(config.publicUrl)
 
+  if (app.hasRequestDecorator('mcpTarget')) {
+    throw new PluginMissingError('mcp-warden-context is registered twice: identityPlugin registers it when it is missing, so register mcpContextPlugin once, before identityPlugin, or not at all')
+  }
   app.decorateRequest('mcpTarget', null)
   app.decorateRequest('mcp', null)
   app.decorateRequest('mcpOutcome', null)

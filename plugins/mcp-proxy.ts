@@ -15,7 +15,7 @@ import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  CredentialError, MethodNotAllowedError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MethodNotAllowedError, PluginMissingError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -57,6 +57,13 @@ interface Upstream {
   readonly path: string
 }
 
+/** The plugin that supplies each kind of upstream credential (auth.type none needs none). */
+const CREDENTIAL_PLUGINS: Readonly<Record<string, { name: string, export: string } | undefined>> = {
+  ephemeral: { name: 'mcp-warden-ephemeral-token', export: 'ephemeralTokenPlugin' },
+  exchange: { name: 'mcp-warden-token-exchange', export: 'tokenExchangePlugin' },
+  secret: { name: 'mcp-warden-upstream-secret', export: 'upstreamSecretPlugin' }
+}
+
 function upstreamError (err: unknown, server: string): Error {
   const code = (err as { code?: string }).code
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return new UpstreamTimeoutError(server)
@@ -95,6 +102,20 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
 
   app.decorateRequest('upstreamAuth', null)
   app.decorateRequest('mcpResponseTransform', null)
+
+  // Each upstream's credential comes from a plugin; a host that left it out fails ready()
+  // with the plugin to register, instead of answering every call with 503.
+  app.addHook('onReady', async () => {
+    const missing: string[] = []
+    for (const u of config.upstreams.values()) {
+      const need = CREDENTIAL_PLUGINS[u.auth.type]
+      if (need !== undefined && !app.hasPlugin(need.name)) missing.push(`upstream "${u.name}" (auth.type ${u.auth.type}) needs ${need.export} (${need.name}): app.register(${need.export}, { config })`)
+    }
+    if (missing.length > 0) throw new PluginMissingError(`mcp-warden-proxy: ${missing.join('; ')}`)
+    if (!app.hasPlugin('mcp-warden-tool-filter')) {
+      app.log.warn('mcp-warden-proxy: toolFilterPlugin is not registered: tool lists are forwarded unfiltered and unscanned (calls are still decided by Cedar)')
+    }
+  })
 
   async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const target = request.mcpTarget!
@@ -197,6 +218,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
 export default fp(mcpProxy, {
   name: 'mcp-warden-proxy',
   fastify: '5.x',
-  dependencies: ['mcp-warden-context', 'mcp-warden-identity']
+  // No message is forwarded without a Cedar decision: the proxy cannot be registered without it.
+  dependencies: ['mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz']
 })
 export { mcpProxy }

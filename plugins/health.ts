@@ -1,0 +1,35 @@
+/**
+ * health: `GET /healthz` (the process answers) and `GET /readyz` (it can serve MCP requests:
+ * 503 while the shared store is unreachable). What readiness checks is settled at boot from
+ * the plugins the host registered; nothing is looked up per request.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import type { GatewayConfig } from '../lib/config.js'
+import type { GatewayStore } from '../lib/stores/types.js'
+import type {} from './store.js'
+
+export interface HealthOptions {
+  config: GatewayConfig
+}
+
+async function health (app: FastifyInstance, opts: HealthOptions): Promise<void> {
+  const upstreams = [...opts.config.upstreams.keys()]
+  let store: GatewayStore | undefined
+  app.addHook('onReady', async () => {
+    if (app.hasPlugin('mcp-warden-store')) store = app.store
+  })
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_request, reply) => {
+    const storeUp = store?.available() ?? true
+    return await reply.code(storeUp ? 200 : 503).send({
+      status: storeUp ? 'ready' : 'unavailable',
+      ...(store !== undefined ? { store: { kind: store.kind, available: storeUp } } : {}),
+      upstreams
+    })
+  })
+}
+
+export default fp(health, { name: 'mcp-warden-health', fastify: '5.x' })
+export { health }
