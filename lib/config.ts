@@ -549,14 +549,18 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     if (u.url !== undefined) parseUrl(`upstreams.${name}.url`, u.url)
     if (u.resource !== undefined) parseUrl(`upstreams.${name}.resource`, u.resource, ['http:', 'https:', 'urn:'])
     const resource = u.resource ?? u.url ?? `urn:mcp-warden:stdio:${name}`
-    if (stdio !== undefined && u.auth !== undefined && u.auth.type !== 'ephemeral') fail(`upstreams.${name}.auth.type`, 'a stdio upstream is reached through the gateway\'s own bridge, which takes ephemeral tokens only')
+    // A stdio server is reached through the gateway's own loopback bridge, which always takes the
+    // gateway's ephemeral tokens; `none` says the server itself takes no credential, which is
+    // what a stdio server is, so it means the same as `ephemeral` here.
+    if (stdio !== undefined && u.auth !== undefined && u.auth.type !== 'ephemeral' && u.auth.type !== 'none') fail(`upstreams.${name}.auth.type`, `a stdio upstream is reached through the gateway's own bridge, which takes the gateway's ephemeral tokens: use ephemeral or none, not ${String(u.auth.type)} (give the server a credential of its own through env)`)
+    const authRaw = stdio !== undefined && u.auth?.type === 'none' ? undefined : u.auth
     upstreams.set(name, {
       name,
       url: u.url ?? '',
       ...(stdio !== undefined ? { stdio } : {}),
       resource,
       // Values inside a record get no schema defaults: they are set here.
-      auth: upstreamAuth(`upstreams.${name}.auth`, u.auth, resource, baseDir),
+      auth: upstreamAuth(`upstreams.${name}.auth`, authRaw, resource, baseDir),
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
       timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000),

@@ -157,7 +157,11 @@ t.test('config: stdio keys, no shell, the environment and limits', async t => {
   t.throws(() => validateConfig({ ...base, upstreams: { x: { url: 'http://h/mcp', envPass: ['PATH'] } } }), { message: /upstreams\.x\.envPass: only used with command/ })
   t.throws(() => validateConfig({ ...base, upstreams: { x: { command: [] } } }), { message: /upstreams\.x\.command/ })
   t.throws(() => validateConfig({ ...base, upstreams: { x: { command: ['node'], cwd: '/no/such/folder' } } }), { message: /upstreams\.x\.cwd: \/no\/such\/folder is not a folder/ })
-  t.throws(() => validateConfig({ ...base, upstreams: { x: { command: ['node'], auth: { type: 'none' } } } }), { message: /upstreams\.x\.auth\.type: a stdio upstream is reached through the gateway's own bridge/ })
+  for (const type of ['secret', 'exchange']) {
+    t.throws(() => validateConfig({ ...base, upstreams: { x: { command: ['node'], auth: { type } } } }), { message: /upstreams\.x\.auth\.type: a stdio upstream is reached through the gateway's own bridge, .*use ephemeral or none/ }, `auth ${type} refused`)
+  }
+  // `none`: the server takes no credential of its own; its bridge still takes only the gateway's tokens.
+  t.equal(validateConfig({ ...base, upstreams: { x: { command: ['node'], auth: { type: 'none' } } } }).upstreams.get('x')!.auth.type, 'ephemeral', 'auth none is accepted and the bridge still takes ephemeral tokens')
   t.throws(() => validateConfig({ ...base, upstreams: { x: { command: ['node'], env: { 'BAD NAME': 'x' } } } }), { message: /upstreams\.x\.env/ })
   const c = validateConfig({ ...base, upstreams: { x: { command: ['node', 'server.js', '--flag; rm -rf /'], env: { A: '1' }, processLimits: { memoryMb: 256, cpuSeconds: 30 } } } })
   const u = c.upstreams.get('x')!
