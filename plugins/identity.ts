@@ -30,7 +30,7 @@ declare module 'fastify' {
      * with `WWW-Authenticate` pointing at `metadataUrl`. Used by routes other than
      * `/servers/:name/mcp` (the aggregated endpoint).
      */
-    mcpAuthenticate: (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string) => Promise<Identity>
+    mcpAuthenticate: (request: FastifyRequest, reply: import('fastify').FastifyReply, resource: string, metadataUrl: string) => Promise<Identity>
     /**
      * In-process requests made on behalf of an already verified agent (the aggregated
      * endpoint calling a server route): `issue` returns a single-use random handle, valid
