@@ -1,6 +1,7 @@
-// npm run bench [-- --quick]: the gateway with its full chain against the same upstream
-// directly, side by side in one run, with autocannon; per-stage timings from the gateway;
-// then the micro-benches; then bench/results/latest.json and bench/RESULTS.md.
+// npm run bench [-- --quick] [-- --write]: the gateway with its full chain against the same
+// upstream directly, side by side in one run, with autocannon; per-stage timings from the
+// gateway; then the micro-benches; then results/latest.json and RESULTS.md. With --write these
+// are the committed bench/results/ and bench/RESULTS.md; without, the same under .scratch/bench/.
 import { fork, execFileSync } from 'node:child_process'
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -9,16 +10,18 @@ import { join } from 'node:path'
 import autocannon from 'autocannon'
 import { createSigner } from 'fast-jwt'
 import { freePort } from '../dist/lib/http-body.js'
+import { outDir, progress, resultsDir, root, shown, write } from './out.mjs'
 
-const root = new URL('../', import.meta.url).pathname
 const quick = process.argv.includes('--quick')
 const duration = quick ? 3 : 10
 const concurrencies = quick ? [10] : [1, 10, 50]
+progress(`${quick ? 'quick run' : 'full run'}, ${duration} s per autocannon run; results to ${shown(outDir)}/${write ? ' (--write: the committed files)' : ' (--write updates the committed bench/ files)'}`)
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519')
 const sign = createSigner({ key: privateKey.export({ type: 'pkcs8', format: 'pem' }), algorithm: 'EdDSA' })
 
 // The upstream and the gateway each get a process (and so, on two cores, a core) of their own.
+progress('starting upstream and gateway…')
 const gatewayPort = await freePort()
 const gatewayOrigin = `http://127.0.0.1:${gatewayPort}`
 const upstreamProc = fork(join(root, 'bench/e2e/servers.mjs'), ['upstream', gatewayOrigin, `${gatewayOrigin}/.well-known/jwks.json`], { stdio: 'inherit' })
@@ -35,6 +38,7 @@ for (const [name, proc] of [['gateway', child], ['upstream', upstreamProc]]) {
   })
 }
 const ready = { ...(await ask(undefined, 'ready')), direct: `http://127.0.0.1:${up.port}/direct` }
+progress(`upstream on :${up.port}, gateway on :${gatewayPort}`)
 
 const agents = [['reader-bot', 'readonly'], ['analyst-bot', 'analyst'], ['engineer-bot', 'engineer']]
 const tokens = agents.map(([agentId, role]) => sign({ iss: 'https://idp.bench', sub: agentId, agentId, roles: [role], aud: ready.resource, exp: Math.floor(Date.now() / 1000) + 3600 }))
@@ -63,6 +67,7 @@ async function drive (url, body, connections, withTokens) {
 }
 
 // Warm-up: the gateway learns the tool list, the upstream verifier fetches the JWKS.
+progress(`warm-up: tools/list and tools/call through the gateway, c=1 (2 × ${duration} s)…`)
 await drive(ready.gateway, bodies['tools/list'], 1, true)
 await drive(ready.gateway, bodies['tools/call'], 1, true)
 
@@ -70,7 +75,9 @@ const e2e = []
 for (const [method, body] of Object.entries(bodies)) {
   for (const c of concurrencies) {
     await ask('reset', 'reset')
+    progress(`${method} c=${c}: direct (${duration} s)…`)
     const direct = await drive(ready.direct, body, c, false)
+    progress(`${method} c=${c}: gateway (${duration} s)…`)
     const gateway = await drive(ready.gateway, body, c, true)
     e2e.push({
       method, connections: c, direct, gateway,
@@ -84,6 +91,7 @@ for (const [method, body] of Object.entries(bodies)) {
 }
 // Per-stage timings of the last tools/call runs are gone with the reset; run one more, timed.
 await ask('reset', 'reset')
+progress(`per-stage timings: tools/call c=10 through the gateway (${duration} s)…`)
 await drive(ready.gateway, bodies['tools/call'], 10, true)
 const { stages } = await ask('stages', 'stages')
 const pct = (a, p) => { const s = [...a].sort((x, y) => x - y); return +s[Math.min(s.length - 1, Math.floor(s.length * p))].toFixed(1) }
@@ -91,11 +99,12 @@ const hops = Object.fromEntries(Object.entries(stages).map(([k, a]) => [k, { p50
 child.send('stop')
 upstreamProc.send('stop')
 
-// The micro-benches, each writing its own results file.
+// The micro-benches, each writing its own results file into resultsDir (same --write).
+const flags = [...(quick ? ['--quick'] : []), ...(write ? ['--write'] : [])]
 for (const m of ['cedar', 'tokens', 'filter', 'identity', 'sse']) {
-  execFileSync(process.execPath, [join(root, `bench/micro/${m}.mjs`), ...(quick ? ['--quick'] : [])], { stdio: 'inherit' })
+  execFileSync(process.execPath, [join(root, `bench/micro/${m}.mjs`), ...flags], { stdio: 'inherit' })
 }
-const micro = Object.fromEntries(['cedar', 'tokens', 'filter', 'identity', 'sse'].map(m => [m, JSON.parse(readFileSync(join(root, `bench/results/${m}.json`), 'utf8'))]))
+const micro = Object.fromEntries(['cedar', 'tokens', 'filter', 'identity', 'sse'].map(m => [m, JSON.parse(readFileSync(join(resultsDir, `${m}.json`), 'utf8'))]))
 
 const pkg = (name) => JSON.parse(readFileSync(join(root, 'node_modules', name, 'package.json'), 'utf8')).version
 const latest = {
@@ -109,6 +118,8 @@ const latest = {
   hops,
   micro
 }
-mkdirSync(join(root, 'bench/results'), { recursive: true })
-writeFileSync(join(root, 'bench/results/latest.json'), JSON.stringify(latest, null, 2) + '\n')
-execFileSync(process.execPath, [join(root, 'bench/report.mjs')], { stdio: 'inherit' })
+mkdirSync(resultsDir, { recursive: true })
+writeFileSync(join(resultsDir, 'latest.json'), JSON.stringify(latest, null, 2) + '\n')
+progress('report…')
+execFileSync(process.execPath, [join(root, 'bench/report.mjs'), ...(write ? ['--write'] : [])], { stdio: 'inherit' })
+if (!write) progress(`done; results in ${shown(outDir)}/ (RESULTS.md, results/); the committed bench/ files are untouched (--write updates them)`)

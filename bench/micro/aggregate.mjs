@@ -2,7 +2,8 @@
 // server's own route, side by side in one run (one gateway, one upstream, the SDK client).
 // /mcp answers each message by calling the server route in-process, so the difference is
 // its own cost: a stateless MCP server per request, the name lookup, the in-process call.
-// Run: npm run bench:aggregate   (builds first; results in bench/results/aggregate.json)
+// Run: npm run bench:aggregate   (builds first; results in .scratch/bench/results/aggregate.json,
+// or bench/results/aggregate.json with `npm run bench:aggregate -- --write`)
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'

@@ -1,5 +1,6 @@
 // Cedar decision latency: the shipped reference policies and a 200-policy set, side by side.
-// Run: npm run bench:cedar   (builds first; results in bench/results/cedar.json)
+// Run: npm run bench:cedar   (builds first; results in .scratch/bench/results/cedar.json,
+// or bench/results/cedar.json with `npm run bench:cedar -- --write`)
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'

@@ -1,12 +1,15 @@
-// Shared by the micro-benches: rows of a tinybench run, printed and written to bench/results/<name>.json.
+// Shared by the micro-benches: rows of a tinybench run, printed and written to <name>.json in
+// bench/results/ with --write, otherwise in .scratch/bench/results/ (see ../out.mjs).
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
-import { join } from 'node:path'
-
-const root = new URL('../../', import.meta.url).pathname
+import { basename, join } from 'node:path'
+import { progress, resultsDir, root, shown, write } from '../out.mjs'
 
 export const quick = process.argv.includes('--quick')
-export const benchOptions = { time: quick ? 300 : 2000, warmupTime: quick ? 100 : 500 }
+const benchName = basename(process.argv[1] ?? '', '.mjs')
+progress(`micro: ${benchName}${quick ? ' (quick)' : ''}…`)
+// setup runs once per task before it is measured: a line per task keeps long runs visibly alive.
+export const benchOptions = { time: quick ? 300 : 2000, warmupTime: quick ? 100 : 500, setup: (task, mode) => { if (mode === 'run') progress(`micro: ${benchName}: ${task.name}…`) } }
 
 export function report (name, bench) {
   const rows = bench.tasks.map(t => ({
@@ -22,6 +25,8 @@ export function report (name, bench) {
 }
 
 export function writeResults (name, data) {
-  mkdirSync(join(root, 'bench/results'), { recursive: true })
-  writeFileSync(join(root, `bench/results/${name}.json`), JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, quick, ...data }, null, 2) + '\n')
+  const file = join(resultsDir, `${name}.json`)
+  mkdirSync(resultsDir, { recursive: true })
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, quick, ...data }, null, 2) + '\n')
+  progress(`micro: ${name}: wrote ${shown(file)}${write ? '' : ` (--write updates ${shown(join(root, `bench/results/${name}.json`))})`}`)
 }

@@ -1,10 +1,12 @@
 // Filtering a tools/list answer of 500 tools for one caller: cold (first sight: scan, pin,
 // Cedar decision per tool) and warm (repeated list), side by side; also 50 tools.
-// Run: npm run bench:filter   (builds first; results in bench/results/filter.json)
+// Run: npm run bench:filter   (builds first; results in .scratch/bench/results/filter.json,
+// or bench/results/filter.json with `npm run bench:filter -- --write`)
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { quick, writeResults } from './common.mjs'
+import { progress } from '../out.mjs'
 import { buildGateway } from '../../dist/lib/gateway.js'
 import { validateConfig } from '../../dist/lib/config.js'
 import { identityFromClaims } from '../../dist/lib/identity.js'
@@ -39,6 +41,7 @@ const filter = async (guard, tools) => await guard.visibleTools(identity, server
 const rounds = quick ? 5 : 25
 const rows = []
 for (const n of [50, 500]) {
+  progress(`micro: filter: ${n} tools, ${rounds} rounds…`)
   const cold = []
   const warm = []
   let visible = 0

@@ -1,5 +1,5 @@
 // Agent JWT verification (identity stage): EdDSA and RS256, side by side.
-// Results in bench/results/identity.json.
+// Results in .scratch/bench/results/identity.json, or bench/results/identity.json with --write.
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'

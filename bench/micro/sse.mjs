@@ -1,6 +1,6 @@
 // SSE rewrite: a tools/list answer of 50 tools in one SSE event, filtered through the
 // stream transform, against passing the same bytes through untouched.
-// Results in bench/results/sse.json.
+// Results in .scratch/bench/results/sse.json, or bench/results/sse.json with --write.
 import { Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { Bench } from 'tinybench'

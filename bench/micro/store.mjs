@@ -1,7 +1,8 @@
 // The shared store: what a request costs in memory and in Redis, side by side in one run.
 // Per tools/call in a session the gateway makes one session lookup and one rate-limit
 // increment (two with a tool limit); pins are read from the local copy.
-// Run: npm run bench:store   (needs redis-server on the PATH; results in bench/results/store.json)
+// Run: npm run bench:store   (needs redis-server on the PATH; results in .scratch/bench/results/store.json,
+// or bench/results/store.json with `npm run bench:store -- --write`)
 import { spawn, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync } from 'node:fs'

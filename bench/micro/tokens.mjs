@@ -1,5 +1,6 @@
 // Ephemeral tokens: mint (gateway) and verify (upstream, mcp-warden/upstream), side by side.
-// Run: npm run bench:tokens   (builds first; results in bench/results/tokens.json)
+// Run: npm run bench:tokens   (builds first; results in .scratch/bench/results/tokens.json,
+// or bench/results/tokens.json with `npm run bench:tokens -- --write`)
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
