@@ -121,15 +121,14 @@ t.test('no credential, nothing forwarded: a failing minter, a missing credential
   t.match(gw.audit.at(-1), { outcome: 'error', status: 503 })
   minter.mint = original
 
-  // A host that forgot the ephemeral-token plugin: the proxy refuses to forward without a credential.
+  // A host that forgot the ephemeral-token plugin: it does not boot, and says what to register.
   const app = Fastify({ logger: false })
   await app.register(mcpContext, { config: gw.config })
   await app.register(identity, { config: gw.config })
   await app.register(cedarAuthz, { config: gw.config })
   await app.register(mcpProxy, { config: gw.config, sessions: new MemorySessionStore() })
   t.teardown(async () => { await app.close() })
-  const bare = await app.inject({ method: 'POST', url: '/servers/echo/mcp', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, payload: init })
-  t.equal(bare.statusCode, 503)
+  await t.rejects(app.ready(), { code: 'MCPW_ERR_PLUGIN_MISSING', message: /upstream "echo" \(auth\.type ephemeral\) needs ephemeralTokenPlugin/ })
   t.equal(up.received.length, n, 'still nothing forwarded')
 })
 
