@@ -128,7 +128,7 @@ t.test('no credential, nothing forwarded: a failing minter, a missing credential
   await app.register(cedarAuthz, { config: gw.config })
   await app.register(mcpProxy, { config: gw.config, sessions: new MemorySessionStore() })
   t.teardown(async () => { await app.close() })
-  await t.rejects(app.ready(), { code: 'MCPW_ERR_PLUGIN_MISSING', message: /upstream "echo" \(auth\.type ephemeral\) needs ephemeralTokenPlugin/ })
+  await t.rejects(async () => { await app.ready() }, { code: 'MCPW_ERR_PLUGIN_MISSING', message: /upstream "echo" \(auth\.type ephemeral\) needs ephemeralTokenPlugin/ })
   t.equal(up.received.length, n, 'still nothing forwarded')
 })
 
