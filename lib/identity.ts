@@ -7,6 +7,7 @@ import { createRemoteJWKSet, errors as joseErrors } from 'jose'
 import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
+import { scopesOfClaims } from './scope.js'
 
 export interface Identity {
   /** `agentId` claim (name configurable), falling back to `sub`. */
@@ -15,7 +16,7 @@ export interface Identity {
   /** `role` and `roles` together, without duplicates. */
   readonly roles: readonly string[]
   readonly department: string | null
-  /** `scope` (space-separated) or `scp` (array or string). */
+  /** `scope` (space-separated) and `scp` (array or string), read by the one scope parser (lib/scope.ts). */
   readonly scopes: readonly string[]
   readonly issuer: string
   readonly subject: string | null
@@ -46,7 +47,12 @@ export function identityFromClaims (claims: Record<string, unknown>, config: Ide
   const agentId = str(claims[names.agentId]) ?? str(claims.sub)
   if (agentId === null) throw new TokenInvalidError(`the token has neither a "${names.agentId}" nor a "sub" claim naming the agent`)
   const roles = [...new Set([...strings(claims[names.role]), ...strings(claims[names.roles])])]
-  const scopes = [...new Set([...strings(claims.scope), ...strings(claims.scp)])]
+  let scopes: string[]
+  try {
+    scopes = scopesOfClaims(claims.scope, claims.scp)
+  } catch (err) {
+    throw new TokenInvalidError(`${(err as Error).message} (RFC 6749 §3.3 scope syntax)`)
+  }
   return Object.freeze({
     agentId,
     userId: str(claims[names.userId]),

@@ -9,6 +9,7 @@ import { resourceUrl } from './config.js'
 import type { CedarEngine } from './cedar/engine.js'
 import { audiences, identityFromClaims, type Identity } from './identity.js'
 import type { TokenMinter } from './tokens/minter.js'
+import { parseScope } from './scope.js'
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token'
@@ -89,10 +90,23 @@ export async function exchangeToken (params: Params, deps: StsDeps, now = Date.n
 
   const scopeParam = one(params, 'scope', false)
   if (scopeParam === undefined) throw new StsError('invalid_scope', '"scope" is required, e.g. "tool:file_read"')
-  const requested = [...new Set(scopeParam.split(' ').filter(s => s !== ''))]
+  let requested: string[]
+  try {
+    requested = parseScope(scopeParam)
+  } catch (err) {
+    throw new StsError('invalid_scope', `"scope" must be scope tokens separated by single spaces (RFC 6749 §3.3): ${(err as Error).message}`)
+  }
 
   const subject = await verifyToken(deps, subjectToken, 'subject_token')
   const actor = actorToken !== undefined ? await verifyToken(deps, actorToken, 'actor_token') : undefined
+
+  // DESIGN §8a: a token for one server's resource only is exchanged for that resource only; a
+  // token for the gateway itself (publicUrl, or its token endpoint) for any server resource.
+  const subjectAudiences = audiences(subject.claims)
+  const gatewayWide = subjectAudiences.includes(config.publicUrl) || subjectAudiences.includes(`${config.publicUrl}/oauth/token`)
+  if (!gatewayWide && !subjectAudiences.includes(resource)) {
+    throw new StsError('invalid_target', `the subject_token is not for ${resource}: a token for one server's resource may be exchanged for that resource only; a token whose audience is ${config.publicUrl} may be exchanged for any server of this gateway`)
+  }
 
   const remaining = subject.identity.expiresAt - Math.floor(now / 1000)
   if (remaining <= 0) throw new StsError('invalid_grant', 'the subject_token has expired')
