@@ -60,7 +60,7 @@ t.test('db: a real SQLite database; database_query is read-only', async t => {
   t.match(text(await c.callTool({ name: 'database_query', arguments: { sql: 'SELECT * FROM orders' } })), /no such table/)
 })
 
-t.test('db: database_query refuses every write, however it is spelled, and the file keeps every change', async t => {
+t.test('db: database_query refuses every write and every pragma, however it is spelled, and the file keeps every change', async t => {
   const file = join(mkdtempSync(join(tmpdir(), 'mcpw-db-')), 'demo.db')
   const db = await DemoDatabase.open(file)
   const writes = [
@@ -70,24 +70,48 @@ t.test('db: database_query refuses every write, however it is spelled, and the f
     'UPDATE customers SET tier = \'none\' RETURNING *',
     'SELECT 1; DROP TABLE customers',
     'SELECT 1; PRAGMA query_only = 0',
+    'SELECT 1 /* ; */; PRAGMA foreign_keys = OFF',
     'PRAGMA query_only = 0',
+    'PRAGMA table_info(customers)',
+    'PRAGMA hard_heap_limit = 50000',
+    'PRAGMA foreign_keys = OFF; SELECT 1',
+    '/* comment */ PRAGMA foreign_keys = OFF',
+    '-- comment\nPRAGMA query_only = ON; SELECT 1',
     'CREATE TABLE t AS SELECT 1',
     `ATTACH '${file}.other' AS other`,
+    `VACUUM INTO '${file}.copy'`,
     'VACUUM'
   ]
   for (const sql of writes) {
-    const r = db.query(sql)
+    const r = await db.query(sql)
     t.equal(r.ok, false, `${sql}: refused`)
     if (!r.ok) t.match(r.message, /read-only statement/, `${sql}: says what the tool does`)
   }
-  t.same(db.query('SELECT count(*) AS n FROM customers'), { ok: true, value: [{ n: 3 }] }, 'nothing was changed')
-  t.match(db.query('SELEC 1'), { ok: false, message: /^SQL error: .*syntax error/ })
-  t.match(db.insert('orders', { customer_id: 99, amount: 1, status: 'x' }), { ok: false, message: /FOREIGN KEY/ }, 'foreign keys are enforced')
-  t.match(db.insert('orders', { customer_id: 2, amount: 1, status: 'kept' }), { ok: true, value: { inserted: 1 } })
-  db.close()
+  t.same(await db.query('SELECT count(*) AS n FROM customers'), { ok: true, value: [{ n: 3 }] }, 'nothing was changed')
+  t.match(await db.query('SELEC 1'), { ok: false, message: /read-only statement/ })
+  t.match(await db.query('SELECT * FROM nowhere'), { ok: false, message: /^SQL error: no such table/ })
+  t.match(await db.insert('orders', { customer_id: 99, amount: 1, status: 'x' }), { ok: false, message: /FOREIGN KEY/ }, 'foreign keys are still enforced after the refused pragmas')
+  t.match(await db.insert('orders', { customer_id: 2, amount: 1, status: 'kept' }), { ok: true, value: { inserted: 1 } }, 'writes still work (no heap limit or query_only left behind)')
+  t.match(await db.query('SELECT x\'00ff\' AS b'), { ok: true, value: [{ b: { $blob: 'AP8=' } }] }, 'a blob comes back as base64')
+  await db.close()
   const again = await DemoDatabase.open(file)
-  t.teardown(() => { again.close() })
-  t.same(again.query("SELECT count(*) AS n FROM orders WHERE status = 'kept'"), { ok: true, value: [{ n: 1 }] }, 'the insert is in the file')
+  t.teardown(async () => { await again.close() })
+  t.same(await again.query("SELECT count(*) AS n FROM orders WHERE status = 'kept'"), { ok: true, value: [{ n: 1 }] }, 'the insert is in the file')
+})
+
+t.test('db: a statement that never ends, or grows without bound, is stopped and the database goes on', async t => {
+  const db = await DemoDatabase.open(join(mkdtempSync(join(tmpdir(), 'mcpw-db-')), 'demo.db'), { timeoutMs: 1000 })
+  t.teardown(async () => { await db.close() })
+  const tick = Date.now()
+  let beats = 0
+  const heartbeat = setInterval(() => { beats++ }, 50)
+  const endless = await db.query('WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) AS n FROM c')
+  clearInterval(heartbeat)
+  t.match(endless, { ok: false, message: /ran longer than 1000 ms and was stopped/ })
+  t.ok(beats >= 10, `this process kept running meanwhile (${beats} heartbeats in ${Date.now() - tick} ms)`)
+  t.match(await db.query('SELECT length(randomblob(900000000)) AS n'), { ok: false, message: /out of memory|too big|stopped/ }, 'SQLite\'s heap is capped')
+  t.match(await db.query('WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 12) SELECT printf(\'%.*c\', 3000000, \'x\') AS s FROM c'), { ok: false, message: /larger than 1048576 bytes/ }, 'a result is capped')
+  t.same(await db.query('SELECT count(*) AS n FROM customers'), { ok: true, value: [{ n: 3 }] }, 'and the next query is answered')
 })
 
 t.test('file: the sandbox cannot be left', async t => {

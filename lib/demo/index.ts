@@ -116,20 +116,20 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     served.push(await serveMcp(() => createApiServer(apiState), { guard: guard('api') }))
   } catch (err) {
     await Promise.all(served.map(async s => { await s.close() }))
-    db.close()
+    await db.close()
     throw err
   }
   const [dbUp, fileUp, apiUp] = served as [ServedMcp, ServedMcp, ServedMcp]
 
   const host = options.host ?? '127.0.0.1'
   // publicUrl names the port, so port 0 is resolved to a free port now.
-  const port = options.port === 0 ? await freePort(host).catch(async (err: unknown) => { await Promise.all(served.map(async s => { await s.close() })); db.close(); throw err }) : options.port ?? 8080
+  const port = options.port === 0 ? await freePort(host).catch(async (err: unknown) => { await Promise.all(served.map(async s => { await s.close() })); await db.close(); throw err }) : options.port ?? 8080
   let config: GatewayConfig
   try {
     config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
   } catch (err) {
     await Promise.all(served.map(async s => { await s.close() }))
-    db.close()
+    await db.close()
     throw err
   }
   for (const u of config.upstreams.values()) {
@@ -161,7 +161,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     async close () {
       await Promise.all(served.map(async s => { await s.close() }))
       for (const v of verifiers.values()) await v?.close()
-      db.close()
+      await db.close()
     }
   }
 }
