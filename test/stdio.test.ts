@@ -35,7 +35,7 @@ t.before(async () => {
     upstreams: {
       fs: { command: [process.execPath, bin('@modelcontextprotocol/server-filesystem'), files] },
       mem: { command: [process.execPath, bin('@modelcontextprotocol/server-memory')], env: { MEMORY_FILE_PATH: memoryFile } },
-      fixture: { command: [process.execPath, FIXTURE], cwd: ROOT, env: { FIXTURE_MODE: 'test' }, envPass: ['PATH', 'LANG'], idleSeconds: 2, processLimits: { openFiles: 256 } }
+      fixture: { command: [process.execPath, FIXTURE], cwd: ROOT, env: { FIXTURE_MODE: 'test' }, envPass: ['PATH', 'LANG'], idleSeconds: 6, processLimits: { openFiles: 256 } }
     }
   })
 })
