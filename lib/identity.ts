@@ -8,6 +8,7 @@ import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
 import { scopesOfClaims } from './scope.js'
+import { jsonValueProblem } from './jsonrpc.js'
 
 export interface Identity {
   /** `agentId` claim (name configurable), falling back to `sub`. */
@@ -43,6 +44,8 @@ function strings (v: unknown): string[] {
 
 /** Maps verified claims to an Identity; throws TokenInvalidError when no agent id can be found. */
 export function identityFromClaims (claims: Record<string, unknown>, config: IdentityConfig, gatewayIssuer?: string): Identity {
+  const problem = jsonValueProblem(claims, 32)
+  if (problem !== null) throw new TokenInvalidError(`the token's claims are not usable: ${problem.message}`)
   const names = config.claims
   const agentId = str(claims[names.agentId]) ?? str(claims.sub)
   if (agentId === null) throw new TokenInvalidError(`the token has neither a "${names.agentId}" nor a "sub" claim naming the agent`)

@@ -31,6 +31,43 @@ export interface McpMessage {
   readonly raw: Buffer
 }
 
+/** Deepest nesting of objects and arrays a message may have (DESIGN §4). */
+export const MAX_JSON_DEPTH = 64
+/** A UTF-16 surrogate that is not half of a pair: text that is not well-formed Unicode. */
+const LONE_SURROGATE = /\p{Surrogate}/u
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+/** True when the string is well-formed Unicode (no lone surrogate). */
+export function isWellFormedText (s: string): boolean {
+  return !LONE_SURROGATE.test(s)
+}
+
+/**
+ * What makes a parsed JSON value unfit to act on, or null: nesting deeper than `maxDepth`, or
+ * a string or key that is not well-formed Unicode. Iterative, so no input can exhaust the stack.
+ */
+export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): { kind: 'depth' | 'unicode', message: string } | null {
+  const stack: Array<[unknown, number]> = [[value, 0]]
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!
+    if (typeof v === 'string') {
+      if (LONE_SURROGATE.test(v)) return { kind: 'unicode', message: 'a string is not well-formed Unicode (it holds a lone surrogate, e.g. "\\ud800")' }
+      continue
+    }
+    if (v === null || typeof v !== 'object') continue
+    if (depth >= maxDepth) return { kind: 'depth', message: `the JSON is nested deeper than ${maxDepth} levels` }
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push([x, depth + 1])
+    } else {
+      for (const [k, x] of Object.entries(v)) {
+        if (LONE_SURROGATE.test(k)) return { kind: 'unicode', message: 'a key is not well-formed Unicode (it holds a lone surrogate)' }
+        stack.push([x, depth + 1])
+      }
+    }
+  }
+  return null
+}
+
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && !Array.isArray(v)
 
@@ -54,11 +91,22 @@ export function parseMcpMessage (raw: Buffer): McpMessage {
 
 function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
   if (raw.length === 0) throw new ParseError('the request body is empty; send one JSON-RPC message')
+  let text: string
+  try {
+    text = utf8.decode(raw)
+  } catch {
+    throw new ParseError('the body is not valid UTF-8')
+  }
   let data: unknown
   try {
-    data = sjson.parse(raw.toString('utf8'), undefined, { protoAction: 'error', constructorAction: 'error' })
+    data = sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
   } catch (err) {
     throw new ParseError(`the body is not valid JSON (${(err as Error).message})`)
+  }
+  const problem = jsonValueProblem(data)
+  if (problem !== null) {
+    if (isObject(data) && (typeof data.id === 'string' || typeof data.id === 'number') && (typeof data.id !== 'string' || isWellFormedText(data.id))) seeId(data.id)
+    throw problem.kind === 'unicode' ? new ParseError(problem.message) : new InvalidMessageError(problem.message)
   }
   if (Array.isArray(data)) throw new BatchError()
   if (!isObject(data)) throw new InvalidMessageError('the body must be a JSON-RPC 2.0 object')

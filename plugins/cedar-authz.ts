@@ -20,7 +20,7 @@ import { ConfigError, RpcCode } from '../lib/errors.js'
 import { rpcError } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import {
-  CedarEngine, compilePolicySet, readPolicySource, type AuthzRequest, type Decision
+  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
 
 export type ReloadResult = { ok: true, version: string } | { ok: false, error: string, version: string }
@@ -106,6 +106,14 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     reload
   })
   app.decorateRequest('decision', null)
+
+  // A Cedar call that throws means the Wasm instance failed; the engine replaces it at once.
+  // Either way it is an error in the operational log (and /readyz is 503 while it is broken).
+  const unsubscribe = onEngineFailure(({ error, recovered }) => {
+    if (recovered) app.log.error({ error }, 'Cedar engine failed: a fresh Wasm instance replaced it; the request it was deciding was denied')
+    else app.log.error({ error }, 'Cedar engine failed and could not be replaced: every decision is denied until it is (/readyz answers 503)')
+  })
+  app.addHook('onClose', async () => { unsubscribe() })
 
   const onHup = (): void => { void reload() }
   process.on('SIGHUP', onHup)

@@ -1,12 +1,13 @@
 /**
  * health: `GET /healthz` (the process answers) and `GET /readyz` (it can serve MCP requests:
- * 503 while the shared store is unreachable). What readiness checks is settled at boot from
+ * 503 while the shared store is unreachable or the Cedar engine is broken). What readiness checks is settled at boot from
  * the plugins the host registered; nothing is looked up per request.
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type { GatewayStore } from '../lib/stores/types.js'
+import { engineHealth } from '../lib/cedar/engine.js'
 import type {} from './store.js'
 
 export interface HealthOptions {
@@ -16,16 +17,21 @@ export interface HealthOptions {
 async function health (app: FastifyInstance, opts: HealthOptions): Promise<void> {
   const upstreams = [...opts.config.upstreams.keys()]
   let store: GatewayStore | undefined
+  let cedar = false
   app.addHook('onReady', async () => {
     if (app.hasPlugin('mcp-warden-store')) store = app.store
+    cedar = app.hasPlugin('mcp-warden-cedar-authz')
   })
 
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_request, reply) => {
     const storeUp = store?.available() ?? true
-    return await reply.code(storeUp ? 200 : 503).send({
-      status: storeUp ? 'ready' : 'unavailable',
+    const engine = cedar ? engineHealth() : undefined
+    const ready = storeUp && (engine?.healthy ?? true)
+    return await reply.code(ready ? 200 : 503).send({
+      status: ready ? 'ready' : 'unavailable',
       ...(store !== undefined ? { store: { kind: store.kind, available: storeUp } } : {}),
+      ...(engine !== undefined ? { cedar: { healthy: engine.healthy, replacements: engine.replacements } } : {}),
       upstreams
     })
   })

@@ -105,16 +105,20 @@ t.test('a policy set that is not pre-parsed any more is an engine error, not an 
   t.match(d, { outcome: 'error', allowed: false, reason: ENGINE_ERROR_REASON })
 })
 
-t.test('the wasm engine throwing is an engine error', async t => {
-  const { CedarEngine: Mocked, compilePolicySet: compileMocked } = await t.mockImport<typeof import('../lib/cedar/engine.js')>('../lib/cedar/engine.js', {
-    '@cedar-policy/cedar-wasm/nodejs': {
-      ...(await import('@cedar-policy/cedar-wasm/nodejs')),
-      statefulIsAuthorized: () => { throw new Error('wasm trap: unreachable') }
-    }
-  })
-  const set = compileMocked(readPolicySource(ALLOW_ALL.schema, ALLOW_ALL.policies))
-  const d = new Mocked(set, 'UTC').authorize({ identity: agent([]), server: db, action: 'connect', method: 'ping' })
-  t.match(d, { outcome: 'error', allowed: false, reason: ENGINE_ERROR_REASON, errors: ['wasm trap: unreachable'] })
+t.test('the wasm engine throwing is an engine error, and a fresh instance decides the next request', async t => {
+  const { createRequire } = await import('node:module')
+  const { engineHealth } = await import('../lib/cedar/engine.js')
+  const engine = new CedarEngine(compilePolicySet(readPolicySource(ALLOW_ALL.schema, ALLOW_ALL.policies)), 'UTC')
+  // The instance the engine calls now: make its next call trap, as a failed Wasm instance does.
+  const live = createRequire(import.meta.url)('@cedar-policy/cedar-wasm/nodejs') as { statefulIsAuthorized: (...a: unknown[]) => unknown }
+  const original = live.statefulIsAuthorized
+  live.statefulIsAuthorized = () => { throw new Error('wasm trap: unreachable') }
+  t.teardown(() => { live.statefulIsAuthorized = original })
+  const before = engineHealth().replacements
+  const d = engine.authorize({ identity: agent([]), server: db, action: 'connect', method: 'ping' })
+  t.match(d, { outcome: 'error', allowed: false, reason: ENGINE_ERROR_REASON, errors: [/wasm trap: unreachable/] })
+  t.equal(engineHealth().replacements, before + 1, 'the instance was replaced')
+  t.match(engine.authorize({ identity: agent([]), server: db, action: 'connect', method: 'ping' }), { outcome: 'allow' }, 'the next decision is made on the fresh instance')
 })
 
 t.test('swap replaces the policy set atomically', async t => {

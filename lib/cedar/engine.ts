@@ -8,18 +8,95 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
+import { createRequire } from 'node:module'
 import { setFlagsFromString } from 'node:v8'
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
+import type * as CedarWasm from '@cedar-policy/cedar-wasm/nodejs'
 import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
+import { isWellFormedText, jsonValueProblem } from '../jsonrpc.js'
 
 // Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
 // 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
 // with the inlining off, the same load runs clean. It is switched off before any Cedar call
 // is optimized. The cost is a few microseconds per Wasm call.
 setFlagsFromString('--no-turbo-inline-js-wasm-calls')
+
+// The Cedar Wasm module is loaded through require() so that a fresh instance can replace it:
+// when a call into it throws, its memory can no longer be trusted (cedar-wasm 4.x leaks on
+// some failing inputs until every later call fails with "memory access out of bounds";
+// bench/repro/cedar-wasm-lone-surrogate.cjs). Every policy set that was pre-parsed is parsed
+// again into the fresh instance, so every engine of the process goes on deciding.
+const requireCjs = createRequire(import.meta.url)
+const CEDAR_MODULE = requireCjs.resolve('@cedar-policy/cedar-wasm/nodejs')
+let cedar = requireCjs(CEDAR_MODULE) as typeof CedarWasm
+
+/** A fresh instance of the module; the replaced one is left to the garbage collector. */
+function freshCedar (): typeof CedarWasm {
+  delete requireCjs.cache[CEDAR_MODULE]
+  const exports = requireCjs(CEDAR_MODULE) as typeof CedarWasm
+  // require() lists each load among the requiring module's children; unlisted, the old
+  // instances (and their Wasm memories) can be collected.
+  const mod = requireCjs.cache[CEDAR_MODULE]
+  const parent = mod?.parent
+  if (parent !== undefined && parent !== null) parent.children = parent.children.filter(c => c.id !== CEDAR_MODULE || c === mod)
+  return exports
+}
+
+interface Preparsed { schemaName: string, schemaText: string, policySetId: string, texts: Record<string, string> }
+/** Every pre-parsed policy set, by version: what a fresh instance must parse again. */
+const preparsed = new Map<string, Preparsed>()
+
+/** The state of the Wasm instance, shared by every engine of the process. */
+export interface EngineHealth {
+  readonly healthy: boolean
+  /** Fresh instances that replaced a failed one since the process started. */
+  readonly replacements: number
+  readonly lastError: string | null
+}
+const health = { healthy: true, replacements: 0, lastError: null as string | null, lastAttempt: 0 }
+export type EngineFailureListener = (event: { error: string, recovered: boolean }) => void
+const failureListeners = new Set<EngineFailureListener>()
+
+export function engineHealth (): EngineHealth {
+  return { healthy: health.healthy, replacements: health.replacements, lastError: health.lastError }
+}
+
+/** Called when a Cedar call threw, with whether a fresh instance took over; returns an unsubscribe. */
+export function onEngineFailure (listener: EngineFailureListener): () => void {
+  failureListeners.add(listener)
+  return () => { failureListeners.delete(listener) }
+}
+
+function preparseInto (c: typeof CedarWasm, e: Preparsed): void {
+  const s = c.preparseSchema(e.schemaName, e.schemaText)
+  if (s.type === 'failure') throw new PolicySetError(`schema: ${messages(s.errors)}`)
+  const p = c.preparsePolicySet(e.policySetId, { staticPolicies: e.texts })
+  if (p.type === 'failure') throw new PolicySetError(messages(p.errors))
+}
+
+/**
+ * A call into the Wasm instance threw: replace the instance with a fresh one and parse every
+ * policy set into it again. When that fails, the engine stays unhealthy (every decision is an
+ * error, which denies) and another replacement is tried at most once a second.
+ */
+export function replaceCedarInstance (error: string): boolean {
+  health.lastError = error
+  health.lastAttempt = Date.now()
+  try {
+    const fresh = freshCedar()
+    for (const e of preparsed.values()) preparseInto(fresh, e)
+    cedar = fresh
+    health.healthy = true
+    health.replacements++
+  } catch (err) {
+    health.healthy = false
+    health.lastError = `${error}; a fresh instance failed too: ${(err as Error).message}`
+  }
+  for (const listener of failureListeners) listener({ error: health.lastError, recovered: health.healthy })
+  return health.healthy
+}
 
 export type CedarAction = 'connect' | 'call_tool' | 'read_resource' | 'get_prompt'
 
@@ -150,10 +227,9 @@ export function compilePolicySet (source: PolicySource): CompiledPolicySet {
   const version = hash.digest('hex').slice(0, 16)
   const schemaName = `schema-${version}`
   const policySetId = `policies-${version}`
-  const s = cedar.preparseSchema(schemaName, source.schemaText)
-  if (s.type === 'failure') throw new PolicySetError(`schema: ${messages(s.errors)}`)
-  const p = cedar.preparsePolicySet(policySetId, { staticPolicies: texts })
-  if (p.type === 'failure') throw new PolicySetError(messages(p.errors))
+  const entry: Preparsed = { schemaName, schemaText: source.schemaText, policySetId, texts }
+  preparseInto(cedar, entry)
+  preparsed.set(version, entry)
   return Object.freeze({
     version,
     policyIds: Object.keys(texts).sort(),
@@ -168,11 +244,11 @@ export function compilePolicySet (source: PolicySource): CompiledPolicySet {
 const uid = (type: string, id: string) => ({ type, id })
 
 /** The entity ids of a request, as Cedar sees them. */
-export function requestEntities (r: AuthzRequest): { principal: { type: string, id: string }, resource: { type: string, id: string }, entities: cedar.EntityJson[] } {
+export function requestEntities (r: AuthzRequest): { principal: { type: string, id: string }, resource: { type: string, id: string }, entities: CedarWasm.EntityJson[] } {
   const id = r.identity
   const server = uid('Mcp::Server', r.server.name)
   const principal = uid('Mcp::Agent', id.agentId)
-  const entities: cedar.EntityJson[] = [
+  const entities: CedarWasm.EntityJson[] = [
     {
       uid: principal,
       attrs: { userId: id.userId ?? '', department: id.department ?? '', roles: [...id.roles], scopes: [...id.scopes], issuer: id.issuer },
@@ -257,10 +333,17 @@ export class CedarEngine {
         return { ...base, outcome: 'deny', allowed: false, policies: [], advice: [], errors: [], reason: `the token's scope does not include ${needed}` }
       }
     }
+    // Text that is not well-formed Unicode never reaches the Wasm instance (it fails there, and
+    // cedar-wasm 4.x leaks when it does). Messages and token claims are checked at parse; this
+    // covers every other caller (lists from upstreams, the STS, the playground).
+    for (const v of [r.method, r.tool, r.uri, r.prompt, r.identity.agentId, r.identity.userId, r.identity.department, r.identity.issuer, ...r.identity.roles, ...r.identity.scopes]) {
+      if (typeof v === 'string' && !isWellFormedText(v)) return fail('the request holds text that is not well-formed Unicode')
+    }
+    if (r.arguments !== undefined && jsonValueProblem(r.arguments) !== null) return fail('the arguments are not usable: nested too deep or not well-formed Unicode')
     try {
       const now = r.now ?? new Date()
       const { localHour, localWeekday } = localTime(now, this.timezone)
-      const context: Record<string, cedar.CedarValueJson> = {
+      const context: Record<string, CedarWasm.CedarValueJson> = {
         now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
         localHour,
         localWeekday,
@@ -275,7 +358,7 @@ export class CedarEngine {
           const argsType = set.toolActions.get(key)
           if (argsType !== undefined && r.arguments !== undefined) {
             try {
-              context.arguments = toCedarValue(r.arguments, argsType) as cedar.CedarValueJson
+              context.arguments = toCedarValue(r.arguments, argsType) as CedarWasm.CedarValueJson
             } catch (err) {
               if (!(err instanceof ArgumentMismatchError)) throw err
               return { ...base, outcome: 'deny', allowed: false, policies: [], advice: [], errors: [], reason: `${err.message} (the tool's declared inputSchema)` }
@@ -284,16 +367,27 @@ export class CedarEngine {
         }
       }
       const { principal, resource, entities } = requestEntities(r)
-      const answer = cedar.statefulIsAuthorized({
-        principal,
-        action: uid('Mcp::Action', action),
-        resource,
-        context,
-        entities,
-        preparsedSchemaName: set.schemaName,
-        preparsedPolicySetId: set.policySetId,
-        validateRequest: true
-      })
+      if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
+        return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
+      }
+      let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
+      try {
+        answer = cedar.statefulIsAuthorized({
+          principal,
+          action: uid('Mcp::Action', action),
+          resource,
+          context,
+          entities,
+          preparsedSchemaName: set.schemaName,
+          preparsedPolicySetId: set.policySetId,
+          validateRequest: true
+        })
+      } catch (err) {
+        // Cedar answers its own errors as values; a throw is the instance itself failing.
+        const message = (err as Error).message
+        replaceCedarInstance(`Cedar threw: ${message}`)
+        return fail(`the Cedar engine failed (${message}); this request is denied`)
+      }
       if (answer.type !== 'success') return fail(messages(answer.errors))
       const { decision, diagnostics } = answer.response
       if (diagnostics.errors.length > 0) {
