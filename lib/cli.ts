@@ -99,9 +99,15 @@ function need (values: Record<string, unknown>, name: string): string {
 
 function port (v: unknown): number | undefined {
   if (v === undefined) return undefined
-  const n = Number(v)
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be a number from 0 to 65535, not ${String(v)}`)
+  const n = typeof v === 'string' && /^\d{1,5}$/.test(v) ? Number(v) : NaN
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be a number from 0 to 65535, not ${JSON.stringify(v)}`)
   return n
+}
+
+function host (v: unknown): string | undefined {
+  if (v === undefined) return undefined
+  if (typeof v !== 'string' || v.trim() === '' || /\s/.test(v)) throw new UsageError(`--host must be an address or host name, not ${JSON.stringify(v)}`)
+  return v
 }
 
 export interface Running {
@@ -115,18 +121,19 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
   const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' } })
   if (values.help === true) { io.out(HELP.start!); return undefined }
   const portArg = port(values.port)
+  const hostArg = host(values.host)
   let demo: Demo | undefined
   let config: GatewayConfig
   const configFile = str(values.config)
   if (configFile !== undefined) {
     config = loadConfig(configFile)
-    if (values.host !== undefined || portArg !== undefined) {
-      config = Object.freeze({ ...config, listen: Object.freeze({ host: str(values.host) ?? config.listen.host, port: portArg ?? config.listen.port }) })
+    if (hostArg !== undefined || portArg !== undefined) {
+      config = Object.freeze({ ...config, listen: Object.freeze({ host: hostArg ?? config.listen.host, port: portArg ?? config.listen.port }) })
     }
   } else {
     demo = await startDemo({
       ...(str(values['data-dir']) !== undefined ? { dataDir: str(values['data-dir'])! } : {}),
-      ...(str(values.host) !== undefined ? { host: str(values.host)! } : {}),
+      ...(hostArg !== undefined ? { host: hostArg } : {}),
       ...(portArg !== undefined ? { port: portArg } : {})
     })
     config = demo.config

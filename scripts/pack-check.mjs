@@ -36,6 +36,11 @@ try {
   const devTypes = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).devDependencies
   run('npm', ['install', '--no-audit', '--no-fund', join(work, packed.filename), `typescript@${devTypes.typescript}`, `@types/node@${devTypes['@types/node']}`], app)
 
+  const lock = JSON.parse(readFileSync(join(app, 'package-lock.json'), 'utf8'))
+  const scripted = Object.entries(lock.packages).filter(([k, v]) => k !== '' && v.hasInstallScript === true).map(([k]) => k)
+  if (scripted.length > 0) fail(`the consumer's lock file lists packages with install scripts: ${scripted.join(', ')}`)
+  step('no package of the installed tree has an install script')
+
   step('tsc (strict, skipLibCheck: false) against the packed .d.ts files')
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({
     compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, skipLibCheck: false, noEmit: true, types: ['node'] },

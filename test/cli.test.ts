@@ -97,6 +97,14 @@ function brokenPolicyConfig (): string {
   return file
 }
 
+t.test('start refuses a --host or --port that is not one, before anything starts', async t => {
+  for (const args of [['--port', ''], ['--port', '1e3'], ['--port', '0x4000'], ['--port', '70000'], ['--host', ''], ['--host', ' '], ['--host', 'a b']]) {
+    const c = capture()
+    t.equal(await main(['start', ...args, '--data-dir', join(dir, 'never')], c.io), 2, `${args.join(' ')}: usage error`)
+    t.match(c.err.join('\n'), /--(port|host) must be/, `${args.join(' ')}: says why`)
+  }
+})
+
 t.test('a refused boot exits non-zero with the reason and leaves no port open (the real binary)', async t => {
   for (const [what, args, reason] of [
     ['the demo, its gateway config refused after its servers started', ['start', '--port', '0', '--data-dir', brokenDemoDir()], /tokens\.keysDir: cannot use .* for the signing keys/],
