@@ -135,7 +135,8 @@ const ConfigSchema = Type.Object({
   }, { ...strict, default: {} }),
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
-    sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 })
+    sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
+    maxResponseBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024 })
   }, { ...strict, default: {} }),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1 }),
@@ -275,7 +276,7 @@ export interface GatewayConfig {
   readonly authorization: AuthorizationConfig
   readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
-  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number }
+  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number }
   /** Tool metadata scanning and pinning. */
   readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */

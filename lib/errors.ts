@@ -97,6 +97,11 @@ export const UpstreamRejectedError = define('MCPW_ERR_UPSTREAM_REJECTED',
 export const UpstreamProtocolError = define('MCPW_ERR_UPSTREAM_PROTOCOL',
   'MCP server "%s" answered with a session id that is bound to another principal; the answer was dropped', 502, RpcCode.upstreamUnavailable)
 
+export const UpstreamAnswerError = define('MCPW_ERR_UPSTREAM_ANSWER',
+  'MCP server "%s" sent an answer the gateway cannot accept (%s); nothing of it was forwarded', 502, RpcCode.upstreamUnavailable)
+export const UpstreamTooLargeError = define('MCPW_ERR_UPSTREAM_TOO_LARGE',
+  'MCP server "%s" answered with more than %s bytes (limits.maxResponseBytes); nothing of it was forwarded', 502, RpcCode.upstreamUnavailable)
+
 // --- upstream credentials ------------------------------------------------------------
 export const CredentialError = define('MCPW_ERR_UPSTREAM_CREDENTIAL',
   'The gateway could not obtain a credential for MCP server "%s"; the request was not forwarded', 503, RpcCode.unavailable)

@@ -91,7 +91,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     const sid = res.headers['mcp-session-id']
     const answer: InnerAnswer = { status: res.statusCode, sessionId: typeof sid === 'string' ? sid : undefined, message: undefined }
     const body = res.stream()
-    if (!String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+    if (!String(res.headers['content-type'] ?? '').toLowerCase().startsWith('text/event-stream')) {
       let text = ''
       for await (const chunk of body) text += (chunk as Buffer).toString()
       try {

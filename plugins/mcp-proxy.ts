@@ -10,12 +10,13 @@
 import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
-import { sseTransform, type MessageTransform } from '../lib/sse.js'
+import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
+import { rpcError, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  CredentialError, MethodNotAllowedError, PluginMissingError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MethodNotAllowedError, PluginMissingError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -37,6 +38,11 @@ declare module 'fastify' {
      * applied to a JSON answer, or to each message of an SSE stream, as it passes.
      */
     mcpResponseTransform: MessageTransform | null
+    /**
+     * Set by the tool filter for a list request (tools/list, resources/list, …): its answer is
+     * forwarded only once read whole and filtered, and only with exactly this id.
+     */
+    mcpListAnswer: { readonly id: JsonRpcId } | null
   }
 }
 
@@ -62,6 +68,30 @@ const CREDENTIAL_PLUGINS: Readonly<Record<string, { name: string, export: string
   ephemeral: { name: 'mcp-warden-ephemeral-token', export: 'ephemeralTokenPlugin' },
   exchange: { name: 'mcp-warden-token-exchange', export: 'tokenExchangePlugin' },
   secret: { name: 'mcp-warden-upstream-secret', export: 'upstreamSecretPlugin' }
+}
+
+/** The body, read whole up to `limit` bytes; more is UpstreamTooLargeError. */
+async function readLimited (body: AsyncIterable<Buffer> & { destroy: () => void }, limit: number, server: string): Promise<string> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body) {
+    size += chunk.length
+    if (size > limit) {
+      body.destroy()
+      throw new UpstreamTooLargeError(server, String(limit))
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+/** One JSON-RPC message (an object), or a refusal. */
+function parseAnswer (text: string, refuse: (why: string) => never): Record<string, unknown> {
+  let message: unknown
+  try { message = JSON.parse(text) } catch { refuse('the body is not JSON') }
+  if (Array.isArray(message)) refuse('a JSON array (a batch) is not an answer to one request')
+  if (message === null || typeof message !== 'object') refuse('the body is not a JSON-RPC message')
+  return message as Record<string, unknown>
 }
 
 function upstreamError (err: unknown, server: string): Error {
@@ -102,6 +132,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
 
   app.decorateRequest('upstreamAuth', null)
   app.decorateRequest('mcpResponseTransform', null)
+  app.decorateRequest('mcpListAnswer', null)
 
   // Each upstream's credential comes from a plugin; a host that left it out fails ready()
   // with the plugin to register, instead of answering every call with 503.
@@ -170,26 +201,97 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       await sessions.unbind(name, sessionId)
     }
 
-    for (const h of FORWARD_RESPONSE) {
-      const v = res.headers[h]
-      if (typeof v === 'string') void reply.header(h, v)
-    }
-    if (String(res.headers['content-type']).startsWith('text/event-stream')) void reply.header('x-accel-buffering', 'no')
-    request.mcpOutcome = { outcome: 'allow', reason: 'forwarded' }
+    const mediaType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
     const transform = request.mcpResponseTransform
-    const type = String(res.headers['content-type'] ?? '')
-    if (transform !== null && type.startsWith('text/event-stream')) {
-      const rewritten = sseTransform(transform)
+    const listAnswer = request.mcpListAnswer
+    const limit = config.limits.maxResponseBytes
+    const refuse = (why: string): never => {
+      res.body.destroy()
+      request.log.warn({ server: name, status, contentType: res.headers['content-type'], why }, 'upstream answer refused')
+      throw new UpstreamAnswerError(name, why)
+    }
+    const copyHeaders = (): void => {
+      for (const h of FORWARD_RESPONSE) {
+        const v = res.headers[h]
+        if (typeof v === 'string') void reply.header(h, v)
+      }
+    }
+    request.mcpOutcome = { outcome: 'allow', reason: 'forwarded' }
+
+    // Without a response plugin (no tool filter), the answer is streamed back as it is.
+    if (transform === null) {
+      copyHeaders()
+      if (mediaType === 'text/event-stream') void reply.header('x-accel-buffering', 'no')
+      return await reply.code(status).send(res.body)
+    }
+
+    // An answer to a list is forwarded only once read whole and filtered: one JSON-RPC response
+    // with exactly the request's id, as JSON or in an SSE stream. Anything else is refused.
+    if (listAnswer !== null) {
+      if (status < 200 || status > 299) {
+        // Not a list: the status goes back (a 404 still ends a session), the body does not.
+        res.body.destroy()
+        copyHeaders()
+        return await reply.code(status).type('application/json; charset=utf-8')
+          .send(rpcError(listAnswer.id, RpcCode.upstreamUnavailable, `MCP server "${name}" answered HTTP ${status}`))
+      }
+      if (mediaType === 'application/json') {
+        const message = parseAnswer(await readLimited(res.body, limit, name), refuse)
+        if (message.id !== listAnswer.id) refuse('the answer\'s id is not the request\'s')
+        copyHeaders()
+        return await reply.code(status).type('application/json').send(JSON.stringify(await transform(message)))
+      }
+      if (mediaType === 'text/event-stream') {
+        let out = ''
+        let answered = false
+        try {
+          for await (const m of sseMessages(res.body, limit)) {
+            if (Object.hasOwn(m, 'result') || Object.hasOwn(m, 'error')) {
+              if (m.id !== listAnswer.id) refuse('a response on the stream has another id than the request\'s')
+              out += formatEvent({ event: 'message', data: JSON.stringify(await transform(m)) })
+              answered = true
+              break
+            }
+            out += formatEvent({ event: 'message', data: JSON.stringify(await transform(m)) })
+            if (out.length > limit) throw new UpstreamTooLargeError(name, String(limit))
+          }
+        } catch (err) {
+          if (err instanceof SseLimitError) throw new UpstreamTooLargeError(name, String(limit))
+          throw err
+        } finally {
+          res.body.destroy()
+        }
+        if (!answered) refuse('the stream ended without the answer')
+        copyHeaders()
+        return await reply.code(status).type('text/event-stream').send(out)
+      }
+      refuse(`content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)
+    }
+
+    if (mediaType === 'text/event-stream') {
+      copyHeaders()
+      void reply.header('x-accel-buffering', 'no')
+      const rewritten = sseTransform(transform, limit)
       pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
       return await reply.code(status).send(rewritten)
     }
-    if (transform !== null && type.startsWith('application/json')) {
-      const text = await res.body.text()
-      let message: unknown
-      try { message = JSON.parse(text) } catch { return await reply.code(status).send(text) }
-      if (message === null || typeof message !== 'object' || Array.isArray(message)) return await reply.code(status).send(text)
-      return await reply.code(status).send(JSON.stringify(await transform(message as Record<string, unknown>)))
+    if (mediaType === 'application/json') {
+      const text = await readLimited(res.body, limit, name)
+      // An error answer may be anything an upstream says about itself; a 2xx answer is a message.
+      if (status < 200 || status > 299) {
+        copyHeaders()
+        return await reply.code(status).send(text)
+      }
+      const message = parseAnswer(text, refuse)
+      copyHeaders()
+      return await reply.code(status).send(JSON.stringify(await transform(message)))
     }
+    // A request that got 2xx must be answered with a message; 202 (a notification or a
+    // client's response accepted) and bodies of error statuses go back as they are.
+    if (request.mcp?.kind === 'request' && status >= 200 && status <= 299 && status !== 202) {
+      refuse(`content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)
+    }
+    copyHeaders()
     return await reply.code(status).send(res.body)
   }
 

@@ -128,6 +128,8 @@ export class ToolGuard {
       const review = reviews.get(t.name)
       return review !== undefined && !review.quarantined && this.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash, scope)
     })
+    // One name, two definitions in one list: which one a client keeps is anyone's guess, so
+    // neither is shown (record() quarantined the name).
     if (this.#pages.size >= 10_000) this.#pages.clear()
     this.#pages.set(pageKey, new Set(visible.map(t => t.name)))
     return visible
@@ -137,9 +139,17 @@ export class ToolGuard {
   async record (server: string, tools: readonly Tool[]): Promise<Map<string, ToolReview>> {
     const c = this.catalog(server)
     const out = new Map<string, ToolReview>()
+    const counts = new Map<string, number>()
+    for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
     for (const tool of tools) {
       if (typeof tool?.name !== 'string') continue
-      const review = await this.review(server, tool)
+      let review = await this.review(server, tool)
+      if ((counts.get(tool.name) ?? 0) > 1) {
+        // A clean and a poisoned definition under one name: both are quarantined together.
+        review = { ...review, quarantined: true, reason: 'the upstream listed this name more than once in one list' }
+        if (!out.has(tool.name)) this.#app.log.warn({ server, tool: tool.name }, 'tool quarantined: its name appears more than once in one list')
+      }
+      if (out.get(tool.name)?.quarantined === true) continue
       c.tools.set(tool.name, { tool, review })
       out.set(tool.name, review)
     }
@@ -248,33 +258,34 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
     }
 
-    const listing = m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) ? m : null
-    const requestId = listing?.id
+    if (m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) && m.id !== null) request.mcpListAnswer = { id: m.id }
     request.mcpResponseTransform = async (message) => {
       if (message.method === 'notifications/tools/list_changed') {
         guard.catalog(server.name).stale = true
         return message
       }
-      if (listing === null || message.id !== requestId || message.result === null || typeof message.result !== 'object') return message
+      // What an answer holds decides what is filtered, not which request it claims to answer: a
+      // list may come on any stream (the GET stream included) and with any id.
+      const held = message.result
+      if (held === null || typeof held !== 'object' || Array.isArray(held)) return message
+      const r = held as Record<string, unknown>
+      if (!('tools' in r) && !('resources' in r) && !('resourceTemplates' in r) && !('prompts' in r)) return message
       const done = startStage(request, 'filter')
       const scope = guard.decisionScope(identity, server)
-      const result = { ...(message.result as Record<string, unknown>) }
-      switch (listing.method) {
-        case 'tools/list':
-          result.tools = await guard.visibleTools(identity, server, Array.isArray(result.tools) ? result.tools as Tool[] : [])
-          break
-        case 'resources/list':
-          result.resources = (Array.isArray(result.resources) ? result.resources as Array<{ uri?: unknown }> : [])
-            .filter(r => typeof r.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uri }, '', scope))
-          break
-        case 'resources/templates/list':
-          result.resourceTemplates = (Array.isArray(result.resourceTemplates) ? result.resourceTemplates as Array<{ uriTemplate?: unknown }> : [])
-            .filter(r => typeof r.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: r.uriTemplate }, '', scope))
-          break
-        case 'prompts/list':
-          result.prompts = (Array.isArray(result.prompts) ? result.prompts as Array<{ name?: unknown }> : [])
-            .filter(p => typeof p.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: p.name }, '', scope))
-          break
+      const result = { ...r }
+      const items = <T>(v: unknown): T[] => Array.isArray(v) ? v.filter(x => x !== null && typeof x === 'object') as T[] : []
+      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools))
+      if ('resources' in result) {
+        result.resources = items<{ uri?: unknown }>(result.resources)
+          .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope))
+      }
+      if ('resourceTemplates' in result) {
+        result.resourceTemplates = items<{ uriTemplate?: unknown }>(result.resourceTemplates)
+          .filter(x => typeof x.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uriTemplate }, '', scope))
+      }
+      if ('prompts' in result) {
+        result.prompts = items<{ name?: unknown }>(result.prompts)
+          .filter(x => typeof x.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: x.name }, '', scope))
       }
       done()
       return { ...message, result }

@@ -22,16 +22,28 @@ const CONTEXT = {
 }
 
 /** Every tool of an upstream (all pages of tools/list), asked with the MCP SDK client. */
-export async function listUpstreamTools (url: string, fetchImpl?: typeof fetch, clientName = 'mcp-warden-cli'): Promise<Tool[]> {
+/** Bounds on a tool list the gateway reads itself: an upstream may not page forever. */
+export const LIST_LIMITS = { maxPages: 100, maxTools: 10_000, timeoutMs: 15_000 }
+
+export async function listUpstreamTools (url: string, fetchImpl?: typeof fetch, clientName = 'mcp-warden-cli', limits = LIST_LIMITS): Promise<Tool[]> {
   const client = new Client({ name: clientName, version: VERSION })
   const transport = new StreamableHTTPClientTransport(new URL(url), fetchImpl !== undefined ? { fetch: fetchImpl } : {})
-  await client.connect(transport)
+  const deadline = Date.now() + limits.timeoutMs
+  await client.connect(transport, { timeout: limits.timeoutMs })
   try {
     const tools: Tool[] = []
+    const seen = new Set<string>()
     let cursor: string | undefined
+    let pages = 0
     do {
-      const page = await client.listTools(cursor !== undefined ? { cursor } : {})
+      if (++pages > limits.maxPages) throw new Error(`the upstream's tool list has more than ${limits.maxPages} pages`)
+      if (cursor !== undefined && seen.has(cursor)) throw new Error('the upstream\'s tool list repeats a page cursor')
+      if (cursor !== undefined) seen.add(cursor)
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`the upstream's tool list took longer than ${limits.timeoutMs} ms`)
+      const page = await client.listTools(cursor !== undefined ? { cursor } : {}, { timeout: left })
       tools.push(...page.tools)
+      if (tools.length > limits.maxTools) throw new Error(`the upstream's tool list has more than ${limits.maxTools} tools`)
       cursor = page.nextCursor
     } while (cursor !== undefined)
     await transport.terminateSession().catch(() => {})

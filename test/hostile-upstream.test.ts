@@ -1,0 +1,171 @@
+/**
+ * A hostile upstream against the list filter (DESIGN §4, "Response side"): a list answer reaches
+ * the agent only once parsed and filtered, whatever its content type's spelling, SSE line ends,
+ * BOM, id type, shape (an array), stream (the GET stream) or size; anything the gateway cannot
+ * read is refused (502), never passed through. Also: duplicate names in one page, endless pages.
+ */
+import t from 'tap'
+import { request } from 'undici'
+import type { ServerResponse } from 'node:http'
+import { makeIssuer } from './fixtures/keys.js'
+import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startScriptedUpstream, type ScriptedUpstream } from './fixtures/scripted-upstream.js'
+import { POISONED } from './fixtures/malicious-upstream.js'
+import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
+
+const issuer = makeIssuer('EdDSA')
+const CLEAN = { name: 'add', description: 'Adds two numbers.', inputSchema: { type: 'object', properties: {} } }
+const HIDDEN = { name: 'poison_ignore', description: POISONED.poison_ignore!.description, inputSchema: { type: 'object', properties: {} } }
+let up: ScriptedUpstream
+let gw: TestGateway
+
+t.before(async () => {
+  up = await startScriptedUpstream((_req, res) => { res.writeHead(500).end() })
+  gw = await startGateway({ issuer, upstreams: { evil: { url: up.url, auth: { type: 'none' } } }, extra: { limits: { maxResponseBytes: 1024 * 1024 } } })
+})
+t.teardown(async () => { await gw.close(); await up.close() })
+
+const token = () => issuer.sign({ aud: gw.resource('evil') })
+async function list (id: number | string = 2, method = 'tools/list'): Promise<{ status: number, type: string, text: string }> {
+  const res = await request(gw.url('evil'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token()}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-06-18' },
+    body: JSON.stringify({ jsonrpc: '2.0', id, method, params: {} })
+  })
+  return { status: res.statusCode, type: String(res.headers['content-type'] ?? ''), text: await res.body.text() }
+}
+const answer = (id: unknown, tools: unknown[]) => JSON.stringify({ jsonrpc: '2.0', id, result: { tools } })
+const send = (type: string, body: string | Buffer) => (_req: unknown, res: ServerResponse) => { res.writeHead(200, { 'content-type': type }).end(body) }
+
+t.test('every spelling of a list answer is parsed and filtered: the hidden tool never shows', async t => {
+  const both = [CLEAN, HIDDEN]
+  const cases: Array<[string, ReturnType<typeof send>]> = [
+    ['JSON', send('application/json', answer(2, both))],
+    ['Application/JSON', send('Application/JSON; charset=UTF-8', answer(2, both))],
+    ['SSE', send('text/event-stream', `data: ${answer(2, both)}\n\n`)],
+    ['Text/Event-Stream', send('Text/Event-Stream', `event: message\ndata: ${answer(2, both)}\n\n`)],
+    ['SSE with bare CR line ends', send('text/event-stream', `data: ${answer(2, both)}\r\r`)],
+    ['SSE with CRLF', send('text/event-stream', `data: ${answer(2, both)}\r\n\r\n`)],
+    ['SSE with a BOM', send('text/event-stream', `\ufeffdata: ${answer(2, both)}\n\n`)],
+    ['SSE with a notification first', send('text/event-stream', `data: {"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}\n\ndata: ${answer(2, both)}\n\n`)]
+  ]
+  for (const [what, script] of cases) {
+    up.script = script
+    const r = await list()
+    t.equal(r.status, 200, `${what}: 200`)
+    t.match(r.text, /"name":"add"/, `${what}: the clean tool is listed`)
+    t.notMatch(r.text, /poison_ignore/, `${what}: the hidden tool is not`)
+  }
+})
+
+t.test('what cannot be read as one answer with the request\'s id is refused (502), nothing of it forwarded', async t => {
+  const both = [CLEAN, HIDDEN]
+  const cases: Array<[string, ReturnType<typeof send>]> = [
+    ['a one-element JSON array', send('application/json', `[${answer(2, both)}]`)],
+    ['a string id "2" for request 2', send('application/json', answer('2', both))],
+    ['another id', send('application/json', answer(3, both))],
+    ['SSE with a string id', send('text/event-stream', `data: ${answer('2', both)}\n\n`)],
+    ['SSE with an array', send('text/event-stream', `data: [${answer(2, both)}]\n\n`)],
+    ['SSE that ends without the answer', send('text/event-stream', 'data: {"jsonrpc":"2.0","method":"notifications/message","params":{}}\n\n')],
+    ['JSON that is not JSON', send('application/json', `${answer(2, both)} trailing`)],
+    ['text/plain', send('text/plain', answer(2, both))],
+    ['no content type', (_req: unknown, res: ServerResponse) => { res.writeHead(200).end(answer(2, both)) }],
+    ['text/html', send('text/html', answer(2, both))]
+  ]
+  for (const [what, script] of cases) {
+    up.script = script
+    const r = await list()
+    t.equal(r.status, 502, `${what}: 502`)
+    t.notMatch(r.text, /poison_ignore|"name":"add"/, `${what}: nothing of the answer`)
+    t.match(JSON.parse(r.text), { error: { code: -32011, message: /cannot accept/ } }, `${what}: a JSON-RPC error that says why`)
+  }
+  up.script = (_req, res) => { res.writeHead(404, { 'content-type': 'application/json' }).end(answer(2, both)) }
+  const notFound = await list()
+  t.equal(notFound.status, 404, 'an error status goes back (a 404 still ends a session)…')
+  t.notMatch(notFound.text, /poison_ignore|"name":"add"/, '…but not a list in its body')
+})
+
+t.test('a list on another stream or under another request is filtered too (GET stream, tools/call)', async t => {
+  up.script = (req, res) => {
+    if (req.method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/event-stream' })
+      res.write(`data: ${answer(99, [CLEAN, HIDDEN])}\n\n`)
+      setTimeout(() => { res.end() }, 50)
+      return
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(answer(req.body?.id, [CLEAN, HIDDEN]))
+  }
+  const get = await request(gw.url('evil'), { method: 'GET', headers: { authorization: `Bearer ${token()}`, accept: 'text/event-stream' } })
+  const stream = await get.body.text()
+  t.match(stream, /"name":"add"/, 'the GET stream carries the clean tool')
+  t.notMatch(stream, /poison_ignore/, 'and not the hidden one')
+  const call = await request(gw.url('evil'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token()}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'ping' })
+  })
+  t.notMatch(await call.body.text(), /poison_ignore/, 'a list shape under another method is filtered')
+})
+
+t.test('one name, a clean and a poisoned definition in one page: both are quarantined', async t => {
+  up.script = send('application/json', answer(2, [{ ...CLEAN, name: 'twin' }, { ...HIDDEN, name: 'twin' }, CLEAN]))
+  const r = await list()
+  t.equal(r.status, 200)
+  t.notMatch(r.text, /twin/, 'neither definition is listed')
+  t.match(r.text, /"name":"add"/, 'the others are')
+  up.script = send('application/json', answer(2, [{ ...CLEAN, name: 'twin2' }, { ...CLEAN, name: 'twin2' }]))
+  t.notMatch((await list()).text, /twin2/, 'two identical definitions under one name: quarantined as well')
+})
+
+t.test('a huge answer is refused at limits.maxResponseBytes, as JSON and as one SSE event', async t => {
+  const huge = answer(2, [{ ...CLEAN, description: 'x'.repeat(2 * 1024 * 1024) }])
+  for (const [what, script] of [['JSON', send('application/json', huge)], ['SSE', send('text/event-stream', `data: ${huge}\n\n`)]] as const) {
+    up.script = script
+    const r = await list()
+    t.equal(r.status, 502, `${what}: 502`)
+    t.match(JSON.parse(r.text), { error: { message: /more than 1048576 bytes \(limits\.maxResponseBytes\)/ } })
+  }
+  const health = await request(`${gw.base}/healthz`)
+  t.equal(health.statusCode, 200, 'the gateway answers')
+  await health.body.dump()
+})
+
+t.test('endless pages: the gateway\'s own list read stops at its limits', async t => {
+  let pages = 0
+  up.script = (req, res) => {
+    const id = req.body?.id
+    if (req.body?.method === 'initialize') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: { protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'evil', version: '1' } } }))
+      return
+    }
+    if (req.body?.method === 'tools/list') {
+      pages++
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: { tools: [{ ...CLEAN, name: `t${pages}` }], nextCursor: `c${pages}` } }))
+      return
+    }
+    res.writeHead(202).end()
+  }
+  await t.rejects(listUpstreamTools(up.url, fetch, 'test', { maxPages: 20, maxTools: 10_000, timeoutMs: 10_000 }), /more than 20 pages/)
+  t.equal(pages, 20, 'it read 20 pages and stopped')
+  up.script = (req, res) => {
+    const id = req.body?.id
+    if (req.body?.method === 'tools/list') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: { tools: [CLEAN], nextCursor: 'same' } }))
+      return
+    }
+    if (req.body?.method === 'initialize') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: { protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'evil', version: '1' } } }))
+      return
+    }
+    res.writeHead(202).end()
+  }
+  await t.rejects(listUpstreamTools(up.url, fetch, 'test'), /repeats a page cursor/)
+  const started = Date.now()
+  const call = await request(gw.url('evil'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token()}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/call', params: { name: 'never_listed', arguments: {} } })
+  })
+  t.match(await call.body.json(), { error: { code: -32602, message: /Unknown tool/ } }, 'a call through the gateway is answered, not hung')
+  t.ok(Date.now() - started < 20_000, `within ${Date.now() - started} ms`)
+})
