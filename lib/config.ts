@@ -38,6 +38,7 @@ const IdentitySchema = Type.Object({
   ]), { minItems: 1, default: ['RS256', 'ES256', 'EdDSA'] }),
   audiences: Type.Array(Str(), { default: [] }),
   clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
+  maxTokenLifetimeSeconds: Type.Integer({ minimum: 60, maximum: 365 * 24 * 3600, default: 24 * 3600 }),
   claims: ClaimsSchema
 }, strict)
 
@@ -235,6 +236,8 @@ export interface IdentityConfig {
   readonly algorithms: readonly string[]
   readonly audiences: readonly string[]
   readonly clockToleranceSeconds: number
+  /** Longest lifetime (exp − iat, or exp − now without iat) an agent token may have. */
+  readonly maxTokenLifetimeSeconds: number
   readonly claims: Readonly<RawConfig['identity']['claims']>
 }
 
@@ -589,6 +592,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       algorithms: [...new Set(id.algorithms)],
       audiences: id.audiences,
       clockToleranceSeconds: id.clockToleranceSeconds,
+      maxTokenLifetimeSeconds: id.maxTokenLifetimeSeconds,
       claims: id.claims
     },
     authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },

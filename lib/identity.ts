@@ -20,6 +20,11 @@ export interface Identity {
   /** `scope` (space-separated) and `scp` (array or string), read by the one scope parser (lib/scope.ts). */
   readonly scopes: readonly string[]
   readonly issuer: string
+  /**
+   * The issuer of the agent's own token: for a token from the gateway's token exchange, the
+   * issuer of the token it was exchanged for (so both spend one rate-limit budget).
+   */
+  readonly subjectIssuer: string
   readonly subject: string | null
   /** Seconds since the epoch, from `exp`. */
   readonly expiresAt: number
@@ -56,6 +61,7 @@ export function identityFromClaims (claims: Record<string, unknown>, config: Ide
   } catch (err) {
     throw new TokenInvalidError(`${(err as Error).message} (RFC 6749 §3.3 scope syntax)`)
   }
+  const delegated = gatewayIssuer !== undefined && claims.iss === gatewayIssuer && gatewayIssuer !== config.issuer
   return Object.freeze({
     agentId,
     userId: str(claims[names.userId]),
@@ -63,12 +69,33 @@ export function identityFromClaims (claims: Record<string, unknown>, config: Ide
     department: str(claims[names.department]),
     scopes,
     issuer: String(claims.iss),
+    subjectIssuer: delegated ? str(claims.subject_iss) ?? String(claims.iss) : String(claims.iss),
     subject: str(claims.sub),
     expiresAt: typeof claims.exp === 'number' ? claims.exp : 0,
-    delegated: gatewayIssuer !== undefined && claims.iss === gatewayIssuer && gatewayIssuer !== config.issuer,
+    delegated,
     actor: claims.act !== null && typeof claims.act === 'object' ? str((claims.act as Record<string, unknown>).sub) : null,
     claims
   })
+}
+
+/**
+ * Token time sanity beyond exp/nbf: an `iat` in the future (past the clock tolerance) and a
+ * lifetime longer than `maxTokenLifetimeSeconds` are refused (TokenInvalidError).
+ */
+export function checkTokenTimes (claims: Record<string, unknown>, config: Pick<IdentityConfig, 'clockToleranceSeconds' | 'maxTokenLifetimeSeconds'>, nowMs = Date.now()): void {
+  const now = Math.floor(nowMs / 1000)
+  const iat = claims.iat
+  if (iat !== undefined && (typeof iat !== 'number' || !Number.isFinite(iat))) throw new TokenInvalidError('the token\'s "iat" claim is not a number')
+  if (typeof iat === 'number' && iat > now + config.clockToleranceSeconds) throw new TokenInvalidError('the token was issued in the future (iat)')
+  const exp = claims.exp
+  if (typeof exp === 'number' && exp - (typeof iat === 'number' ? iat : now) > config.maxTokenLifetimeSeconds) {
+    throw new TokenInvalidError(`the token lives longer than ${config.maxTokenLifetimeSeconds} s (identity.maxTokenLifetimeSeconds)`)
+  }
+}
+
+/** The key of an agent's rate-limit budget: a token and the tokens exchanged for it share one. */
+export function budgetKey (identity: Identity): string {
+  return JSON.stringify([identity.subjectIssuer, identity.agentId, identity.userId])
 }
 
 /** The key a session is bound to: the same issuer, agent and user. */

@@ -7,7 +7,7 @@
 import type { GatewayConfig } from './config.js'
 import { resourceUrl } from './config.js'
 import type { CedarEngine } from './cedar/engine.js'
-import { audiences, identityFromClaims, type Identity } from './identity.js'
+import { audiences, checkTokenTimes, identityFromClaims, type Identity } from './identity.js'
 import type { TokenMinter } from './tokens/minter.js'
 import { parseScope } from './scope.js'
 
@@ -62,6 +62,7 @@ async function verifyToken (deps: StsDeps, token: string, which: string): Promis
     throw new StsError('invalid_grant', `the ${which}'s audience is not this gateway (${config.publicUrl})`)
   }
   try {
+    checkTokenTimes(claims, config.identity)
     return { claims, identity: identityFromClaims(claims, config.identity, config.tokens.issuer) }
   } catch (err) {
     throw new StsError('invalid_grant', `the ${which} is not valid: ${(err as Error).message.replace(/^Invalid token: /, '')}`)
@@ -131,6 +132,8 @@ export async function exchangeToken (params: Params, deps: StsDeps, now = Date.n
   const { token } = deps.minter.mintAccessToken({
     sub: id.agentId,
     aud: resource,
+    // The issuer of the agent's own token, so the exchanged token spends the same budget.
+    subject_iss: id.subjectIssuer,
     scope: requested.join(' '),
     [names.agentId]: id.agentId,
     ...(id.userId !== null ? { [names.userId]: id.userId } : {}),

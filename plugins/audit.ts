@@ -92,7 +92,7 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
   type Tracked = FastifyRequest & { [written]?: true, [started]?: number }
   function write (request: Tracked, status: number, aborted: boolean): void {
     const route = request.routeOptions.config
-    if ((route.mcp !== true && route.mcpAggregate !== true) || request[written] === true) return
+    if ((route.mcp !== true && route.mcpAggregate !== true && route.mcpRefusal !== true) || request[written] === true) return
     request[written] = true
     sink.write(auditRecord(request, status, aborted, performance.now() - (request[started] ?? performance.now())))
   }

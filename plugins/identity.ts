@@ -16,7 +16,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
-import { audiences, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
+import { audiences, checkTokenTimes, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
 
 declare module 'fastify' {
@@ -147,6 +147,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       throw e
     }
     try {
+      checkTokenTimes(claims, id)
       return identityFromClaims(claims, id, gatewayIssuer)
     } catch (err) {
       reply.header('www-authenticate', `${challenge}, error="invalid_token"`)

@@ -36,6 +36,8 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Marks a route as an MCP endpoint: the mcp-warden pipeline runs on it. */
     mcp?: boolean
+    /** A route of the MCP path that refuses every request (405): audited like the MCP routes. */
+    mcpRefusal?: boolean
   }
   interface FastifyRequest {
     mcpTarget: McpTarget | null

@@ -272,6 +272,9 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       copyHeaders()
       void reply.header('x-accel-buffering', 'no')
       const rewritten = sseTransform(transform, limit)
+      // An SSE comment goes first, so the status and headers reach the client at once, before
+      // any event (a client with a headers timeout would drop a quiet GET stream otherwise).
+      rewritten.push(': mcp-warden\n\n')
       pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
       return await reply.code(status).send(rewritten)
     }
@@ -300,9 +303,11 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes },
       (_request, body, done) => { done(null, body) })
     scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
+    // HEAD, PUT, PATCH, OPTIONS …: 405, decided and forwarded nowhere (no automatic HEAD for GET).
     scope.route({
-      method: ['PUT', 'PATCH'],
+      method: ['HEAD', 'PUT', 'PATCH', 'OPTIONS', 'TRACE'],
       url: '/servers/:name/mcp',
+      config: { mcpRefusal: true },
       handler: async (request, reply) => {
         void reply.header('allow', 'POST, GET, DELETE')
         throw new MethodNotAllowedError(request.method)
@@ -311,6 +316,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     scope.route({
       method: ['POST', 'GET', 'DELETE'],
       url: '/servers/:name/mcp',
+      exposeHeadRoute: false,
       config: { mcp: true },
       handler: forward
     })

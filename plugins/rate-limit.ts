@@ -5,15 +5,16 @@
  *
  * Runs as a preHandler after the Cedar decision: a request that is denied anyway does not
  * count. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
- * forwarded, and the audit records the refusal. The counters are keyed by the principal
- * (issuer + agent id), never by IP: agents behind one NAT do not share a limit.
+ * forwarded, and the audit records the refusal. The counters are keyed by the agent (its token's
+ * issuer + agent id + user; a token from the gateway's token exchange spends the budget of the
+ * token it was exchanged for), never by IP: agents behind one NAT do not share a limit.
  */
 import fp from 'fastify-plugin'
 import rateLimitPlugin from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, RateLimitConfig } from '../lib/config.js'
 import { RateLimitedError, StoreUnavailableError } from '../lib/errors.js'
-import { principalKey } from '../lib/identity.js'
+import { budgetKey } from '../lib/identity.js'
 import { startStage } from '../lib/timing.js'
 import type {} from './store.js'
 import type {} from './cedar-authz.js'
@@ -47,14 +48,14 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
   const perAgent = create({
     max: limits.max,
     timeWindow: limits.timeWindowMs,
-    keyGenerator: (request: FastifyRequest) => `agent:${principalKey(request.identity!)}`
+    keyGenerator: (request: FastifyRequest) => `agent:${budgetKey(request.identity!)}`
   })
   // The tool limit of a call, looked up once in the hook below.
   const toolLimitOf = new WeakMap<FastifyRequest, { key: string, max: number, timeWindowMs: number }>()
   const perTool = create({
     max: (request: FastifyRequest) => toolLimitOf.get(request)!.max,
     timeWindow: (request: FastifyRequest) => toolLimitOf.get(request)!.timeWindowMs,
-    keyGenerator: (request: FastifyRequest) => `tool:${toolLimitOf.get(request)!.key}:${principalKey(request.identity!)}`
+    keyGenerator: (request: FastifyRequest) => `tool:${toolLimitOf.get(request)!.key}:${budgetKey(request.identity!)}`
   })
 
   async function apply (limiter: Limiter, request: FastifyRequest, reply: FastifyReply, what: string): Promise<void> {

@@ -1,0 +1,100 @@
+/**
+ * From the agent's side: token times (iat in the future, lifetimes past the maximum), methods an
+ * MCP route does not serve (HEAD and the rest: 405, audited, forwarded nowhere), a GET stream
+ * that answers its headers at once, and an exchanged token that spends its subject's budget.
+ */
+import t from 'tap'
+import { request } from 'undici'
+import { makeIssuer } from './fixtures/keys.js'
+import { ALLOW_ALL, startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startScriptedUpstream, type ScriptedUpstream } from './fixtures/scripted-upstream.js'
+
+const issuer = makeIssuer('EdDSA')
+let up: ScriptedUpstream
+let gw: TestGateway
+const now = () => Math.floor(Date.now() / 1000)
+
+t.before(async () => {
+  up = await startScriptedUpstream((req, res) => {
+    if (req.method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/event-stream' })
+      res.flushHeaders()
+      setTimeout(() => { res.end() }, 3000)
+      return
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result: {} }))
+  })
+  gw = await startGateway({
+    issuer,
+    upstreams: { up: { url: up.url, auth: { type: 'none' } } },
+    extra: {
+      authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false },
+      rateLimit: { max: 4, timeWindow: '1 minute' }
+    }
+  })
+})
+t.teardown(async () => { await gw.close(); await up.close() })
+
+const ping = async (bearer: string, id = 1) => {
+  const res = await request(gw.url('up'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id, method: 'ping' })
+  })
+  return { status: res.statusCode, text: await res.body.text() }
+}
+
+t.test('token times: iat in the future and lifetimes past identity.maxTokenLifetimeSeconds are refused', async t => {
+  const aud = gw.resource('up')
+  const n = up.received.length
+  const cases: Array<[string, Record<string, unknown>, number, RegExp | null]> = [
+    ['iat a minute ahead', { iat: now() + 60, exp: now() + 600 }, 401, /issued in the future/],
+    ['iat within the clock tolerance', { iat: now() + 2, exp: now() + 600, agentId: 'tolerant' }, 200, null],
+    ['a two-day token', { iat: now(), exp: now() + 2 * 86400 }, 401, /lives longer than 86400 s/],
+    ['an old iat with a short remaining life (still a two-day token)', { iat: now() - 2 * 86400, exp: now() + 600 }, 401, /lives longer/],
+    ['no iat and two days to go', { iat: undefined, exp: now() + 2 * 86400 }, 401, /lives longer/],
+    ['iat that is not a number', { iat: 'yesterday', exp: now() + 600 }, 401, /iat/],
+    ['an hour', { iat: now(), exp: now() + 3600, agentId: 'hourly' }, 200, null]
+  ]
+  for (const [what, claims, status, message] of cases) {
+    const r = await ping(issuer.sign({ aud, ...claims }))
+    t.equal(r.status, status, `${what}: ${status}`)
+    if (message !== null) t.match(r.text, message, `${what}: says why`)
+  }
+  t.equal(up.received.length, n + 2, 'only the two good tokens reached the upstream')
+})
+
+t.test('HEAD, PUT, PATCH, OPTIONS on an MCP route: 405, audited, forwarded nowhere', async t => {
+  const n = up.received.length
+  for (const method of ['HEAD', 'PUT', 'PATCH', 'OPTIONS'] as const) {
+    const before = gw.audit.length
+    const res = await request(gw.url('up'), { method, headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('up') })}` } })
+    await res.body.dump()
+    t.equal(res.statusCode, 405, `${method}: 405`)
+    t.equal(res.headers.allow, 'POST, GET, DELETE')
+    t.match(gw.audit.slice(before), [{ httpMethod: method, status: 405, outcome: 'deny' }], `${method}: audited`)
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+})
+
+t.test('a GET stream answers its status and headers at once, before any event', async t => {
+  const started = Date.now()
+  const res = await request(gw.url('up'), { method: 'GET', headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('up') })}`, accept: 'text/event-stream' }, headersTimeout: 1500 })
+  t.equal(res.statusCode, 200)
+  t.match(String(res.headers['content-type']), /^text\/event-stream/)
+  t.ok(Date.now() - started < 1500, `headers after ${Date.now() - started} ms, while the upstream sends no event for 3 s`)
+  res.body.destroy()
+})
+
+t.test('a token from the gateway\'s token exchange spends its subject\'s rate-limit budget', async t => {
+  const subject = issuer.sign({ aud: [gw.config.publicUrl], agentId: 'budget-bot', roles: ['reader'] })
+  const form = new URLSearchParams({ grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange', subject_token: subject, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token', resource: gw.resource('up'), scope: 'tool:echo' })
+  const issued = await request(`${gw.base}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString() })
+  const { access_token: exchanged } = await issued.body.json() as { access_token: string }
+  t.ok(exchanged, 'exchanged')
+  const direct = issuer.sign({ aud: [gw.resource('up')], agentId: 'budget-bot', roles: ['reader'] })
+  const statuses: number[] = []
+  for (let i = 0; i < 3; i++) statuses.push((await ping(direct, i)).status)
+  for (let i = 0; i < 2; i++) statuses.push((await ping(exchanged, 10 + i)).status)
+  t.same(statuses, [200, 200, 200, 200, 429], 'four requests between the two tokens, then 429: one budget, not two')
+})
