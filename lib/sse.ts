@@ -95,9 +95,9 @@ export async function * sseMessages (stream: AsyncIterable<Buffer | string>, max
 }
 
 /**
- * Rewrites each message of an SSE stream; ids, event names and `retry` are kept. An event whose
- * data is not one JSON object is not a message and is not passed on; an event past the size
- * limit ends the stream with an error.
+ * Rewrites each message of an SSE stream; ids, event names, `retry` and events without data
+ * are kept. An event whose data is not one JSON object is not a message and is not passed on;
+ * an event past the size limit ends the stream with an error.
  */
 export function sseTransform (transform: MessageTransform, maxEventBytes = DEFAULT_MAX_EVENT_BYTES): Transform {
   const reader = new EventReader(maxEventBytes)
@@ -105,6 +105,9 @@ export function sseTransform (transform: MessageTransform, maxEventBytes = DEFAU
     let out = ''
     for (const item of items) {
       if (item.kind === 'retry') { out += `retry: ${item.ms}\n\n`; continue }
+      // An event without data carries only its id (a resumption point, e.g. a priming event):
+      // passed on as it is. Data that is not one JSON object is not a message: not passed on.
+      if (item.event.data === '') { out += formatEvent(item.event); continue }
       const message = eventMessage(item.event.data)
       if (message === undefined) continue
       out += formatEvent({ id: item.event.id, event: item.event.event, data: JSON.stringify(await transform(message)) })

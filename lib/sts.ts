@@ -4,7 +4,7 @@
  * no longer-lived than the subject token — with an `act` claim for delegation.
  * Errors are RFC 6749 §5.2 / RFC 8693 §2.2.2 error codes.
  */
-import type { GatewayConfig } from './config.js'
+import type { GatewayConfig, UpstreamConfig } from './config.js'
 import { resourceUrl } from './config.js'
 import type { CedarEngine } from './cedar/engine.js'
 import { audiences, checkTokenTimes, identityFromClaims, type Identity } from './identity.js'
@@ -19,6 +19,8 @@ export type StsErrorCode = 'invalid_request' | 'invalid_grant' | 'invalid_target
 
 export class StsError extends Error {
   override name = 'StsError'
+  /** The verified subject, when the refusal came after it was verified (for the audit). */
+  subject?: Identity
   constructor (readonly error: StsErrorCode, description: string) { super(description) }
 }
 
@@ -99,6 +101,16 @@ export async function exchangeToken (params: Params, deps: StsDeps, now = Date.n
   }
 
   const subject = await verifyToken(deps, subjectToken, 'subject_token')
+  try {
+    return await exchangeFor(subject, actorToken, resource, server, requested, deps, now)
+  } catch (err) {
+    if (err instanceof StsError) err.subject = subject.identity
+    throw err
+  }
+}
+
+async function exchangeFor (subject: { claims: Record<string, unknown>, identity: Identity }, actorToken: string | undefined, resource: string, server: UpstreamConfig, requested: string[], deps: StsDeps, now: number): Promise<StsResponse> {
+  const { config } = deps
   const actor = actorToken !== undefined ? await verifyToken(deps, actorToken, 'actor_token') : undefined
 
   // DESIGN §8a: a token for one server's resource only is exchanged for that resource only; a

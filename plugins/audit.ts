@@ -26,6 +26,15 @@ export interface AuditRecord {
   prompt?: string
   /** The jti of the ephemeral token minted for the upstream, if one was. */
   upstreamTokenId?: string
+  /**
+   * Records that are not one MCP request: a grant or refusal of the token endpoint
+   * (`token-exchange`, with `resource`, `scope`, `actor`), a request an upstream sent the agent
+   * on a stream (`upstream-request`: sampling, elicitation, …).
+   */
+  event?: 'token-exchange' | 'upstream-request'
+  resource?: string
+  scope?: string
+  actor?: string | null
   outcome: 'allow' | 'deny' | 'error'
   reason: string
   policies: string[]

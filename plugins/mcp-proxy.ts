@@ -23,6 +23,7 @@ import type { SessionStore } from '../lib/stores/types.js'
 import { MemorySessionStore } from '../lib/stores/memory.js'
 import { createMcpErrorHandler } from './mcp-context.js'
 import type {} from './store.js'
+import type { AuditSink } from './audit.js'
 
 export interface UpstreamAuth {
   /** Headers that authenticate the gateway to the upstream for this one message. */
@@ -136,7 +137,9 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
 
   // Each upstream's credential comes from a plugin; a host that left it out fails ready()
   // with the plugin to register, instead of answering every call with 503.
+  let audit: AuditSink | undefined
   app.addHook('onReady', async () => {
+    if (app.hasPlugin('mcp-warden-audit')) audit = app.audit
     const missing: string[] = []
     for (const u of config.upstreams.values()) {
       const need = CREDENTIAL_PLUGINS[u.auth.type]
@@ -147,6 +150,27 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       app.log.warn('mcp-warden-proxy: toolFilterPlugin is not registered: tool lists are forwarded unfiltered and unscanned (calls are still decided by Cedar)')
     }
   })
+
+  function auditUpstreamRequest (request: FastifyRequest, m: Record<string, unknown>, status: number): void {
+    audit?.write({
+      time: new Date().toISOString(),
+      requestId: request.id,
+      decisionId: request.decision?.decisionId ?? null,
+      event: 'upstream-request',
+      agentId: request.identity?.agentId ?? null,
+      userId: request.identity?.userId ?? null,
+      server: request.mcpTarget?.server.name ?? null,
+      httpMethod: request.method,
+      method: String(m.method).slice(0, 128),
+      rpcId: typeof m.id === 'string' || typeof m.id === 'number' ? m.id : null,
+      outcome: 'allow',
+      reason: 'relayed to the agent',
+      policies: [],
+      policyVersion: request.decision?.policyVersion ?? null,
+      status,
+      durationMs: 0
+    })
+  }
 
   async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const target = request.mcpTarget!
@@ -202,7 +226,14 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     }
 
     const mediaType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
-    const transform = request.mcpResponseTransform
+    const filter = request.mcpResponseTransform
+    // A request the upstream sends the agent (sampling, elicitation, roots) is audited as it passes.
+    const transform: MessageTransform | null = filter === null || audit === undefined
+      ? filter
+      : async (m) => {
+        if (typeof m.method === 'string' && Object.hasOwn(m, 'id')) auditUpstreamRequest(request, m, status)
+        return await filter(m)
+      }
     const listAnswer = request.mcpListAnswer
     const limit = config.limits.maxResponseBytes
     const refuse = (why: string): never => {
@@ -272,9 +303,9 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       copyHeaders()
       void reply.header('x-accel-buffering', 'no')
       const rewritten = sseTransform(transform, limit)
-      // An SSE comment goes first, so the status and headers reach the client at once, before
-      // any event (a client with a headers timeout would drop a quiet GET stream otherwise).
-      rewritten.push(': mcp-warden\n\n')
+      // On a GET stream an SSE comment goes first, so the status and headers reach the client at
+      // once, before any event (a client with a headers timeout would drop a quiet stream).
+      if (request.method === 'GET') rewritten.push(': mcp-warden\n\n')
       pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
       return await reply.code(status).send(rewritten)
     }

@@ -21,6 +21,7 @@ import { startStage } from '../lib/timing.js'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
 import type {} from './mcp-proxy.js'
+import type {} from './audit.js'
 
 export interface TokenExchangeOptions {
   config: GatewayConfig
@@ -43,11 +44,42 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       if (params === null || typeof params !== 'object' || !/^application\/x-www-form-urlencoded/i.test(request.headers['content-type'] ?? '')) {
         return await reply.code(400).send({ error: 'invalid_request', error_description: 'send application/x-www-form-urlencoded parameters (RFC 8693)' })
       }
+      const started = performance.now()
+      const p = params as Record<string, string | string[] | undefined>
+      const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
+      const record = (outcome: 'allow' | 'deny', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
+        app.audit.write({
+          time: new Date().toISOString(),
+          requestId: request.id,
+          decisionId: null,
+          event: 'token-exchange',
+          agentId: who.agentId ?? null,
+          userId: who.userId ?? null,
+          actor: who.actor ?? null,
+          server: null,
+          httpMethod: request.method,
+          method: null,
+          rpcId: null,
+          ...(text(p.resource) !== undefined ? { resource: text(p.resource)! } : {}),
+          ...(text(p.scope) !== undefined ? { scope: text(p.scope)! } : {}),
+          outcome,
+          reason,
+          policies: [],
+          policyVersion: app.cedar.version,
+          status,
+          durationMs: Math.round((performance.now() - started) * 1000) / 1000
+        })
+      }
       try {
-        return await exchangeToken(params as Record<string, string | string[]>, { config, verify, engine: app.cedar.engine, minter: app.tokens.minter })
+        const granted = await exchangeToken(p as Record<string, string | string[]>, { config, verify, engine: app.cedar.engine, minter: app.tokens.minter })
+        const claims = JSON.parse(Buffer.from(granted.access_token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
+        const act = claims.act as { sub?: unknown } | undefined
+        record('allow', `issued for ${String(claims.aud)} with scope ${granted.scope}`, 200, { agentId: String(claims.sub), userId: typeof claims[config.identity.claims.userId] === 'string' ? claims[config.identity.claims.userId] as string : null, actor: typeof act?.sub === 'string' ? act.sub : null })
+        return granted
       } catch (err) {
         if (!(err instanceof StsError)) throw err
         request.log.info({ error: err.error, reason: err.message }, 'token exchange refused')
+        record('deny', `${err.error}: ${err.message}`, 400, { agentId: err.subject?.agentId ?? null, userId: err.subject?.userId ?? null })
         return await reply.code(400).send({ error: err.error, error_description: err.message })
       }
     })
@@ -90,6 +122,6 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
 export default fp(tokenExchange, {
   name: 'mcp-warden-token-exchange',
   fastify: '5.x',
-  dependencies: ['mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz', 'mcp-warden-ephemeral-token']
+  dependencies: ['mcp-warden-audit', 'mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz', 'mcp-warden-ephemeral-token']
 })
 export { tokenExchange }
