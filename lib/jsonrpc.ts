@@ -31,6 +31,22 @@ export interface McpMessage {
   readonly raw: Buffer
 }
 
+/**
+ * The method names of the MCP specification (requests and notifications, both directions):
+ * the bounded set metric labels are drawn from (anything else is `other`).
+ */
+export const MCP_METHODS: ReadonlySet<string> = new Set([
+  'initialize', 'ping', 'completion/complete', 'logging/setLevel',
+  'tools/list', 'tools/call', 'resources/list', 'resources/templates/list', 'resources/read',
+  'resources/subscribe', 'resources/unsubscribe', 'prompts/list', 'prompts/get',
+  'sampling/createMessage', 'elicitation/create', 'roots/list',
+  'tasks/get', 'tasks/result', 'tasks/list', 'tasks/cancel',
+  'notifications/initialized', 'notifications/cancelled', 'notifications/progress', 'notifications/message',
+  'notifications/resources/updated', 'notifications/resources/list_changed', 'notifications/tools/list_changed',
+  'notifications/prompts/list_changed', 'notifications/roots/list_changed', 'notifications/elicitation/complete',
+  'notifications/tasks/status'
+])
+
 /** Deepest nesting of objects and arrays a message may have (DESIGN §4). */
 export const MAX_JSON_DEPTH = 64
 /** A UTF-16 surrogate that is not half of a pair: text that is not well-formed Unicode. */

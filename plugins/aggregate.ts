@@ -223,7 +223,16 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     server.setRequestHandler(ListResourcesRequestSchema, async () => {
       const lists = await listAll<{ uri: string }>(identity, authorization, 'resources/list', 'resources')
       const seen = new Map<string, number>()
-      for (const { server: s, items } of lists) for (const r of items) { resourceOwners.set(r.uri, s.name); seen.set(r.uri, (seen.get(r.uri) ?? 0) + 1) }
+      for (const { items } of lists) for (const r of items) seen.set(r.uri, (seen.get(r.uri) ?? 0) + 1)
+      // A URI that two upstreams list belongs to neither: it is left out, and a read of it is
+      // routed nowhere (one upstream cannot take over another's resource).
+      for (const { server: s, items } of lists) {
+        for (const r of items) {
+          const previous = resourceOwners.get(r.uri)
+          if (seen.get(r.uri) === 1 && (previous === undefined || previous === s.name)) resourceOwners.set(r.uri, s.name)
+          else { resourceOwners.delete(r.uri); seen.set(r.uri, 2) }
+        }
+      }
       return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
     })
     server.setRequestHandler(ListResourceTemplatesRequestSchema, async () => {

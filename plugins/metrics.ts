@@ -8,6 +8,9 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { stagesOf } from '../lib/timing.js'
+import { MCP_METHODS } from '../lib/jsonrpc.js'
+
+const HTTP_METHODS = new Set(['GET', 'POST', 'DELETE'])
 import type {} from './cedar-authz.js'
 import type {} from './mcp-context.js'
 
@@ -47,10 +50,11 @@ async function metrics (app: FastifyInstance, opts: MetricsOptions): Promise<voi
   app.addHook('onResponse', async (request, reply) => {
     if (request.routeOptions.config.mcp !== true) return
     for (const [name, ns] of stagesOf(request)) stage.observe({ stage: name }, Number(ns) / 1e9)
-    if (request.decision !== null) decisions.inc({ outcome: request.decision.outcome })
+    if (request.decision != null) decisions.inc({ outcome: request.decision.outcome })
     requests.inc({
       server: request.mcpTarget?.server.name ?? 'unknown',
-      method: request.mcp?.method ?? (request.mcp?.kind === 'response' ? 'response' : request.method),
+      // Label values come from bounded sets only: an agent's made-up method is `other`.
+      method: request.mcp?.method != null ? (MCP_METHODS.has(request.mcp.method) ? request.mcp.method : 'other') : (request.mcp?.kind === 'response' ? 'response' : HTTP_METHODS.has(request.method) ? request.method : 'other'),
       outcome: request.mcpOutcome?.outcome ?? (reply.statusCode < 400 ? 'allow' : 'deny'),
       status: String(reply.statusCode)
     })

@@ -98,3 +98,18 @@ t.test('a token from the gateway\'s token exchange spends its subject\'s rate-li
   for (let i = 0; i < 2; i++) statuses.push((await ping(exchanged, 10 + i)).status)
   t.same(statuses, [200, 200, 200, 200, 429], 'four requests between the two tokens, then 429: one budget, not two')
 })
+
+t.test('metric labels come from bounded sets: made-up methods are "other"', async t => {
+  const bearer = issuer.sign({ aud: gw.resource('up'), agentId: 'label-bot' })
+  for (let i = 0; i < 3; i++) {
+    const res = await request(gw.url('up'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: i, method: `made/up-${i}-${Math.random()}` })
+    })
+    await res.body.dump()
+  }
+  const text = await (await request(`${gw.base}/metrics`)).body.text()
+  t.notMatch(text, /made\/up/, 'no label value an agent chose')
+  t.match(text, /mcp_warden_requests_total\{server="up",method="other"/)
+})

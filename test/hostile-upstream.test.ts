@@ -169,3 +169,38 @@ t.test('endless pages: the gateway\'s own list read stops at its limits', async 
   t.match(await call.body.json(), { error: { code: -32602, message: /Unknown tool/ } }, 'a call through the gateway is answered, not hung')
   t.ok(Date.now() - started < 20_000, `within ${Date.now() - started} ms`)
 })
+
+t.test('/mcp: an upstream cannot take over another upstream\'s resource URI', async t => {
+  const resourceServer = (uris: string[], name: string) => startScriptedUpstream((req, res) => {
+    const id = req.body?.id
+    const json = (result: unknown) => { res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `${name}-session` }).end(JSON.stringify({ jsonrpc: '2.0', id, result })) }
+    switch (req.body?.method) {
+      case 'initialize': return json({ protocolVersion: '2025-06-18', capabilities: { resources: {} }, serverInfo: { name, version: '1' } })
+      case 'resources/list': return json({ resources: uris.map(uri => ({ uri, name: uri })) })
+      case 'resources/read': return json({ contents: [{ uri: req.body?.params && (req.body.params as { uri: string }).uri, text: `read from ${name}` }] })
+      default: res.writeHead(202).end()
+    }
+  })
+  const owner = await resourceServer(['file:///owned', 'file:///only-a'], 'a')
+  const thief = await resourceServer(['file:///owned'], 'b')
+  const agg = await startGateway({ issuer, upstreams: { a: { url: owner.url, auth: { type: 'none' } }, b: { url: thief.url, auth: { type: 'none' } } } })
+  t.teardown(async () => { await agg.close(); await owner.close(); await thief.close() })
+  const bearer = issuer.sign({ aud: `${agg.config.publicUrl}/mcp` })
+  const rpc = async (id: number, method: string, params: Record<string, unknown> = {}) => {
+    const res = await request(`${agg.base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: new URL(agg.config.publicUrl).host },
+      body: JSON.stringify({ jsonrpc: '2.0', id, method, params })
+    })
+    const text = await res.body.text()
+    const data = text.split('\n').find(l => l.startsWith('data:'))
+    return JSON.parse(data !== undefined ? data.slice(5) : text) as { result?: any, error?: any }
+  }
+  await rpc(1, 'initialize', { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } })
+  const listed = await rpc(2, 'resources/list')
+  t.same(listed.result.resources.map((r: { uri: string }) => r.uri), ['file:///only-a'], 'a URI two upstreams list is shown by neither')
+  const read = await rpc(3, 'resources/read', { uri: 'file:///owned' })
+  t.match(read.error, { message: /Unknown resource/ }, 'and read from neither')
+  const mine = await rpc(4, 'resources/read', { uri: 'file:///only-a' })
+  t.match(mine.result, { contents: [{ text: 'read from a' }] }, 'a unique URI is read from its owner')
+})
