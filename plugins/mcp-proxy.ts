@@ -309,24 +309,28 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
       return await reply.code(status).send(rewritten)
     }
-    if (mediaType === 'application/json') {
-      const text = await readLimited(res.body, limit, name)
-      // An error answer may be anything an upstream says about itself; a 2xx answer is a message.
-      if (status < 200 || status > 299) {
-        copyHeaders()
-        return await reply.code(status).send(text)
-      }
-      const message = parseAnswer(text, refuse)
+    // Anything else is read whole (up to the limit): one JSON-RPC message is filtered and sent;
+    // other bodies never reach the agent (an error status gets the gateway's own error body, a
+    // 2xx answer to a JSON-RPC request is refused, other 2xx answers go back without a body).
+    const text = await readLimited(res.body, limit, name)
+    let parsed: unknown
+    if (mediaType === 'application/json') { try { parsed = JSON.parse(text) } catch { parsed = undefined } }
+    const ok = status >= 200 && status <= 299
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
       copyHeaders()
-      return await reply.code(status).send(JSON.stringify(await transform(message)))
+      return await reply.code(status).send(JSON.stringify(await transform(parsed as Record<string, unknown>)))
     }
-    // A request that got 2xx must be answered with a message; 202 (a notification or a
-    // client's response accepted) and bodies of error statuses go back as they are.
-    if (request.mcp?.kind === 'request' && status >= 200 && status <= 299 && status !== 202) {
-      refuse(`content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)
+    if (!ok) {
+      copyHeaders()
+      return await reply.code(status).type('application/json; charset=utf-8')
+        .send(rpcError(request.mcp?.id ?? null, RpcCode.upstreamUnavailable, `MCP server "${name}" answered HTTP ${status}`))
+    }
+    if (request.mcp?.kind === 'request' && status !== 202) {
+      refuse(mediaType === 'application/json' ? 'the body is not one JSON-RPC message' : `content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)
     }
     copyHeaders()
-    return await reply.code(status).send(res.body)
+    reply.removeHeader('content-type')
+    return await reply.code(status).send()
   }
 
   await app.register(async function routes (scope) {
