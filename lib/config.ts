@@ -137,7 +137,8 @@ const ConfigSchema = Type.Object({
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
     sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
-    maxResponseBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024 })
+    maxResponseBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024 }),
+    maxSessionsPerAgent: Type.Integer({ minimum: 1, maximum: 100_000, default: 100 })
   }, { ...strict, default: {} }),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1 }),
@@ -279,7 +280,7 @@ export interface GatewayConfig {
   readonly authorization: AuthorizationConfig
   readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
-  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number }
+  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number }
   /** Tool metadata scanning and pinning. */
   readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */

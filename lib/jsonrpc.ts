@@ -87,9 +87,19 @@ export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): { 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && !Array.isArray(v)
 
+const METHOD_NAME = /^[\x21-\x7e]{1,128}$/
+/** Whitespace or a control character: never part of a tool or prompt name. */
+const NAME_BREAK = /[\s\p{Cc}\p{Cf}]/u
+
 function requireString (params: Record<string, unknown> | undefined, key: string, method: string): string {
   const v = params?.[key]
   if (typeof v !== 'string' || v === '') throw new InvalidMessageError(`${method} needs params.${key} as a non-empty string`)
+  return v
+}
+
+function requireName (params: Record<string, unknown> | undefined, method: string): string {
+  const v = requireString(params, 'name', method)
+  if (NAME_BREAK.test(v)) throw new InvalidMessageError(`${method} params.name must not contain whitespace or control characters, not ${JSON.stringify(v.slice(0, 64))}`)
   return v
 }
 
@@ -140,13 +150,16 @@ function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
   if (Object.hasOwn(data, 'method')) {
     const method = data.method
     if (typeof method !== 'string' || method === '') throw new InvalidMessageError('"method" must be a non-empty string')
+    // A method name is printable ASCII without spaces ("tools/call " is not tools/call, and is
+    // refused here rather than forwarded under a name nothing else agrees on).
+    if (!METHOD_NAME.test(method)) throw new InvalidMessageError(`"method" must be a method name (printable ASCII, no spaces or control characters), not ${JSON.stringify(method.slice(0, 64))}`)
     if (Object.hasOwn(data, 'result') || Object.hasOwn(data, 'error')) {
       throw new InvalidMessageError('a message cannot have both "method" and "result"/"error"')
     }
     const base = { kind: hasId ? 'request' : 'notification', id: hasId ? id as JsonRpcId : null, method, params, message: data, raw } as const
     switch (method) {
       case 'tools/call': {
-        const tool = requireString(params, 'name', method)
+        const tool = requireName(params, method)
         const args = params?.arguments
         if (args !== undefined && !isObject(args)) throw new InvalidMessageError('tools/call params.arguments must be an object')
         return { ...base, tool, ...(args !== undefined ? { arguments: args } : {}) }
@@ -156,7 +169,7 @@ function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
       case 'resources/unsubscribe':
         return { ...base, uri: requireString(params, 'uri', method) }
       case 'prompts/get':
-        return { ...base, prompt: requireString(params, 'name', method) }
+        return { ...base, prompt: requireName(params, method) }
       default:
         return base
     }

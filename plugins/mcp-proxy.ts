@@ -16,7 +16,7 @@ import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  CredentialError, MethodNotAllowedError, PluginMissingError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MethodNotAllowedError, PluginMissingError, SessionLimitError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -183,6 +183,11 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     for (const h of FORWARD_REQUEST) {
       const v = request.headers[h]
       if (typeof v === 'string') headers[h] = v
+    }
+    // A new session (initialize without a session id) counts against the agent's session limit.
+    if (request.method === 'POST' && sessionId === undefined && request.mcp?.method === 'initialize') {
+      const open = await sessions.count(name, principal)
+      if (open >= config.limits.maxSessionsPerAgent) throw new SessionLimitError(String(open), name)
     }
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
     else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed

@@ -113,3 +113,63 @@ t.test('metric labels come from bounded sets: made-up methods are "other"', asyn
   t.notMatch(text, /made\/up/, 'no label value an agent chose')
   t.match(text, /mcp_warden_requests_total\{server="up",method="other"/)
 })
+
+t.test('malformed method and tool names get a clear JSON-RPC error from the gateway, not a 502 and an operator warning', async t => {
+  const bearer = issuer.sign({ aud: gw.resource('up'), agentId: 'names-bot' })
+  const n = up.received.length
+  const logBefore = gw.log.length
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['"tools/call " (a trailing space)', { method: 'tools/call ', params: { name: 'echo' } }, /"method" must be a method name/],
+    ['a tab inside the method', { method: 'tools/\tlist' }, /"method" must be a method name/],
+    ['a tool name with a trailing space', { method: 'tools/call', params: { name: 'echo ', arguments: {} } }, /params\.name must not contain whitespace/],
+    ['a tool name with a zero-width space', { method: 'tools/call', params: { name: 'ec\u200bho', arguments: {} } }, /params\.name must not contain/],
+    ['a prompt name with a newline', { method: 'prompts/get', params: { name: 'p\n' } }, /params\.name must not contain/]
+  ]
+  for (const [what, message, reason] of cases) {
+    const res = await request(gw.url('up'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, ...message })
+    })
+    const body = await res.body.json() as { error: { code: number, message: string } }
+    t.equal(res.statusCode, 400, `${what}: 400`)
+    t.equal(body.error.code, -32600, `${what}: -32600`)
+    t.match(body.error.message, reason, `${what}: says why`)
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+  t.notMatch(gw.log.slice(logBefore).join('\n'), /"level":40/, 'and no warning in the operator\'s log')
+})
+
+t.test('sessions per agent are bounded (limits.maxSessionsPerAgent): 429 beyond, nothing forwarded, free again after DELETE', async t => {
+  let next = 0
+  const sessions = await startScriptedUpstream((req, res) => {
+    if (req.body?.method === 'initialize') {
+      res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `s-${++next}` })
+        .end(JSON.stringify({ jsonrpc: '2.0', id: req.body.id, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 's', version: '1' } } }))
+      return
+    }
+    res.writeHead(200).end()
+  })
+  const limited = await startGateway({ issuer, upstreams: { s: { url: sessions.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } })
+  t.teardown(async () => { await limited.close(); await sessions.close() })
+  const init = async (agentId: string) => {
+    const res = await request(limited.url('s'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.sign({ aud: limited.resource('s'), agentId })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } })
+    })
+    return { status: res.statusCode, session: res.headers['mcp-session-id'] as string | undefined, json: await res.body.json() as { error?: { code: number, message: string } } }
+  }
+  const first = await init('greedy')
+  const second = await init('greedy')
+  t.same([first.status, second.status], [200, 200])
+  const initsBefore = sessions.received.filter(r => r.body?.method === 'initialize').length
+  const third = await init('greedy')
+  t.equal(third.status, 429, 'a third session is refused')
+  t.match(third.json, { error: { code: -32029, message: /holds 2 sessions on MCP server "s"/ } })
+  t.equal(sessions.received.filter(r => r.body?.method === 'initialize').length, initsBefore, 'nothing forwarded')
+  t.equal((await init('modest')).status, 200, 'another agent is not affected')
+  const del = await request(limited.url('s'), { method: 'DELETE', headers: { authorization: `Bearer ${issuer.sign({ aud: limited.resource('s'), agentId: 'greedy' })}`, 'mcp-session-id': first.session! } })
+  await del.body.dump()
+  t.equal((await init('greedy')).status, 200, 'after a DELETE, a new session may be opened')
+})

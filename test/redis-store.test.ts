@@ -57,6 +57,22 @@ t.test('session bindings are shared, cannot be taken over, expire and are remove
   t.equal(await b.sessions.bind('db', 'short', 'carol', 60), true, 'and its id can be bound again')
 })
 
+t.test('sessions per principal are counted across replicas, per server, without expired or ended ones', async t => {
+  t.equal(await a.sessions.count('db', 'dave'), 0)
+  t.equal(await a.sessions.bind('db', 'd-1', 'dave', 60), true)
+  t.equal(await b.sessions.bind('db', 'd-2', 'dave', 60), true)
+  t.equal(await b.sessions.bind('db', 'd-2', 'dave', 60), true, 'rebinding does not count twice')
+  t.equal(await a.sessions.bind('api', 'd-3', 'dave', 60), true)
+  t.equal(await a.sessions.bind('db', 'd-4', 'erin', 60), true)
+  t.equal(await b.sessions.count('db', 'dave'), 2, 'both replicas\' sessions, this server only, this principal only')
+  await a.sessions.unbind('db', 'd-1')
+  t.equal(await b.sessions.count('db', 'dave'), 1, 'an ended session no longer counts')
+  t.equal(await a.sessions.bind('db', 'd-5', 'dave', 1), true)
+  t.equal(await a.sessions.count('db', 'dave'), 2)
+  await new Promise(resolve => setTimeout(resolve, 1300))
+  t.equal(await a.sessions.count('db', 'dave'), 1, 'an expired session no longer counts')
+})
+
 t.test('a jti is usable once across replicas, until it expires', async t => {
   const exp = Math.floor(Date.now() / 1000) + 60
   t.equal(await a.replay.use('jti-1', exp), true)

@@ -26,6 +26,13 @@ export class MemorySessionStore implements SessionStore {
     return true
   }
 
+  async count (server: string, principal: string): Promise<number> {
+    const now = Date.now()
+    let n = 0
+    for (const [k, e] of this.#sessions) if (e.principal === principal && e.expires > now && k.startsWith(`${server}\n`)) n++
+    return n
+  }
+
   async owner (server: string, sessionId: string, ttlSeconds: number): Promise<string | null> {
     const e = this.#sessions.get(`${server}\n${sessionId}`)
     if (e === undefined) return null

@@ -20,10 +20,14 @@ import { definitionHash, pinnedPart, type PinCheck, type PinEntry, type PinRecor
 import type { ToolLike } from '../tools/scanner.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
 
+// KEYS: session, the principal's session set; ARGV: principal, ttl, session digest, expiry (ms)
 const BIND = `
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
 return 1`
 
 // KEYS: ph pr qh qr gen; ARGV: field hash record channel
@@ -60,7 +64,7 @@ redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1`
 
 type Scripted = Redis & {
-  mcpwBind: (key: string, principal: string, ttl: number) => Promise<number>
+  mcpwBind: (key: string, set: string, principal: string, ttl: number, member: string, expiresAtMs: number) => Promise<number>
   mcpwPinCheck: (...args: string[]) => Promise<PinCheck>
   mcpwPinApprove: (...args: string[]) => Promise<number>
 }
@@ -89,8 +93,18 @@ class RedisSessions implements SessionStore {
   constructor (private readonly redis: Scripted, private readonly prefix: string) {}
   #key (server: string, sessionId: string): string { return `${this.prefix}session:${server}:${digest(sessionId)}` }
 
+  #set (server: string, principal: string): string { return `${this.prefix}agent-sessions:${server}:${digest(principal)}` }
+
   async bind (server: string, sessionId: string, principal: string, ttlSeconds: number): Promise<boolean> {
-    return await guarded(async () => await this.redis.mcpwBind(this.#key(server, sessionId), principal, ttlSeconds) === 1)
+    return await guarded(async () => await this.redis.mcpwBind(this.#key(server, sessionId), this.#set(server, principal), principal, ttlSeconds, digest(sessionId), Date.now() + ttlSeconds * 1000) === 1)
+  }
+
+  async count (server: string, principal: string): Promise<number> {
+    const set = this.#set(server, principal)
+    return await guarded(async () => {
+      await this.redis.zremrangebyscore(set, '-inf', Date.now())
+      return await this.redis.zcard(set)
+    })
   }
 
   async owner (server: string, sessionId: string, ttlSeconds: number): Promise<string | null> {
@@ -98,7 +112,12 @@ class RedisSessions implements SessionStore {
   }
 
   async unbind (server: string, sessionId: string): Promise<void> {
-    await guarded(async () => await this.redis.del(this.#key(server, sessionId)))
+    await guarded(async () => {
+      const key = this.#key(server, sessionId)
+      const principal = await this.redis.get(key)
+      await this.redis.del(key)
+      if (principal !== null) await this.redis.zrem(this.#set(server, principal), digest(sessionId))
+    })
   }
 
   async close (): Promise<void> {}
@@ -236,7 +255,7 @@ export class RedisStore implements GatewayStore {
     }
     this.redis = new Redis(url, redisOptions)
     this.redis.on('error', () => { /* state is read from redis.status; errors reach callers as 503 */ })
-    this.redis.defineCommand('mcpwBind', { numberOfKeys: 1, lua: BIND })
+    this.redis.defineCommand('mcpwBind', { numberOfKeys: 2, lua: BIND })
     this.redis.defineCommand('mcpwPinCheck', { numberOfKeys: 5, lua: PIN_CHECK })
     this.redis.defineCommand('mcpwPinApprove', { numberOfKeys: 5, lua: PIN_APPROVE })
     const scripted = this.redis as Scripted

@@ -14,6 +14,8 @@ export interface SessionStore {
   /** The principal a session is bound to, or null. Refreshes its TTL. */
   owner (server: string, sessionId: string, ttlSeconds: number): Promise<string | null>
   unbind (server: string, sessionId: string): Promise<void>
+  /** How many live sessions a principal holds on a server (for limits.maxSessionsPerAgent). */
+  count (server: string, principal: string): Promise<number>
   close (): Promise<void>
 }
 
