@@ -59,6 +59,8 @@ export interface ToolFilterOptions {
 
 const LIST_METHODS = new Set(['tools/list', 'resources/list', 'resources/templates/list', 'prompts/list'])
 const MAX_DECISIONS = 50_000
+/** The most tool names one upstream may have scanned, pinned and remembered. */
+export const MAX_TOOLS_PER_UPSTREAM = 10_000
 
 export const unknownTool = (id: string | number | null, name: string): Record<string, unknown> => rpcError(id, RpcCode.invalidParams, `Unknown tool: ${name}`)
 
@@ -91,8 +93,15 @@ export class ToolGuard {
   async review (server: string, tool: Tool): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
+    // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
+    // names, a new name is neither scanned nor pinned, only quarantined.
+    const known = this.catalog(server).tools
+    if (!known.has(tool.name) && known.size >= MAX_TOOLS_PER_UPSTREAM) {
+      return { hash, quarantined: true, reason: `quarantined: the upstream offers more than ${MAX_TOOLS_PER_UPSTREAM} tools`, findings: [] }
+    }
     let findings = this.#findings.get(key)
     if (findings === undefined) {
+      if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
       const otherServers = [...this.#config.upstreams.keys()].filter(s => s !== server)
       const otherTools = otherServers.flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
       findings = this.#scanner.scan(tool, { otherServers, otherTools })

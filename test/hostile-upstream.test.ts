@@ -204,3 +204,13 @@ t.test('/mcp: an upstream cannot take over another upstream\'s resource URI', as
   const mine = await rpc(4, 'resources/read', { uri: 'file:///only-a' })
   t.match(mine.result, { contents: [{ text: 'read from a' }] }, 'a unique URI is read from its owner')
 })
+
+t.test('what one upstream can make the gateway remember is bounded: past 10,000 tool names, new ones are quarantined unpinned', async t => {
+  const many = Array.from({ length: 10_050 }, (_, i) => ({ name: `t${i}`, description: 'd', inputSchema: { type: 'object' } }))
+  up.script = send('application/json', answer(2, many))
+  const r = await list()
+  t.equal(r.status, 200)
+  const names = (JSON.parse(r.text) as { result: { tools: Array<{ name: string }> } }).result.tools.map(x => x.name)
+  t.ok(names.length <= 10_000, `at most 10,000 listed (${names.length})`)
+  t.notOk(names.includes('t10049'), 'the names past the bound are not listed')
+})
