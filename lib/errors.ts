@@ -68,7 +68,7 @@ export const BatchError = define('MCPW_ERR_RPC_BATCH',
 export const BodyTooLargeError = define('MCPW_ERR_BODY_TOO_LARGE',
   'Request body is larger than the %s-byte limit', 413, RpcCode.invalidRequest)
 export const MediaTypeError = define('MCPW_ERR_MEDIA_TYPE',
-  'Content-Type must be application/json for MCP messages', 415, RpcCode.invalidRequest)
+  'Content-Type must be application/json (UTF-8, no other charset) for MCP messages', 415, RpcCode.invalidRequest)
 export const HeaderMismatchError = define('MCPW_ERR_HEADER_MISMATCH',
   'Header %s does not match the message body: %s', 400, RpcCode.headerMismatch)
 export const MethodNotAllowedError = define('MCPW_ERR_METHOD_NOT_ALLOWED',

@@ -47,6 +47,12 @@ export const MCP_METHODS: ReadonlySet<string> = new Set([
   'notifications/tasks/status'
 ])
 
+/** True when a Content-Type names no charset or UTF-8: the only encoding a body is checked as. */
+export function utf8Charset (contentType: string | undefined): boolean {
+  const m = /;\s*charset\s*=\s*"?([^";\s]*)"?/i.exec(contentType ?? '')
+  return m === null || /^utf-?8$/i.test(m[1]!)
+}
+
 /** Deepest nesting of objects and arrays a message may have (DESIGN §4). */
 export const MAX_JSON_DEPTH = 64
 /** A UTF-16 surrogate that is not half of a pair: text that is not well-formed Unicode. */
@@ -62,12 +68,16 @@ export function isWellFormedText (s: string): boolean {
  * What makes a parsed JSON value unfit to act on, or null: nesting deeper than `maxDepth`, or
  * a string or key that is not well-formed Unicode. Iterative, so no input can exhaust the stack.
  */
-export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): { kind: 'depth' | 'unicode', message: string } | null {
+export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): { kind: 'depth' | 'unicode' | 'number', message: string } | null {
   const stack: Array<[unknown, number]> = [[value, 0]]
   while (stack.length > 0) {
     const [v, depth] = stack.pop()!
     if (typeof v === 'string') {
       if (LONE_SURROGATE.test(v)) return { kind: 'unicode', message: 'a string is not well-formed Unicode (it holds a lone surrogate, e.g. "\\ud800")' }
+      continue
+    }
+    if (typeof v === 'number') {
+      if (!Number.isFinite(v)) return { kind: 'number', message: 'a number is out of range (JSON numbers must be finite, e.g. not 1e400)' }
       continue
     }
     if (v === null || typeof v !== 'object') continue
@@ -132,7 +142,7 @@ function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
   const problem = jsonValueProblem(data)
   if (problem !== null) {
     if (isObject(data) && (typeof data.id === 'string' || typeof data.id === 'number') && (typeof data.id !== 'string' || isWellFormedText(data.id))) seeId(data.id)
-    throw problem.kind === 'unicode' ? new ParseError(problem.message) : new InvalidMessageError(problem.message)
+    throw problem.kind === 'depth' ? new InvalidMessageError(problem.message) : new ParseError(problem.message)
   }
   if (Array.isArray(data)) throw new BatchError()
   if (!isObject(data)) throw new InvalidMessageError('the body must be a JSON-RPC 2.0 object')

@@ -22,9 +22,9 @@ import {
 } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { AggregateNames } from '../lib/aggregate.js'
-import { MethodNotAllowedError, RpcCode } from '../lib/errors.js'
+import { MediaTypeError, MethodNotAllowedError, RpcCode } from '../lib/errors.js'
 import { principalKey, type Identity } from '../lib/identity.js'
-import { parseMcpMessage } from '../lib/jsonrpc.js'
+import { parseMcpMessage, utf8Charset } from '../lib/jsonrpc.js'
 import { sseMessages } from '../lib/sse.js'
 import { VERSION } from '../lib/version.js'
 import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
@@ -228,9 +228,11 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       // routed nowhere (one upstream cannot take over another's resource).
       for (const { server: s, items } of lists) {
         for (const r of items) {
-          const previous = resourceOwners.get(r.uri)
-          if (seen.get(r.uri) === 1 && (previous === undefined || previous === s.name)) resourceOwners.set(r.uri, s.name)
-          else { resourceOwners.delete(r.uri); seen.set(r.uri, 2) }
+          const key = `${principalKey(identity)}\n${r.uri}`
+          const previous = resourceOwners.get(key)
+          if (resourceOwners.size >= 100_000) resourceOwners.clear()
+          if (seen.get(r.uri) === 1 && (previous === undefined || previous === s.name)) resourceOwners.set(key, s.name)
+          else { resourceOwners.delete(key); seen.set(r.uri, 2) }
         }
       }
       return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
@@ -240,7 +242,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       return { resourceTemplates: lists.flatMap(l => l.items) as never }
     })
     server.setRequestHandler(ReadResourceRequestSchema, async (req) => {
-      const owner = resourceOwners.get(req.params.uri)
+      const owner = resourceOwners.get(`${principalKey(identity)}\n${req.params.uri}`)
       if (owner === undefined) throw new McpError(RpcCode.invalidParams, `Unknown resource: ${req.params.uri} (list resources first)`)
       return await call(identity, authorization, owner, 'resources/read', { ...req.params }) as never
     })
@@ -249,7 +251,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
 
   await app.register(async function routes (scope) {
     scope.removeAllContentTypeParsers()
-    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes }, (_request, body, done) => { done(null, body) })
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes }, (request, body, done) => { done(utf8Charset(request.headers['content-type']) ? null : new MediaTypeError(), body) })
     scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
 
     scope.addHook('onRequest', async (request, reply) => {

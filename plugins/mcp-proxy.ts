@@ -11,12 +11,12 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
-import { rpcError, type JsonRpcId } from '../lib/jsonrpc.js'
+import { rpcError, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  CredentialError, MethodNotAllowedError, PluginMissingError, SessionLimitError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MediaTypeError, MethodNotAllowedError, PluginMissingError, SessionLimitError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
@@ -54,7 +54,7 @@ export interface McpProxyOptions {
 }
 
 /** Request headers that cross to the upstream (lower case). Authorization never does. */
-const FORWARD_REQUEST = ['accept', 'content-type', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id', 'mcp-method', 'mcp-name'] as const
+const FORWARD_REQUEST = ['accept', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id', 'mcp-method', 'mcp-name'] as const
 /** Response headers that cross back to the agent. */
 const FORWARD_RESPONSE = ['content-type', 'mcp-session-id', 'mcp-protocol-version', 'cache-control', 'retry-after', 'allow'] as const
 
@@ -172,7 +172,42 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     })
   }
 
+  // Sessions being opened on this replica (initialize sent, not yet bound), by server and
+  // principal: counted with the bound ones, so concurrent initializes cannot pass the limit.
+  const opening = new Map<string, number>()
+
+  /** A new session (initialize without a session id) takes a slot of the agent's session limit. */
+  async function reserveSession (request: FastifyRequest): Promise<() => void> {
+    if (request.method !== 'POST' || request.headers['mcp-session-id'] !== undefined || request.mcp?.method !== 'initialize') return () => {}
+    const name = request.mcpTarget!.server.name
+    const principal = principalKey(request.identity!)
+    const key = `${name}\n${principal}`
+    opening.set(key, (opening.get(key) ?? 0) + 1)
+    const release = (): void => {
+      const n = (opening.get(key) ?? 1) - 1
+      if (n <= 0) opening.delete(key)
+      else opening.set(key, n)
+    }
+    try {
+      const open = await sessions.count(name, principal) + (opening.get(key) ?? 1) - 1
+      if (open >= config.limits.maxSessionsPerAgent) throw new SessionLimitError(String(open), name)
+    } catch (err) {
+      release()
+      throw err
+    }
+    return release
+  }
+
   async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const release = await reserveSession(request)
+    try {
+      return await forwardMessage(request, reply)
+    } finally {
+      release()
+    }
+  }
+
+  async function forwardMessage (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const target = request.mcpTarget!
     const upstream = upstreams.get(target.server.name)!
     const name = upstream.config.name
@@ -184,11 +219,10 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       const v = request.headers[h]
       if (typeof v === 'string') headers[h] = v
     }
-    // A new session (initialize without a session id) counts against the agent's session limit.
-    if (request.method === 'POST' && sessionId === undefined && request.mcp?.method === 'initialize') {
-      const open = await sessions.count(name, principal)
-      if (open >= config.limits.maxSessionsPerAgent) throw new SessionLimitError(String(open), name)
-    }
+    // The body goes on as the bytes that were checked, declared as what they were checked as:
+    // UTF-8 JSON. The agent's own Content-Type (a charset=utf-7, say) never crosses, so the
+    // upstream cannot read the body differently from the gateway.
+    if (request.method === 'POST') headers['content-type'] = 'application/json'
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
     else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed
 
@@ -341,7 +375,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
   await app.register(async function routes (scope) {
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: config.limits.maxBodyBytes },
-      (_request, body, done) => { done(null, body) })
+      (request, body, done) => { done(utf8Charset(request.headers['content-type']) ? null : new MediaTypeError(), body) })
     scope.setErrorHandler(createMcpErrorHandler(config.limits.maxBodyBytes))
     // HEAD, PUT, PATCH, OPTIONS …: 405, decided and forwarded nowhere (no automatic HEAD for GET).
     scope.route({

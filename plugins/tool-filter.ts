@@ -42,6 +42,8 @@ export interface ToolReview {
 interface Catalog {
   tools: Map<string, { tool: Tool, review: ToolReview }>
   stale: boolean
+  /** When the gateway last read the list itself (ms since the epoch). */
+  readAt?: number
   refreshing?: Promise<void>
 }
 
@@ -61,6 +63,8 @@ const LIST_METHODS = new Set(['tools/list', 'resources/list', 'resources/templat
 const MAX_DECISIONS = 50_000
 /** The most tool names one upstream may have scanned, pinned and remembered. */
 export const MAX_TOOLS_PER_UPSTREAM = 10_000
+/** Least time between two reads of an upstream's list for names the gateway has not seen. */
+const REFRESH_MS = 5000
 
 export const unknownTool = (id: string | number | null, name: string): Record<string, unknown> => rpcError(id, RpcCode.invalidParams, `Unknown tool: ${name}`)
 
@@ -193,6 +197,7 @@ export class ToolGuard {
   async refresh (server: UpstreamConfig): Promise<void> {
     const c = this.catalog(server.name)
     c.refreshing ??= (async () => {
+      c.readAt = Date.now()
       const fetchImpl = this.#fetchFor(server)
       if (fetchImpl === undefined) return
       try {
@@ -260,7 +265,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // changed). It cannot for exchange upstreams (no credential of its own there): their
       // unknown tools are left to the upstream, known ones are still checked.
       const canRead = server.auth.type !== 'exchange'
-      if (canRead && (c.stale || !c.tools.has(m.tool!))) await guard.refresh(server)
+      // A name it has not seen makes it re-read the list at most once per REFRESH_MS (a list
+      // change announced with list_changed re-reads at once): calls of made-up names cannot
+      // make the gateway hammer the upstream.
+      if (canRead && (c.stale || (!c.tools.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS))) await guard.refresh(server)
       const entry = c.tools.get(m.tool!)
       done()
       if (entry === undefined && canRead) return await refuse(request, reply, m.tool!, 'the upstream offers no such tool')

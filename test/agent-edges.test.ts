@@ -173,3 +173,53 @@ t.test('sessions per agent are bounded (limits.maxSessionsPerAgent): 429 beyond,
   await del.body.dump()
   t.equal((await init('greedy')).status, 200, 'after a DELETE, a new session may be opened')
 })
+
+t.test('the body is read as UTF-8 only: another charset is 415, and the upstream always gets application/json', async t => {
+  const n = up.received.length
+  const bearer = issuer.sign({ aud: gw.resource('up'), agentId: 'charset-bot' })
+  const send = async (contentType: string, body: string) => {
+    const res = await request(gw.url('up'), { method: 'POST', headers: { authorization: `Bearer ${bearer}`, 'content-type': contentType, accept: 'application/json, text/event-stream' }, body })
+    return { status: res.statusCode, json: await res.body.json() as { error?: { code: number, message: string } } }
+  }
+  const ping = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' })
+  for (const ct of ['application/json; charset=utf-7', 'application/json; charset="UTF-16"', 'application/json;charset=latin1']) {
+    const r = await send(ct, ping)
+    t.equal(r.status, 415, `${ct}: 415`)
+    t.match(r.json, { error: { message: /UTF-8/ } })
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+  t.equal((await send('application/json; charset=UTF-8', ping)).status, 200, 'UTF-8 named is fine')
+  t.equal(up.received.at(-1)!.headers['content-type'], 'application/json', 'the upstream gets the gateway\'s own Content-Type, not the agent\'s')
+  const big = await send('application/json', '{"jsonrpc":"2.0","id":2,"method":"ping","params":{"x":1e400}}')
+  t.equal(big.status, 400, 'a number out of range is refused at parse')
+  t.match(big.json, { error: { code: -32700, message: /out of range/ } })
+  t.equal(up.received.length, n + 1, 'and not forwarded')
+})
+
+t.test('concurrent initializes cannot pass the session limit', async t => {
+  let next = 0
+  const slow = await startScriptedUpstream((req, res) => {
+    if (req.body?.method === 'initialize') {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `c-${++next}` })
+          .end(JSON.stringify({ jsonrpc: '2.0', id: req.body!.id, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 's', version: '1' } } }))
+      }, 100)
+      return
+    }
+    res.writeHead(200).end()
+  })
+  const limited = await startGateway({ issuer, upstreams: { s: { url: slow.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } })
+  t.teardown(async () => { await limited.close(); await slow.close() })
+  const bearer = issuer.sign({ aud: limited.resource('s'), agentId: 'racer' })
+  const statuses = await Promise.all(Array.from({ length: 10 }, async () => {
+    const res = await request(limited.url('s'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } })
+    })
+    await res.body.dump()
+    return res.statusCode
+  }))
+  t.equal(statuses.filter(s => s === 200).length, 2, `two of ten at once get a session (${statuses.join(', ')})`)
+  t.equal(slow.received.filter(r => r.body?.method === 'initialize').length, 2, 'only two reached the upstream')
+})

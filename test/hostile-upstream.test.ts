@@ -214,3 +214,59 @@ t.test('what one upstream can make the gateway remember is bounded: past 10,000 
   t.ok(names.length <= 10_000, `at most 10,000 listed (${names.length})`)
   t.notOk(names.includes('t10049'), 'the names past the bound are not listed')
 })
+
+t.test('calls of made-up tool names do not make the gateway re-read the upstream\'s list each time', async t => {
+  const lister = await startScriptedUpstream((req, res) => {
+    const id = req.body?.id
+    const json = (result: unknown) => { res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result })) }
+    if (req.body?.method === 'initialize') return json({ protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'l', version: '1' } })
+    if (req.body?.method === 'tools/list') return json({ tools: [CLEAN] })
+    res.writeHead(202).end()
+  })
+  const g = await startGateway({ issuer, upstreams: { l: { url: lister.url, auth: { type: 'none' } } } })
+  t.teardown(async () => { await g.close(); await lister.close() })
+  const bearer = issuer.sign({ aud: g.resource('l') })
+  for (let i = 0; i < 10; i++) {
+    const res = await request(g.url('l'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: `made_up_${i}`, arguments: {} } })
+    })
+    t.match(await res.body.json(), { error: { code: -32602, message: /Unknown tool/ } })
+  }
+  t.equal(lister.received.filter(r => r.body?.method === 'tools/list').length, 1, 'ten calls of unknown names, one read of the list')
+})
+
+t.test('/mcp: resource ownership is per agent, so another agent\'s listings cannot move it', async t => {
+  let bLists = false
+  const server = (name: string, uris: () => string[]) => startScriptedUpstream((req, res) => {
+    const id = req.body?.id
+    const json = (result: unknown) => { res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `${name}-s` }).end(JSON.stringify({ jsonrpc: '2.0', id, result })) }
+    switch (req.body?.method) {
+      case 'initialize': return json({ protocolVersion: '2025-06-18', capabilities: { resources: {} }, serverInfo: { name, version: '1' } })
+      case 'resources/list': return json({ resources: uris().map(uri => ({ uri, name: uri })) })
+      case 'resources/read': return json({ contents: [{ uri: 'file:///q3', text: `from ${name}` }] })
+      default: res.writeHead(202).end()
+    }
+  })
+  const a = await server('a', () => ['file:///q3'])
+  const b = await server('b', () => bLists ? ['file:///q3'] : [])
+  const g = await startGateway({ issuer, upstreams: { a: { url: a.url, auth: { type: 'none' } }, b: { url: b.url, auth: { type: 'none' } } } })
+  t.teardown(async () => { await g.close(); await a.close(); await b.close() })
+  const rpc = async (agentId: string, id: number, method: string, params: Record<string, unknown> = {}) => {
+    const res = await request(`${g.base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.sign({ aud: `${g.config.publicUrl}/mcp`, agentId })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: new URL(g.config.publicUrl).host },
+      body: JSON.stringify({ jsonrpc: '2.0', id, method, params })
+    })
+    const text = await res.body.text()
+    const data = text.split('\n').find(l => l.startsWith('data:'))
+    return JSON.parse(data !== undefined ? data.slice(5) : text) as { result?: any, error?: any }
+  }
+  await rpc('alice', 1, 'resources/list')
+  t.match((await rpc('alice', 2, 'resources/read', { uri: 'file:///q3' })).result, { contents: [{ text: 'from a' }] })
+  bLists = true
+  await rpc('mallory', 3, 'resources/list')
+  await rpc('mallory', 4, 'resources/list')
+  t.match((await rpc('alice', 5, 'resources/read', { uri: 'file:///q3' })).result, { contents: [{ text: 'from a' }] }, 'alice still reads from a')
+})
