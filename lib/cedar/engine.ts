@@ -15,7 +15,7 @@ import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
-import { isWellFormedText, jsonValueProblem } from '../jsonrpc.js'
+import { isWellFormedText } from '../jsonrpc.js'
 
 // Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
 // 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
@@ -334,12 +334,12 @@ export class CedarEngine {
       }
     }
     // Text that is not well-formed Unicode never reaches the Wasm instance (it fails there, and
-    // cedar-wasm 4.x leaks when it does). Messages and token claims are checked at parse; this
-    // covers every other caller (lists from upstreams, the STS, the playground).
-    for (const v of [r.method, r.tool, r.uri, r.prompt, r.identity.agentId, r.identity.userId, r.identity.department, r.identity.issuer, ...r.identity.roles, ...r.identity.scopes]) {
-      if (typeof v === 'string' && !isWellFormedText(v)) return fail('the request holds text that is not well-formed Unicode')
+    // cedar-wasm 4.x leaks when it does). Messages (method, arguments) and token claims (the
+    // identity) are checked once, at parse; the names below can also come from an upstream's
+    // lists (the filter decides each listed tool, resource and prompt), so they are checked here.
+    if ((r.tool !== undefined && !isWellFormedText(r.tool)) || (r.uri !== undefined && !isWellFormedText(r.uri)) || (r.prompt !== undefined && !isWellFormedText(r.prompt))) {
+      return fail('the request holds text that is not well-formed Unicode')
     }
-    if (r.arguments !== undefined && jsonValueProblem(r.arguments) !== null) return fail('the arguments are not usable: nested too deep or not well-formed Unicode')
     try {
       const now = r.now ?? new Date()
       const { localHour, localWeekday } = localTime(now, this.timezone)
