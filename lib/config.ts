@@ -138,7 +138,8 @@ const ConfigSchema = Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
     sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
     maxResponseBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024 }),
-    maxSessionsPerAgent: Type.Integer({ minimum: 1, maximum: 100_000, default: 100 })
+    maxSessionsPerAgent: Type.Integer({ minimum: 1, maximum: 100_000, default: 100 }),
+    maxJsonKeys: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 10_000 })
   }, { ...strict, default: {} }),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1 }),
@@ -146,7 +147,11 @@ const ConfigSchema = Type.Object({
     tools: Type.Record(Type.String(), Type.Object({
       max: Type.Integer({ minimum: 1 }),
       timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { hint: WINDOW_HINT })
-    }, strict), { default: {} })
+    }, strict), { default: {} }),
+    unauthenticated: Type.Optional(Type.Object({
+      max: Type.Integer({ minimum: 1 }),
+      timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { default: '1 minute', hint: WINDOW_HINT })
+    }, strict))
   }, strict)),
   store: Str({ default: 'memory' }),
   aggregate: Type.Object({
@@ -269,6 +274,11 @@ export interface RateLimitConfig {
   readonly timeWindowMs: number
   /** tools/call of a tool, per agent; keyed by tool name or by `server/tool`. */
   readonly tools: ReadonlyMap<string, { readonly max: number, readonly timeWindowMs: number }>
+  /**
+   * Failed authentications (401) per client address, per replica; beyond it the address gets
+   * 429 before its token is read, until the window ends. Default: `max` per `timeWindow`.
+   */
+  readonly unauthenticated: { readonly max: number, readonly timeWindowMs: number }
 }
 
 export interface GatewayConfig {
@@ -280,7 +290,7 @@ export interface GatewayConfig {
   readonly authorization: AuthorizationConfig
   readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
-  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number }
+  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number, readonly maxJsonKeys: number }
   /** Tool metadata scanning and pinning. */
   readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */
@@ -484,7 +494,11 @@ function rateLimitConfig (raw: NonNullable<RawConfig['rateLimit']>, upstreams: R
     if (slash >= 0 && !upstreams.has(name.slice(0, slash))) fail(`rateLimit.tools.${name}`, `no upstream is named "${name.slice(0, slash)}"`)
     tools.set(name, { max: t.max, timeWindowMs: windowMs(`rateLimit.tools.${name}.timeWindow`, t.timeWindow) })
   }
-  return { max: raw.max, timeWindowMs: windowMs('rateLimit.timeWindow', raw.timeWindow), tools }
+  const timeWindowMs = windowMs('rateLimit.timeWindow', raw.timeWindow)
+  const unauthenticated = raw.unauthenticated !== undefined
+    ? { max: raw.unauthenticated.max, timeWindowMs: windowMs('rateLimit.unauthenticated.timeWindow', raw.unauthenticated.timeWindow) }
+    : { max: raw.max, timeWindowMs }
+  return { max: raw.max, timeWindowMs, tools, unauthenticated }
 }
 
 /**

@@ -55,39 +55,78 @@ export function utf8Charset (contentType: string | undefined): boolean {
 
 /** Deepest nesting of objects and arrays a message may have (DESIGN §4). */
 export const MAX_JSON_DEPTH = 64
-/** A UTF-16 surrogate that is not half of a pair: text that is not well-formed Unicode. */
-const LONE_SURROGATE = /\p{Surrogate}/u
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 /** True when the string is well-formed Unicode (no lone surrogate). */
 export function isWellFormedText (s: string): boolean {
-  return !LONE_SURROGATE.test(s)
+  return (s as unknown as { isWellFormed: () => boolean }).isWellFormed()
+}
+
+/** Most object members (keys, counted over the whole message) a message may have (limits.maxJsonKeys). */
+export const MAX_JSON_KEYS = 10_000
+
+/**
+ * How many object members (`"key": value`) a JSON text holds, counted on its bytes without
+ * parsing it (a `:` outside a string is one member; quotes and backslashes are ASCII, so UTF-8
+ * continuation bytes never look like them). Stops counting past `limit`.
+ */
+export function countJsonMembers (raw: Uint8Array, limit = Infinity): number {
+  let n = 0
+  let inString = false
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!
+    if (inString) {
+      if (c === 0x5c) i++ // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) {
+      inString = true
+    } else if (c === 0x3a && ++n > limit) {
+      return n
+    }
+  }
+  return n
+}
+
+type Problem = { kind: 'depth' | 'unicode' | 'number', message: string }
+const UNICODE: Problem = { kind: 'unicode', message: 'a string is not well-formed Unicode (it holds a lone surrogate, e.g. "\\ud800")' }
+const UNICODE_KEY: Problem = { kind: 'unicode', message: 'a key is not well-formed Unicode (it holds a lone surrogate)' }
+const NUMBER: Problem = { kind: 'number', message: 'a number is out of range (JSON numbers must be finite, e.g. not 1e400)' }
+
+/** A primitive's problem (a string with a lone surrogate, a non-finite number), or null. */
+function primitiveProblem (v: unknown): Problem | null {
+  if (typeof v === 'string') return isWellFormedText(v) ? null : UNICODE
+  if (typeof v === 'number') return Number.isFinite(v) ? null : NUMBER
+  return null
 }
 
 /**
- * What makes a parsed JSON value unfit to act on, or null: nesting deeper than `maxDepth`, or
- * a string or key that is not well-formed Unicode. Iterative, so no input can exhaust the stack.
+ * What makes a parsed JSON value unfit to act on, or null: nesting deeper than `maxDepth`, a
+ * string or key that is not well-formed Unicode, or a number that is not finite. Iterative, so
+ * no input can exhaust the stack; primitives are checked in place and only containers are queued.
  */
-export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): { kind: 'depth' | 'unicode' | 'number', message: string } | null {
-  const stack: Array<[unknown, number]> = [[value, 0]]
-  while (stack.length > 0) {
-    const [v, depth] = stack.pop()!
-    if (typeof v === 'string') {
-      if (LONE_SURROGATE.test(v)) return { kind: 'unicode', message: 'a string is not well-formed Unicode (it holds a lone surrogate, e.g. "\\ud800")' }
-      continue
-    }
-    if (typeof v === 'number') {
-      if (!Number.isFinite(v)) return { kind: 'number', message: 'a number is out of range (JSON numbers must be finite, e.g. not 1e400)' }
-      continue
-    }
-    if (v === null || typeof v !== 'object') continue
+export function jsonValueProblem (value: unknown, maxDepth = MAX_JSON_DEPTH): Problem | null {
+  if (value === null || typeof value !== 'object') return primitiveProblem(value)
+  const queue: object[] = [value]
+  const depths: number[] = [0]
+  while (queue.length > 0) {
+    const v = queue.pop()!
+    const depth = depths.pop()!
     if (depth >= maxDepth) return { kind: 'depth', message: `the JSON is nested deeper than ${maxDepth} levels` }
     if (Array.isArray(v)) {
-      for (const x of v) stack.push([x, depth + 1])
+      for (let i = 0; i < v.length; i++) {
+        const x: unknown = v[i]
+        if (x !== null && typeof x === 'object') { queue.push(x); depths.push(depth + 1); continue }
+        const p = primitiveProblem(x)
+        if (p !== null) return p
+      }
     } else {
-      for (const [k, x] of Object.entries(v)) {
-        if (LONE_SURROGATE.test(k)) return { kind: 'unicode', message: 'a key is not well-formed Unicode (it holds a lone surrogate)' }
-        stack.push([x, depth + 1])
+      const o = v as Record<string, unknown>
+      for (const k of Object.keys(o)) {
+        if (!isWellFormedText(k)) return UNICODE_KEY
+        const x = o[k]
+        if (x !== null && typeof x === 'object') { queue.push(x); depths.push(depth + 1); continue }
+        const p = primitiveProblem(x)
+        if (p !== null) return p
       }
     }
   }
@@ -114,10 +153,10 @@ function requireName (params: Record<string, unknown> | undefined, method: strin
 }
 
 /** Parses and classifies one MCP message; throws ParseError, BatchError or InvalidMessageError. */
-export function parseMcpMessage (raw: Buffer): McpMessage {
+export function parseMcpMessage (raw: Buffer, opts: { maxKeys?: number } = {}): McpMessage {
   let id: JsonRpcId | null = null
   try {
-    return classify(raw, (v) => { id = v })
+    return classify(raw, opts.maxKeys ?? MAX_JSON_KEYS, (v) => { id = v })
   } catch (err) {
     // A refusal answers the request's id when it could be read.
     if (id !== null && err !== null && typeof err === 'object') (err as { rpcId?: JsonRpcId }).rpcId = id
@@ -125,8 +164,13 @@ export function parseMcpMessage (raw: Buffer): McpMessage {
   }
 }
 
-function classify (raw: Buffer, seeId: (id: JsonRpcId) => void): McpMessage {
+function classify (raw: Buffer, maxKeys: number, seeId: (id: JsonRpcId) => void): McpMessage {
   if (raw.length === 0) throw new ParseError('the request body is empty; send one JSON-RPC message')
+  // Counted before parsing, so that no body makes the parser build a huge object. A member
+  // takes at least 4 bytes ("":0), so smaller bodies cannot be over the limit.
+  if (raw.length > 4 * maxKeys && countJsonMembers(raw, maxKeys) > maxKeys) {
+    throw new InvalidMessageError(`the JSON has more than ${maxKeys} object members (keys) in all (limits.maxJsonKeys)`)
+  }
   let text: string
   try {
     text = utf8.decode(raw)

@@ -7,6 +7,10 @@
  * resource URL, so a token for one server is refused by another). A refusal is 401 with
  * `WWW-Authenticate: Bearer resource_metadata="…"` (RFC 9728) and nothing is forwarded.
  * Also serves the RFC 9728 metadata of each server route.
+ *
+ * With `rateLimit` configured, failed authentications spend a budget per client address
+ * (`rateLimit.unauthenticated`, per replica): an address that spent it gets 429 with
+ * `Retry-After` before its token is even read, for the rest of the window.
  */
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
@@ -15,7 +19,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
-import { KeysUnavailableError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
+import { AddressBudget } from '../lib/address-budget.js'
+import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
 import { audiences, checkTokenTimes, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
 
@@ -120,7 +125,33 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     }
   })
 
+  // Failed authentications per client address (rateLimit.unauthenticated): an address that
+  // spent its budget is refused with 429 before its token is read, until its window ends.
+  const unauth = config.rateLimit?.unauthenticated
+  const failures = unauth !== undefined ? new AddressBudget(unauth.max, unauth.timeWindowMs) : undefined
+  const refuseAddress = (reply: FastifyReply, seconds: number): never => {
+    reply.removeHeader('www-authenticate')
+    void reply.header('retry-after', String(seconds))
+    throw new RateLimitedError(`failed authentications from this client address (${unauth!.max} per window)`, String(seconds))
+  }
+
   async function authenticate (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
+    if (failures === undefined) return await verify(request, reply, resource, metadataUrl)
+    const wait = failures.blockedFor(request.ip)
+    if (wait > 0) refuseAddress(reply, wait)
+    try {
+      return await verify(request, reply, resource, metadataUrl)
+    } catch (err) {
+      // An unreachable key source is the gateway's problem, not the client's.
+      if (!(err instanceof KeysUnavailableError)) {
+        const over = failures.fail(request.ip)
+        if (over > 0) refuseAddress(reply, over)
+      }
+      throw err
+    }
+  }
+
+  async function verify (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
     const challenge = `Bearer resource_metadata="${metadataUrl}"`
     const header = request.headers.authorization
     if (header === undefined || !/^Bearer\s+\S/i.test(header)) {

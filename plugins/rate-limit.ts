@@ -3,9 +3,14 @@
  * (`rateLimit` in the config), counted by @fastify/rate-limit in the gateway's store
  * (its Redis store when `store: redis://…`, so that every replica counts the same).
  *
- * Runs as a preHandler after the Cedar decision: a request that is denied anyway does not
- * count. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
- * forwarded, and the audit records the refusal. The counters are keyed by the agent (its token's
+ * Every MCP request of an agent counts, refused ones too: the agent's budget is spent in
+ * preValidation (once the message is parsed, before the Cedar decision), and a request refused
+ * before that (a parse error, a foreign session, a body over the limit) is counted when its
+ * answer is sent. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
+ * forwarded and no decision is computed, and the audit records the refusal. The requests the
+ * aggregated endpoint `/mcp` makes on the agent's behalf do not count again; per-tool limits
+ * apply after the decision, to allowed calls. Failed authentications have a budget per client
+ * address, kept by the identity plugin. The counters are keyed by the agent (its token's
  * issuer + agent id + user; a token from the gateway's token exchange spends the budget of the
  * token it was exchanged for), never by IP: agents behind one NAT do not share a limit.
  */
@@ -18,6 +23,7 @@ import { budgetKey } from '../lib/identity.js'
 import { startStage } from '../lib/timing.js'
 import type {} from './store.js'
 import type {} from './cedar-authz.js'
+import { INTERNAL_IDENTITY_HEADER } from './identity.js'
 
 export interface RateLimitOptions {
   config: GatewayConfig
@@ -73,12 +79,34 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
     throw error
   }
 
+  // The agent's own requests: one on a server route or on /mcp, not the ones /mcp makes for it.
+  const counted = new WeakSet<FastifyRequest>()
+  const agentRequest = (request: FastifyRequest): boolean =>
+    request.identity !== null && request.headers[INTERNAL_IDENTITY_HEADER] === undefined &&
+    (request.mcpTarget !== null || request.routeOptions.config.mcpAggregate === true)
+
+  app.addHook('preValidation', async (request, reply) => {
+    if (!agentRequest(request)) return
+    counted.add(request)
+    const done = startStage(request, 'ratelimit')
+    try {
+      await apply(perAgent, request, reply, 'requests of this agent')
+    } finally {
+      done()
+    }
+  })
+
+  // Refused before preValidation (413, 415, a parse error, a foreign session): still counted.
+  app.addHook('onResponse', async (request) => {
+    if (counted.has(request) || !agentRequest(request)) return
+    try { await perAgent(request) } catch { /* the store is down: the request was refused anyway */ }
+  })
+
   app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
     if (request.decision !== null && !request.decision.allowed) return
     const done = startStage(request, 'ratelimit')
     try {
-      await apply(perAgent, request, reply, 'requests of this agent')
       const m = request.mcp
       const limit = m?.method === 'tools/call' ? toolLimit(limits, request.mcpTarget.server.name, m.tool!) : undefined
       if (limit !== undefined) {

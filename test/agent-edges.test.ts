@@ -29,7 +29,7 @@ t.before(async () => {
     upstreams: { up: { url: up.url, auth: { type: 'none' } } },
     extra: {
       authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false },
-      rateLimit: { max: 4, timeWindow: '1 minute' }
+      rateLimit: { max: 4, timeWindow: '1 minute', unauthenticated: { max: 1000 } }
     }
   })
 })
@@ -222,4 +222,31 @@ t.test('concurrent initializes cannot pass the session limit', async t => {
   }))
   t.equal(statuses.filter(s => s === 200).length, 2, `two of ten at once get a session (${statuses.join(', ')})`)
   t.equal(slow.received.filter(r => r.body?.method === 'initialize').length, 2, 'only two reached the upstream')
+})
+
+t.test('more object members than limits.maxJsonKeys: 400 before the body is parsed, nothing forwarded', async t => {
+  const post = async (agentId: string, body: string) => {
+    const res = await request(gw.url('up'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('up'), agentId })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body
+    })
+    return { status: res.statusCode, body: await res.body.json() as { error?: { code: number, message: string } } }
+  }
+  const n = up.received.length
+  const wide: Record<string, number> = {}
+  for (let i = 0; i < 20_000; i++) wide[`k${i}`] = i
+  const spread = Array.from({ length: 200 }, (_, i) => Object.fromEntries(Array.from({ length: 60 }, (_, j) => [`f${j}`, i])))
+  for (const [what, args] of [['one object of 20,000 keys', wide], ['12,000 keys spread over 200 objects', { rows: spread }]] as const) {
+    const r = await post('keys-bot', JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: args } }))
+    t.equal(r.status, 400, `${what}: 400`)
+    t.equal(r.body.error?.code, -32600, `${what}: -32600`)
+    t.match(r.body.error?.message, /more than 10000 object members \(keys\) in all \(limits\.maxJsonKeys\)/, `${what}: names the limit`)
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+  // A method the upstream gets (the scripted upstream lists no tools, so a tools/call would stop at the filter).
+  const colons = await post('keys-bot-2', JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping', params: { _meta: { text: ':"\\":'.repeat(30_000), n: Array(9000).fill({ a: 1 }) } } }))
+  t.equal(colons.status, 200, 'colons and escaped quotes inside strings are not members; 9,000 real ones pass')
+  t.same(colons.body, { jsonrpc: '2.0', id: 2, result: {} })
+  t.equal(up.received.length, n + 1, 'and that call was forwarded')
 })

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { parseMcpMessage } from '../lib/jsonrpc.js'
+import { countJsonMembers, parseMcpMessage } from '../lib/jsonrpc.js'
 
 const parse = (v: unknown) => parseMcpMessage(Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)))
 
@@ -53,4 +53,14 @@ t.test('refuses what is not one JSON-RPC message', async t => {
   } catch (err) {
     t.equal((err as { rpcId?: unknown }).rpcId, 42, 'a refusal carries the id it could read')
   }
+})
+
+t.test('countJsonMembers counts the members of a JSON text without parsing it', async t => {
+  const count = (v: unknown): number => countJsonMembers(Buffer.from(JSON.stringify(v)))
+  t.equal(count({}), 0)
+  t.equal(count({ a: 1, b: { c: [{ d: 2 }] } }), 4)
+  t.equal(count({ 'k:ey': 'va:l\\":"x', q: '"' }), 2, 'colons, quotes and backslashes inside strings are not members')
+  t.equal(count({ ['ключ:😀']: 'значение:' }), 1, 'multi-byte UTF-8 text')
+  t.equal(count(Array(50).fill({ x: 1 })), 50)
+  t.equal(countJsonMembers(Buffer.from(JSON.stringify({ a: 1, b: 2, c: 3, d: 4 })), 2), 3, 'stops once past the limit')
 })

@@ -6,6 +6,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { validateConfig } from '../lib/config.js'
 import { toolLimit } from '../plugins/rate-limit.js'
+import { AddressBudget, addressKey } from '../lib/address-budget.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
@@ -70,6 +71,92 @@ t.test('a per-tool limit applies to calls of that tool only', async t => {
   t.equal(await inSession(call(2, 'echo')), 200)
   t.equal(await inSession(call(3, 'echo')), 429, 'the second echo in the window is refused')
   t.equal(await inSession(call(4, 'count')), 200, 'another tool is not')
+})
+
+t.test('refused requests count too: parse errors, bad methods, unknown tools and foreign sessions spend the budget', async t => {
+  const headers = (agentId: string): Record<string, string> => ({ authorization: `Bearer ${issuer.sign({ aud: gw.resource('rec'), agentId, sub: agentId })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' })
+  const raw = async (body: string, extra: Record<string, string> = {}): Promise<number> => {
+    const res = await request(gw.url('rec'), { method: 'POST', headers: { ...headers('noisy-bot'), ...extra }, body })
+    await res.body.dump()
+    return res.statusCode
+  }
+  const n = up.received.length
+  t.equal(await raw('{"jsonrpc":'), 400, 'a parse error')
+  t.equal(await raw(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call ', params: { name: 'echo' } })), 400, 'a method name with a space')
+  t.equal(await raw(JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'no_such_tool', arguments: {} } })), 200, 'an unknown tool: a JSON-RPC error')
+  t.equal(await raw(JSON.stringify(ping(3)), { 'mcp-session-id': 'not-a-session-of-this-agent', 'mcp-protocol-version': '2025-06-18' }), 404, 'a foreign session')
+  const forwarded = up.received.length - n
+  const over = await send('noisy-bot', ping(5))
+  t.equal(over.status, 429, 'four refusals spent the budget of four: the next request is refused')
+  t.match(JSON.parse(over.text), { id: 5, error: { code: -32029 } })
+  t.equal(up.received.length - n, forwarded, 'the refused request forwarded nothing')
+  t.equal(await raw(JSON.stringify({ jsonrpc: '2.0', id: 6, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } })), 429, 'a call is refused before its decision')
+  t.equal(up.received.length - n, forwarded, 'nothing forwarded')
+})
+
+t.test('/mcp requests spend the same budget, and what /mcp asks the upstreams for it does not count again', async t => {
+  const mcp = async (id: number): Promise<number> => {
+    const res = await request(`${gw.base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${issuer.sign({ aud: `${gw.config.publicUrl}/mcp`, agentId: 'agg-bot', sub: 'agg-bot' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-06-18' },
+      body: JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/list', params: {} })
+    })
+    await res.body.dump()
+    return res.statusCode
+  }
+  for (let i = 1; i <= 4; i++) t.equal(await mcp(i), 200, `aggregated tools/list ${i} (each reads the upstream on the agent's behalf)`)
+  t.equal(await mcp(5), 429, 'the fifth is over the budget of four')
+})
+
+t.test('failed authentications spend a budget per client address; beyond it: 429 before the token is read', async t => {
+  const g = await startGateway({
+    issuer,
+    upstreams: { rec: { url: up.url, auth: { type: 'none' } } },
+    extra: { rateLimit: { max: 100, unauthenticated: { max: 3, timeWindow: '1 minute' } } }
+  })
+  t.teardown(() => g.close())
+  const post = async (authorization: string | undefined): Promise<{ status: number, headers: Record<string, unknown>, text: string }> => {
+    const res = await request(g.url('rec'), {
+      method: 'POST',
+      headers: { ...(authorization !== undefined ? { authorization } : {}), 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify(ping(1))
+    })
+    return { status: res.statusCode, headers: res.headers, text: await res.body.text() }
+  }
+  const good = `Bearer ${issuer.sign({ aud: g.resource('rec'), agentId: 'good-bot', sub: 'good-bot' })}`
+  t.equal((await post(good)).status, 200, 'a valid token spends nothing of the address budget')
+  const n = up.received.length
+  const forged = makeIssuer('EdDSA')
+  t.equal((await post(undefined)).status, 401, 'no token')
+  t.equal((await post(`Bearer ${forged.sign({ aud: g.resource('rec'), agentId: 'good-bot', sub: 'good-bot', iss: issuer.issuer })}`)).status, 401, 'a forged signature')
+  t.equal((await post(`Bearer ${issuer.sign({ aud: 'http://elsewhere/mcp', agentId: 'good-bot', sub: 'good-bot' })}`)).status, 401, 'a wrong audience')
+  const over = await post(undefined)
+  t.equal(over.status, 429, 'the fourth failure from this address')
+  t.ok(Number(over.headers['retry-after']) >= 1 && Number(over.headers['retry-after']) <= 60, 'Retry-After')
+  t.equal(over.headers['www-authenticate'], undefined, 'no challenge: the address must wait, not retry with a token')
+  t.match(JSON.parse(over.text), { error: { code: -32029, message: /failed authentications from this client address \(3 per window\)/ } })
+  t.equal((await post(good)).status, 429, 'until the window ends the address is refused before its token is read, valid or not')
+  t.equal(up.received.length, n, 'nothing forwarded')
+  t.match(g.audit.at(-1), { outcome: 'deny', status: 429 })
+})
+
+t.test('AddressBudget: IPv6 per /64, IPv4-mapped as IPv4, windows end, memory bounded', async t => {
+  t.equal(addressKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64')
+  t.equal(addressKey('2001:db8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64')
+  t.equal(addressKey('2001:0db8::5'), '2001:db8:0:0::/64')
+  t.equal(addressKey('::1'), '0:0:0:0::/64')
+  t.equal(addressKey('::ffff:10.1.2.3'), '10.1.2.3')
+  t.equal(addressKey('10.1.2.3'), '10.1.2.3')
+  let now = 0
+  const b = new AddressBudget(2, 1000, 3, () => now)
+  t.equal(b.fail('2001:db8:1:2::1'), 0)
+  t.equal(b.fail('2001:db8:1:2::2'), 0, 'the same /64')
+  t.equal(b.blockedFor('2001:db8:1:2::3'), 1, 'the whole /64 waits')
+  t.equal(b.blockedFor('2001:db8:1:3::1'), 0, 'another /64 does not')
+  now = 1000
+  t.equal(b.blockedFor('2001:db8:1:2::3'), 0, 'the window ended')
+  for (let i = 0; i < 50; i++) b.fail(`10.0.0.${i}`)
+  t.ok(b.size <= 3, 'at most maxAddresses windows are kept')
 })
 
 t.test('toolLimit: server/tool wins over the bare tool name', async t => {
