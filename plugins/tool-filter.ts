@@ -94,7 +94,7 @@ export class ToolGuard {
   }
 
   /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
-  async review (server: string, tool: Tool): Promise<ToolReview> {
+  async review (server: string, tool: Tool, ownTools: readonly string[] = []): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
     // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
@@ -106,9 +106,8 @@ export class ToolGuard {
     let findings = this.#findings.get(key)
     if (findings === undefined) {
       if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
-      const otherServers = [...this.#config.upstreams.keys()].filter(s => s !== server)
-      const otherTools = otherServers.flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
-      findings = this.#scanner.scan(tool, { otherServers, otherTools })
+      const otherTools = [...this.#config.upstreams.keys()].filter(s => s !== server).flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
+      findings = this.#scanner.scan(tool, { ownTools: [...ownTools, ...known.keys()], otherTools })
       this.#findings.set(key, findings)
       if (findings.length > 0) this.#app.log.warn({ server, tool: tool.name, findings }, 'tool quarantined')
     }
@@ -154,9 +153,10 @@ export class ToolGuard {
     const out = new Map<string, ToolReview>()
     const counts = new Map<string, number>()
     for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
+    const names = [...counts.keys()]
     for (const tool of tools) {
       if (typeof tool?.name !== 'string') continue
-      let review = await this.review(server, tool)
+      let review = await this.review(server, tool, names)
       if ((counts.get(tool.name) ?? 0) > 1) {
         // A clean and a poisoned definition under one name: both are quarantined together.
         review = { ...review, quarantined: true, reason: 'the upstream listed this name more than once in one list' }

@@ -39,7 +39,7 @@ t.test('poisoned tools are quarantined: not listed (SSE and JSON answers), not c
   for (const server of ['mal']) {
     const client = await connect(server)
     const listed = (await client.listTools()).tools.map(x => x.name).sort()
-    t.same(listed, ['honest_tool', 'rug_pull'], `${server}: only the clean tools are listed`)
+    t.same(listed, ['echo', 'honest_tool', 'rug_pull'], `${server}: only the clean tools are listed (echo too: the other upstream's echo is no reason to hide it)`)
     for (const [name, p] of Object.entries(POISONED)) {
       const line = gw.log.find(l => l.includes('"tool quarantined"') && l.includes(`"tool":"${name}"`) && l.includes(`"server":"${server}"`))
       t.ok(line, `${server}/${name} is logged as quarantined`)
@@ -75,7 +75,7 @@ t.test('a quarantined tool is indistinguishable from one that does not exist', a
   t.equal(missing.body, '{"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"Unknown tool: no_such_tool"}}')
   t.equal(quarantined.status, missing.status)
   t.equal(quarantined.body, missing.body.replace('no_such_tool', 'poison_ignore'), 'byte for byte the same answer')
-  t.match(gw.audit.at(-1), { tool: 'poison_ignore', outcome: 'deny', reason: /quarantined by injection-ignore-instructions/ }, 'the audit says why')
+  t.match(gw.audit.at(-1), { tool: 'poison_ignore', outcome: 'deny', reason: /quarantined by instruction-override/ }, 'the audit says why')
 })
 
 t.test('rug pull: a changed definition is quarantined until approved', async t => {

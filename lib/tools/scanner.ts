@@ -7,16 +7,22 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { PACKAGE_ROOT } from '../version.js'
+import { mixedScriptWord, readings } from './text.js'
+
+export type RuleKind = 'regex' | 'chars' | 'maxLength' | 'mixedScript' | 'foreignTool'
+const KINDS: readonly RuleKind[] = ['regex', 'chars', 'maxLength', 'mixedScript', 'foreignTool']
 
 export interface ScanRule {
   id: string
-  kind: 'regex' | 'chars' | 'maxLength' | 'otherToolNames' | 'shadowName'
+  kind: RuleKind
   pattern?: string
   flags?: string
+  /** regex: `meaning` (default) matches every reading of a string (see text.ts); `raw` the string as sent. */
+  on?: 'meaning' | 'raw'
   limit?: number
   /** maxLength: only strings at these keys (default: every string). */
   fields?: string[]
-  /** Strings at these keys are not checked by this rule (e.g. "$schema" for urls). */
+  /** Strings at these keys are not checked by this rule. */
   skipKeys?: string[]
   description: string
 }
@@ -25,7 +31,7 @@ export interface Finding {
   readonly rule: string
   /** Where in the tool, e.g. `inputSchema.properties.path.description`. */
   readonly path: string
-  /** The matched text, with invisible characters shown as \u{…}; at most 80 characters. */
+  /** The matched text, with invisible characters shown as \u{…}; at most 80 characters. Decoded text says how it was decoded. */
   readonly excerpt: string
   readonly description: string
 }
@@ -37,6 +43,7 @@ export interface ToolLike {
   inputSchema?: unknown
   outputSchema?: unknown
   annotations?: unknown
+  [field: string]: unknown
 }
 
 export const DEFAULT_RULES_FILE = join(PACKAGE_ROOT, 'rules', 'tool-scan.json')
@@ -48,8 +55,8 @@ export function loadRules (files: readonly string[], disabled: readonly string[]
     const data = JSON.parse(readFileSync(file, 'utf8')) as { rules?: unknown }
     if (!Array.isArray(data.rules)) throw new Error(`${file}: "rules" must be an array`)
     for (const r of data.rules as ScanRule[]) {
-      if (typeof r.id !== 'string' || !['regex', 'chars', 'maxLength', 'otherToolNames', 'shadowName'].includes(r.kind)) {
-        throw new Error(`${file}: rule ${JSON.stringify(r.id)} needs an id and a kind (regex, chars, maxLength, otherToolNames, shadowName)`)
+      if (typeof r.id !== 'string' || !KINDS.includes(r.kind)) {
+        throw new Error(`${file}: rule ${JSON.stringify(r.id)} needs an id and a kind (${KINDS.join(', ')})`)
       }
       if ((r.kind === 'regex' || r.kind === 'chars') && typeof r.pattern === 'string') {
         try { new RegExp(r.pattern, `${r.flags ?? ''}u`) } catch (err) { throw new Error(`${file}: rule ${r.id}: ${(err as Error).message}`) }
@@ -67,7 +74,10 @@ const show = (s: string): string => {
   return out.length > 80 ? `${out.slice(0, 77)}...` : out
 }
 
-/** Every string of a tool with its path and the key it sits at. */
+/**
+ * Every string of a tool with its path and the key it sits at: values, and the keys of every
+ * object (a property name is text the model reads too).
+ */
 function * strings (value: unknown, path: string, key: string): Generator<{ path: string, key: string, text: string }> {
   if (typeof value === 'string') { yield { path, key, text: value }; return }
   if (Array.isArray(value)) {
@@ -76,20 +86,25 @@ function * strings (value: unknown, path: string, key: string): Generator<{ path
   }
   if (value !== null && typeof value === 'object') {
     for (const [k, v] of Object.entries(value)) {
-      // Property names are text the model reads too.
-      if (path.endsWith('.properties')) yield { path: `${path}.${k}`, key: 'propertyName', text: k }
-      yield * strings(v, path === '' ? k : `${path}.${k}`, k)
+      const at = path === '' ? k : `${path}.${k}`
+      if (path !== '') yield { path: at, key: 'propertyName', text: k }
+      yield * strings(v, at, k)
     }
   }
 }
 
 export interface ScanContext {
-  /** Names of the other upstreams and of their tools. */
-  otherServers: readonly string[]
-  otherTools: readonly string[]
+  /** The names of the tools listed beside this one by the same upstream. */
+  ownTools?: readonly string[]
+  /** The names of other upstreams' tools. */
+  otherTools?: readonly string[]
 }
 
-const norm = (s: string): string => s.toLowerCase().replace(/[^a-z0-9]/g, '')
+/** A word that says the sentence tells the model what to do. */
+const INSTRUCTION_CUE = /\b(always|also|must|should|instead|whenever|every time|make sure|ensure|do not|don't|never|bcc|cc|redirect|replace|change|modify|override|first|before|after|prefer|only use|avoid)\b/i
+/** Ways text names a tool: "the send_email tool", "tool `x`", "x()", or an identifier with a separator. */
+const TOOL_REFERENCE = /[`'"]?\b([A-Za-z][A-Za-z0-9]*(?:[_.-][A-Za-z0-9]+)+|[a-z]+[A-Z][A-Za-z0-9]*)\b[`'"]?(?:\(\))?/g
+const sentences = (s: string): string[] => s.split(/(?<=[.!?;:])\s+|\n+/)
 
 export class ToolScanner {
   readonly #rules: Array<ScanRule & { re?: RegExp }>
@@ -100,44 +115,75 @@ export class ToolScanner {
 
   get ruleIds (): string[] { return this.#rules.map(r => r.id) }
 
-  scan (tool: ToolLike, ctx: ScanContext = { otherServers: [], otherTools: [] }): Finding[] {
+  /** The findings of one tool definition: at most one per rule, each with its path and excerpt. */
+  scan (tool: ToolLike, ctx: ScanContext = {}): Finding[] {
     const findings: Finding[] = []
-    const fields = { name: tool.name, title: tool.title, description: tool.description, inputSchema: tool.inputSchema, outputSchema: tool.outputSchema, annotations: tool.annotations }
-    const texts = [...strings(fields, '', '')]
-    const others = ctx.otherTools.filter(n => norm(n) !== norm(tool.name) && n.length >= 4)
+    const texts = [...strings(tool, '', '')].map(t => ({ ...t, readings: undefined as ReturnType<typeof readings> | undefined }))
+    const params = new Set([...strings(tool.inputSchema, '', '')].filter(x => x.key === 'propertyName').map(x => x.text.toLowerCase()))
+    const own = new Set([tool.name, ...(ctx.ownTools ?? [])].map(n => n.toLowerCase()))
+    const others = new Set((ctx.otherTools ?? []).map(n => n.toLowerCase()).filter(n => !own.has(n) && n.length >= 4))
     for (const rule of this.#rules) {
-      if (rule.kind === 'shadowName') {
-        const twin = ctx.otherTools.find(n => norm(n) === norm(tool.name))
-        if (twin !== undefined) findings.push({ rule: rule.id, path: 'name', excerpt: show(tool.name), description: rule.description })
-        continue
-      }
-      for (const { path, key, text } of texts) {
-        if (rule.skipKeys?.includes(key) === true) continue
+      for (const t of texts) {
+        if (rule.skipKeys?.includes(t.key) === true) continue
         let hit: string | undefined
         switch (rule.kind) {
-          case 'regex':
-          case 'chars': {
+          case 'chars':
             rule.re!.lastIndex = 0
-            hit = rule.re!.exec(text)?.[0]
+            hit = rule.re!.exec(t.text)?.[0]
             break
-          }
+          case 'regex':
+            if (rule.on === 'raw') {
+              rule.re!.lastIndex = 0
+              hit = rule.re!.exec(t.text)?.[0]
+              break
+            }
+            t.readings ??= readings(t.text)
+            for (const r of t.readings) {
+              rule.re!.lastIndex = 0
+              const m = rule.re!.exec(r.text)?.[0]
+              if (m !== undefined) { hit = r.how === '' || r.how === 'folded' ? m : `(${r.how}) ${m}`; break }
+            }
+            break
           case 'maxLength':
-            if (text.length > rule.limit! && (rule.fields === undefined || rule.fields.includes(key))) hit = `${text.slice(0, 40)}... (${text.length} characters)`
+            if (t.text.length > rule.limit! && (rule.fields === undefined || rule.fields.includes(t.key))) hit = `${t.text.slice(0, 40)}... (${t.text.length} characters)`
             break
-          case 'otherToolNames': {
-            if (path === 'name') break
-            const lower = text.toLowerCase()
-            hit = others.find(n => new RegExp(`(^|[^a-z0-9_])${n.toLowerCase().replace(/[^a-z0-9_]/g, '\\$&')}($|[^a-z0-9_])`).test(lower)) ??
-              ctx.otherServers.find(s => s.length >= 3 && new RegExp(`\\b${s.toLowerCase()}\\b (server|tool)`).test(lower))
+          case 'mixedScript':
+            hit = mixedScriptWord(t.text)
             break
-          }
+          case 'foreignTool':
+            if (t.path === 'name' || t.key === 'propertyName') break
+            hit = foreignToolInstruction(t.text, own, params, others)
+            break
         }
         if (hit !== undefined) {
-          findings.push({ rule: rule.id, path, excerpt: show(hit), description: rule.description })
+          findings.push({ rule: rule.id, path: t.path, excerpt: show(hit), description: rule.description })
           break
         }
       }
     }
     return findings
   }
+}
+
+/**
+ * A sentence that names a tool which is neither this one, nor one listed beside it, nor one of
+ * its parameters, and tells the model what to do: instructions about another server's tool.
+ */
+function foreignToolInstruction (text: string, own: ReadonlySet<string>, params: ReadonlySet<string>, others: ReadonlySet<string>): string | undefined {
+  for (const sentence of sentences(text)) {
+    if (!INSTRUCTION_CUE.test(sentence)) continue
+    const lower = sentence.toLowerCase()
+    for (const name of others) {
+      const i = lower.indexOf(name)
+      if (i >= 0 && !/[a-z0-9_]/.test(lower[i - 1] ?? ' ') && !/[a-z0-9_]/.test(lower[i + name.length] ?? ' ')) return sentence
+    }
+    for (const m of sentence.matchAll(TOOL_REFERENCE)) {
+      const name = m[1]!.toLowerCase()
+      if (own.has(name) || params.has(name) || /\.(com|org|io|net|json|js|ts|py|md|txt|csv|html?)$/.test(name) || /^[\d.]+$/.test(name)) continue
+      const after = sentence.slice(m.index + m[0].length, m.index + m[0].length + 12).toLowerCase()
+      const before = sentence.slice(Math.max(0, m.index - 10), m.index).toLowerCase()
+      if (/^\s*(tool|function|command)\b/.test(after) || /\b(tool|function)\s*$/.test(before) || m[0].endsWith('()')) return sentence
+    }
+  }
+  return undefined
 }
