@@ -9,6 +9,7 @@ import { KeyRing } from './tokens/keys.js'
 import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
 import { FilePinStore, type PinStore } from './tools/pins.js'
+import { DEFAULT_RULES_FILE, loadRules, ToolScanner } from './tools/scanner.js'
 import { RedisStore } from './stores/redis.js'
 import { startStdioBridges } from './stdio-bridge.js'
 
@@ -19,13 +20,17 @@ export const TOOLS_HELP = `Usage: mcp-warden tools <command> [--config FILE | --
 
 Tool pinning: the gateway pins each tool's definition the first time it sees it. A tool
 whose definition changes later (a "rug pull") is quarantined — hidden and not callable —
-until the change is approved.
+until the change is approved; so is a new tool with toolScan.newTools: quarantine.
 
 Commands:
-  list                 pinned tools; those with a change waiting for approval are marked
-  diff                 what changed, pinned (-) against new (+); exit 1 when changes wait
-  approve SERVER/TOOL  accept the new definition of one tool
-  pin                  ask every upstream (--config) for its tools and pin them as they are now
+  list                      pinned tools, each with its definition hash; a definition waiting
+                            for approval is marked, and every finding of the scanner's rules is
+                            shown (rule, where, excerpt)
+  diff                      what changed, pinned (-) against new (+); exit 1 when changes wait
+  approve SERVER/TOOL HASH  accept the waiting definition of one tool; HASH (or its first 12
+                            characters, as list and diff show it) must be the definition you
+                            reviewed, so that a later change is not approved unseen
+  pin                       ask every upstream (--config) for its tools and pin them as they are now
 
 Options:
   --config FILE   a gateway config (toolScan.pins, and the upstreams for pin)
@@ -62,7 +67,16 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
     case 'list': {
       const entries = await store.entries()
       if (entries.size === 0) io.out(`no pinned tools in ${file}`)
-      for (const [key, e] of entries) io.out(`${key}  ${e.pinned.hash.slice(0, 12)}  pinned ${e.pinned.at}${e.pending !== undefined ? '  CHANGED, waiting for approval' : ''}`)
+      const scanner = new ToolScanner(loadRules([DEFAULT_RULES_FILE, ...(config?.toolScan.rules !== undefined ? [config.toolScan.rules] : [])], config?.toolScan.disable ?? []))
+      for (const [key, e] of entries) {
+        const state = e.pinned === undefined
+          ? `NEW, waiting for approval: ${e.pending!.hash.slice(0, 12)} (seen ${e.pending!.at})`
+          : `${e.pinned.hash.slice(0, 12)}  pinned ${e.pinned.at}${e.pending !== undefined ? `  CHANGED, waiting for approval: ${e.pending.hash.slice(0, 12)}` : ''}`
+        io.out(`${key}  ${state}`)
+        const shown = e.pending ?? e.pinned
+        const findings = shown === undefined ? [] : scanner.scan(shown.definition)
+        for (const f of findings) io.out(`    quarantined by ${f.rule} at ${f.path}: ${f.excerpt}`)
+      }
       return 0
     }
     case 'diff': {
@@ -70,8 +84,10 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
       for (const [key, e] of await store.entries()) {
         if (e.pending === undefined) continue
         pending++
-        io.out(`${key}: changed since pinned (${e.pinned.hash.slice(0, 12)} -> ${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`)
-        const before = lines(e.pinned.definition)
+        io.out(e.pinned === undefined
+          ? `${key}: new since the upstream's tools were first pinned (${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`
+          : `${key}: changed since pinned (${e.pinned.hash.slice(0, 12)} -> ${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`)
+        const before = e.pinned === undefined ? [] : lines(e.pinned.definition)
         const after = lines(e.pending.definition)
         for (const l of before) if (!after.includes(l)) io.out(`- ${l}`)
         for (const l of after) if (!before.includes(l)) io.out(`+ ${l}`)
@@ -80,11 +96,19 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
       return pending === 0 ? 0 : 1
     }
     case 'approve': {
-      const target = positionals[0]
+      const [target, hash] = positionals
       const m = target === undefined ? null : /^([^/]+)\/(.+)$/.exec(target)
-      if (m === null) throw new ToolsUsageError('approve needs SERVER/TOOL, e.g. db/database_query')
-      if (!await store.approve(m[1]!, m[2]!)) { io.err(`nothing to approve for ${target!}: no change is waiting`); return 1 }
-      io.out(`approved ${target!}: the new definition is pinned; running gateways list it again`)
+      if (m === null || hash === undefined || !/^[A-Za-z0-9_-]{8,}$/.test(hash)) {
+        throw new ToolsUsageError('approve needs SERVER/TOOL and the definition hash you reviewed (at least 8 characters, as tools list or diff show it), e.g. approve db/database_query 3kJx9aQ0bT2c')
+      }
+      const waiting = (await store.entries()).get(target!)?.pending
+      if (waiting === undefined) { io.err(`nothing to approve for ${target!}: no definition is waiting`); return 1 }
+      if (!waiting.hash.startsWith(hash)) {
+        io.err(`not approved: the definition waiting for ${target!} is ${waiting.hash.slice(0, 12)}, not ${hash}; review it again (tools diff) before approving`)
+        return 1
+      }
+      if (!await store.approve(m[1]!, m[2]!, waiting.hash)) { io.err(`not approved: the definition waiting for ${target!} changed meanwhile; review it again`); return 1 }
+      io.out(`approved ${target!} (${waiting.hash.slice(0, 12)}): this definition is pinned; running gateways list it again`)
       return 0
     }
     case 'pin': {

@@ -132,7 +132,14 @@ const ConfigSchema = Type.Object({
   toolScan: Type.Object({
     rules: Type.Optional(Str()),
     disable: Type.Array(Str(), { default: [] }),
-    pins: Str({ default: './.mcp-warden/pins.json' })
+    pins: Str({ default: './.mcp-warden/pins.json' }),
+    newTools: Type.Union([Type.Literal('review'), Type.Literal('quarantine')], { default: 'review' }),
+    judge: Type.Optional(Type.Object({
+      url: Str(),
+      timeoutMs: Type.Integer({ minimum: 100, maximum: 60_000, default: 5000 }),
+      onFailure: Type.Union([Type.Literal('quarantine'), Type.Literal('allow')], { default: 'quarantine' }),
+      headers: Type.Record(Type.String(), Type.String(), { default: {} })
+    }, strict))
   }, { ...strict, default: {} }),
   limits: Type.Object({
     maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
@@ -268,6 +275,15 @@ export interface TokensConfig {
   readonly keysDir: string
 }
 
+export interface JudgeConfig {
+  /** POST {server, hash, tool} → {verdict: "allow" | "quarantine", reason}. */
+  readonly url: string
+  readonly timeoutMs: number
+  /** What a definition gets when the judge cannot answer (error, timeout, anything but a verdict). */
+  readonly onFailure: 'quarantine' | 'allow'
+  readonly headers: Readonly<Record<string, string>>
+}
+
 export interface RateLimitConfig {
   /** Every MCP request of an agent counts against this. */
   readonly max: number
@@ -292,7 +308,15 @@ export interface GatewayConfig {
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number, readonly maxJsonKeys: number }
   /** Tool metadata scanning and pinning. */
-  readonly toolScan: { readonly rules?: string, readonly disable: readonly string[], readonly pins: string }
+  readonly toolScan: {
+    readonly rules?: string
+    readonly disable: readonly string[]
+    readonly pins: string
+    /** Tools that appear after an upstream's first tools were pinned: scanned and pinned (`review`) or held for approval (`quarantine`). */
+    readonly newTools: 'review' | 'quarantine'
+    /** A second opinion on definitions the rules pass. */
+    readonly judge?: JudgeConfig
+  }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */
   readonly store: string
   /** The aggregated endpoint `POST /mcp`: every upstream as one server. */
@@ -617,7 +641,9 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     toolScan: {
       ...(cfg.toolScan.rules !== undefined ? { rules: resolve(baseDir, cfg.toolScan.rules) } : {}),
       disable: cfg.toolScan.disable,
-      pins: resolve(baseDir, cfg.toolScan.pins)
+      pins: resolve(baseDir, cfg.toolScan.pins),
+      newTools: cfg.toolScan.newTools,
+      ...(cfg.toolScan.judge !== undefined ? { judge: { ...cfg.toolScan.judge, url: parseUrl('toolScan.judge.url', cfg.toolScan.judge.url).href } } : {})
     },
     store: storeUrl(cfg.store),
     aggregate: cfg.aggregate,

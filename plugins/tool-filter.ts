@@ -22,7 +22,8 @@ import { localTime } from '../lib/cedar/time.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { mintingFetch } from '../lib/tokens/fetch.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib/tools/scanner.js'
-import { definitionHash, FilePinStore, type PinStore } from '../lib/tools/pins.js'
+import { contentHash, definitionHash, FilePinStore, pinnedPart, type PinStore } from '../lib/tools/pins.js'
+import { ToolJudge } from '../lib/tools/judge.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
 import { startStage } from '../lib/timing.js'
@@ -79,12 +80,19 @@ export class ToolGuard {
   readonly #scanner: ToolScanner
   readonly #pins: PinStore
   readonly #config: GatewayConfig
+  readonly #judge: ToolJudge | undefined
+  /** Content hashes (definitions without their names) the rules or the judge quarantined → the name they had. */
+  readonly #quarantinedContent = new Map<string, string>()
+  /** Content hashes held for approval (changed or new) → the name they had; forgotten when the pins change. */
+  readonly #changedContent = new Map<string, string>()
+  #contentGeneration = -1
 
   constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
     this.#app = app
     this.#config = config
     this.#scanner = scanner
     this.#pins = pins
+    this.#judge = config.toolScan.judge !== undefined ? new ToolJudge(config.toolScan.judge) : undefined
   }
 
   catalog (server: string): Catalog {
@@ -109,15 +117,32 @@ export class ToolGuard {
       const otherTools = [...this.#config.upstreams.keys()].filter(s => s !== server).flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
       findings = this.#scanner.scan(tool, { ownTools: [...ownTools, ...known.keys()], otherTools })
       this.#findings.set(key, findings)
-      if (findings.length > 0) this.#app.log.warn({ server, tool: tool.name, findings }, 'tool quarantined')
+      if (findings.length > 0) this.#app.log.warn({ server, tool: tool.name, hash, findings }, 'tool quarantined')
     }
-    const pin = await this.#pins.check(server, tool, hash)
-    const reason = findings.length > 0
-      ? `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
-      : pin === 'changed' ? 'quarantined: the definition changed since it was pinned; approve it with mcp-warden tools approve' : 'ok'
-    if (pin === 'changed' && findings.length === 0 && !this.#announced.has(key)) {
+    // The rules passed: the judge, when one is configured, has the second word.
+    if (findings.length === 0 && this.#judge !== undefined) {
+      const verdict = await this.#judge.judge(server, hash, pinnedPart(tool))
+      if (verdict.quarantine) findings = [{ rule: verdict.failed ? 'judge-unavailable' : 'judge', path: '', excerpt: verdict.reason.slice(0, 80), description: 'the judge at toolScan.judge.url' }]
+    }
+    // What was quarantined under one name stays quarantined under another.
+    const content = `${server}\n${contentHash(tool)}`
+    if (this.#pins.generation !== this.#contentGeneration) { this.#changedContent.clear(); this.#contentGeneration = this.#pins.generation }
+    const twin = this.#quarantinedContent.get(content) ?? this.#changedContent.get(content)
+    const pin = await this.#pins.check(server, tool, hash, this.#config.toolScan.newTools)
+    let reason = 'ok'
+    if (findings.length > 0) reason = `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
+    else if (pin === 'changed') reason = `quarantined: the definition changed since it was pinned; review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
+    else if (pin === 'new') reason = `quarantined: a tool that appeared after the upstream's tools were first pinned (toolScan.newTools: quarantine); review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
+    else if (twin !== undefined && twin !== tool.name) reason = `quarantined: the same definition as quarantined tool ${twin}`
+    if (reason !== 'ok') {
+      const remember = findings.length > 0 ? this.#quarantinedContent : this.#changedContent
+      if (remember.size >= MAX_DECISIONS) remember.clear()
+      if (!remember.has(content)) remember.set(content, tool.name)
+    }
+    if (reason !== 'ok' && findings.length === 0 && !this.#announced.has(key)) {
+      if (this.#announced.size >= MAX_DECISIONS) this.#announced.clear()
       this.#announced.add(key)
-      this.#app.log.warn({ server, tool: tool.name, reason }, 'tool quarantined')
+      this.#app.log.warn({ server, tool: tool.name, hash, reason }, 'tool quarantined')
     }
     return { hash, quarantined: reason !== 'ok', reason, findings }
   }
@@ -154,9 +179,11 @@ export class ToolGuard {
     const counts = new Map<string, number>()
     for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
     const names = [...counts.keys()]
-    for (const tool of tools) {
+    // Reviewed side by side: a judge, when configured, is asked about every new definition at once.
+    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names) : undefined))
+    for (const [i, tool] of tools.entries()) {
       if (typeof tool?.name !== 'string') continue
-      let review = await this.review(server, tool, names)
+      let review = reviewed[i]!
       if ((counts.get(tool.name) ?? 0) > 1) {
         // A clean and a poisoned definition under one name: both are quarantined together.
         review = { ...review, quarantined: true, reason: 'the upstream listed this name more than once in one list' }

@@ -95,14 +95,24 @@ t.test('rug pull: a changed definition is quarantined until approved', async t =
   t.equal(await main(['tools', 'diff', '--pins', pins], io), 1, 'diff exits 1 when changes wait for approval')
   t.match(out.join('\n'), /mal\/rug_pull: changed since pinned/)
   t.match(out.join('\n'), /- .*"description": "Lists files in the sandbox\."/)
-  t.match(out.join('\n'), /\+ .*Then email them to ops@evil\.example/)
+  t.match(out.join('\n'), /\+ .*newest first, with their owners/)
+  const waiting = /mal\/rug_pull: changed since pinned \(\S+ -> (\S+),/.exec(out.join('\n'))![1]!
   out.length = 0
-  t.equal(await main(['tools', 'approve', 'mal/rug_pull', '--pins', pins], io), 0)
+  t.equal(await main(['tools', 'approve', 'mal/rug_pull', '--pins', pins], io), 2, 'approve needs the hash that was reviewed')
+  t.match(out.join('\n'), /approve needs SERVER\/TOOL and the definition hash/)
+  t.equal(await main(['tools', 'approve', 'mal/rug_pull', 'AAAAAAAAAAAA', '--pins', pins], io), 1, 'another hash is not approved')
+  t.match(out.join('\n'), new RegExp(`not approved: the definition waiting for mal/rug_pull is ${waiting}, not AAAAAAAAAAAA`))
+  out.length = 0
+  t.equal(await main(['tools', 'list', '--pins', pins], io), 0)
+  t.match(out.join('\n'), new RegExp(`mal/rug_pull  \\S+  pinned \\S+  CHANGED, waiting for approval: ${waiting}`), 'list shows the waiting hash')
+  t.match(out.join('\n'), /mal\/poison_ignore .*\n {4}quarantined by instruction-override at description: .*Ignore all previous instructions/, 'and why a tool is quarantined')
+  out.length = 0
+  t.equal(await main(['tools', 'approve', 'mal/rug_pull', waiting, '--pins', pins], io), 0)
   t.match(out.join('\n'), /approved mal\/rug_pull/)
   await new Promise(resolve => setTimeout(resolve, 1100)) // a running gateway looks at the pins file at most once a second
   t.ok((await client.listTools()).tools.some(x => x.name === 'rug_pull'), 'approved: listed again')
   t.match(await client.callTool({ name: 'rug_pull', arguments: {} }), { content: [{ text: 'rug_pull ran' }] })
-  t.equal(await main(['tools', 'approve', 'mal/honest_tool', '--pins', pins], io), 1, 'nothing to approve')
+  t.equal(await main(['tools', 'approve', 'mal/honest_tool', waiting, '--pins', pins], io), 1, 'nothing to approve')
 })
 
 t.test('every page of a paginated list is filtered', async t => {

@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { StoreUnavailableError } from '../errors.js'
-import { definitionHash, pinnedPart, type PinCheck, type PinEntry, type PinRecord, type PinStore } from '../tools/pins.js'
+import { definitionHash, pinnedPart, type NewTools, type PinCheck, type PinEntry, type PinRecord, type PinStore } from '../tools/pins.js'
 import type { ToolLike } from '../tools/scanner.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
 
@@ -34,8 +34,17 @@ return 1`
 const PIN_CHECK = `
 local pinned = redis.call('HGET', KEYS[1], ARGV[1])
 if not pinned then
+  if ARGV[5] == 'quarantine' and redis.call('SISMEMBER', KEYS[6], ARGV[6]) == 1 then
+    if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
+      redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+      redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+      redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
+    end
+    return 'new'
+  end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('SADD', KEYS[6], ARGV[6])
   redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
   return 'pinned-now'
 end
@@ -60,6 +69,7 @@ if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HDEL', KEYS[3], ARGV[1]); redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[6], ARGV[5])
 redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1`
 
@@ -160,7 +170,7 @@ export class RedisPinStore implements PinStore {
 
   constructor (redis: Redis, prefix: string) {
     this.#redis = redis as Scripted
-    this.#keys = ['pins:hash', 'pins:record', 'pins:pending-hash', 'pins:pending-record', 'pins:generation'].map(k => prefix + k)
+    this.#keys = ['pins:hash', 'pins:record', 'pins:pending-hash', 'pins:pending-record', 'pins:generation', 'pins:servers'].map(k => prefix + k)
     this.#channel = `${prefix}pins:changed`
     this.#sub = redis.duplicate({ enableOfflineQueue: true })
     this.#sub.on('error', () => { /* reported by the main connection */ })
@@ -181,25 +191,26 @@ export class RedisPinStore implements PinStore {
     } catch { /* Redis is down: requests are refused until it is back, then this runs again */ }
   }
 
-  async check (server: string, tool: ToolLike, knownHash?: string): Promise<PinCheck> {
+  async check (server: string, tool: ToolLike, knownHash?: string, newTools: NewTools = 'review'): Promise<PinCheck> {
     const hash = knownHash ?? definitionHash(tool)
     const field = `${server}/${tool.name}`
     const known = this.#mirror.get(field)
     if (known !== undefined && known.hash === hash && !known.pending) return 'match'
     const record: PinRecord = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
-    const result = await guarded(async () => await this.#redis.mcpwPinCheck(...this.#keys, field, hash, JSON.stringify(record), this.#channel))
+    const result = await guarded(async () => await this.#redis.mcpwPinCheck(...this.#keys, field, hash, JSON.stringify(record), this.#channel, newTools, server))
     if (result === 'pinned-now' || result === 'match') this.#mirror.set(field, { hash, pending: false })
     else this.#mirror.set(field, { hash: known?.hash ?? '', pending: true })
     if (result !== 'match' || known?.pending === true) this.#generation++
     return result
   }
 
-  async approve (server: string, tool: string): Promise<boolean> {
+  async approve (server: string, tool: string, expected?: string): Promise<boolean> {
     const field = `${server}/${tool}`
     const [hash, raw] = await guarded(async () => await Promise.all([this.#redis.hget(this.#keys[2]!, field), this.#redis.hget(this.#keys[3]!, field)]))
     if (hash === null || raw === null) return false
+    if (expected !== undefined && !hash.startsWith(expected)) return false
     const record = { ...JSON.parse(raw) as PinRecord, at: new Date().toISOString() }
-    const ok = await guarded(async () => await this.#redis.mcpwPinApprove(...this.#keys, field, hash, JSON.stringify(record), this.#channel))
+    const ok = await guarded(async () => await this.#redis.mcpwPinApprove(...this.#keys, field, hash, JSON.stringify(record), this.#channel, server))
     if (ok === 1) { this.#mirror.set(field, { hash, pending: false }); this.#generation++ }
     return ok === 1
   }
@@ -208,9 +219,9 @@ export class RedisPinStore implements PinStore {
     const field = `${server}/${tool.name}`
     const hash = definitionHash(tool)
     const record: PinRecord = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
-    const [ph, pr, qh, qr, gen] = this.#keys as [string, string, string, string, string]
+    const [ph, pr, qh, qr, gen, servers] = this.#keys as [string, string, string, string, string, string]
     await guarded(async () => await this.#redis.multi()
-      .hset(ph, field, hash).hset(pr, field, JSON.stringify(record)).hdel(qh, field).hdel(qr, field).incr(gen)
+      .hset(ph, field, hash).hset(pr, field, JSON.stringify(record)).hdel(qh, field).hdel(qr, field).sadd(servers, server).incr(gen)
       .publish(this.#channel, field).exec())
     this.#mirror.set(field, { hash, pending: false })
     this.#generation++
@@ -219,9 +230,10 @@ export class RedisPinStore implements PinStore {
   async entries (): Promise<ReadonlyMap<string, PinEntry>> {
     const [pinned, pending] = await guarded(async () => await Promise.all([this.#redis.hgetall(this.#keys[1]!), this.#redis.hgetall(this.#keys[3]!)]))
     const out = new Map<string, PinEntry>()
-    for (const field of Object.keys(pinned).sort()) {
+    for (const field of [...new Set([...Object.keys(pinned), ...Object.keys(pending)])].sort()) {
       const p = pending[field]
-      out.set(field, { pinned: JSON.parse(pinned[field]!) as PinRecord, ...(p !== undefined ? { pending: JSON.parse(p) as PinRecord } : {}) })
+      const q = pinned[field]
+      out.set(field, { ...(q !== undefined ? { pinned: JSON.parse(q) as PinRecord } : {}), ...(p !== undefined ? { pending: JSON.parse(p) as PinRecord } : {}) })
     }
     return out
   }
@@ -256,8 +268,8 @@ export class RedisStore implements GatewayStore {
     this.redis = new Redis(url, redisOptions)
     this.redis.on('error', () => { /* state is read from redis.status; errors reach callers as 503 */ })
     this.redis.defineCommand('mcpwBind', { numberOfKeys: 2, lua: BIND })
-    this.redis.defineCommand('mcpwPinCheck', { numberOfKeys: 5, lua: PIN_CHECK })
-    this.redis.defineCommand('mcpwPinApprove', { numberOfKeys: 5, lua: PIN_APPROVE })
+    this.redis.defineCommand('mcpwPinCheck', { numberOfKeys: 6, lua: PIN_CHECK })
+    this.redis.defineCommand('mcpwPinApprove', { numberOfKeys: 6, lua: PIN_APPROVE })
     const scripted = this.redis as Scripted
     this.sessions = new RedisSessions(scripted, prefix)
     this.replay = new RedisReplayStore(this.redis, prefix)

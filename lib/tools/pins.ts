@@ -1,7 +1,9 @@
 /**
  * Tool pinning (rug-pull defence): the first definition of a tool seen (or pinned by the
  * operator) is stored by its canonical hash; a later, different definition is held as
- * "pending" and the tool is quarantined until the operator approves it.
+ * "pending" and the tool is quarantined until the operator approves it. With
+ * `toolScan.newTools: quarantine`, a name that appears after an upstream's first tools were
+ * pinned is held as pending too (an entry with no pinned definition yet).
  * The file store is one JSON file, replaced atomically and re-read when it changes, so
  * `mcp-warden tools approve` takes effect in a running gateway.
  */
@@ -11,16 +13,21 @@ import { canonicalHash } from '../tokens/binding.js'
 import type { ToolLike } from './scanner.js'
 
 export interface PinRecord { readonly hash: string, readonly definition: ToolLike, readonly at: string }
-export interface PinEntry { readonly pinned: PinRecord, readonly pending?: PinRecord }
-export type PinCheck = 'pinned-now' | 'match' | 'changed'
+export interface PinEntry { readonly pinned?: PinRecord, readonly pending?: PinRecord }
+/** `new`: a name first seen after the upstream's first pins, held for approval (newTools: quarantine). */
+export type PinCheck = 'pinned-now' | 'match' | 'changed' | 'new'
+export type NewTools = 'review' | 'quarantine'
 
 export interface PinStore {
   /** Pins a first-seen tool, matches a pinned one, or records a changed definition as pending. */
-  check (server: string, tool: ToolLike, hash?: string): Promise<PinCheck>
+  check (server: string, tool: ToolLike, hash?: string, newTools?: NewTools): Promise<PinCheck>
   /** Changes whenever a pin changes (caches of pin-dependent results key on it). */
   readonly generation: number
-  /** Makes the pending definition the pinned one; false when nothing is pending. */
-  approve (server: string, tool: string): Promise<boolean>
+  /**
+   * Makes the pending definition the pinned one; false when nothing is pending, or when
+   * `hash` is given and the pending definition's hash does not start with it.
+   */
+  approve (server: string, tool: string, hash?: string): Promise<boolean>
   /** Pins a definition, replacing what was pinned. */
   pin (server: string, tool: ToolLike): Promise<void>
   entries (): Promise<ReadonlyMap<string, PinEntry>>
@@ -34,6 +41,12 @@ export function pinnedPart (tool: ToolLike): ToolLike {
 
 export function definitionHash (tool: ToolLike): string {
   return canonicalHash(pinnedPart(tool))
+}
+
+/** The hash of a definition without its name: the same text under another name has the same one. */
+export function contentHash (tool: ToolLike): string {
+  const { name: _name, ...rest } = pinnedPart(tool)
+  return canonicalHash(rest)
 }
 
 export class FilePinStore implements PinStore {
@@ -83,16 +96,20 @@ export class FilePinStore implements PinStore {
     this.#stamp = `${st.ino}:${st.mtimeMs}:${st.size}`
   }
 
-  async check (server: string, tool: ToolLike, knownHash?: string): Promise<PinCheck> {
+  async check (server: string, tool: ToolLike, knownHash?: string, newTools: NewTools = 'review'): Promise<PinCheck> {
     this.#load()
     const hash = knownHash ?? definitionHash(tool)
     const known = this.#data.get(`${server}/${tool.name}`)
-    if (known !== undefined && known.pinned.hash === hash && known.pending === undefined) return 'match'
+    if (known?.pinned !== undefined && known.pinned.hash === hash && known.pending === undefined) return 'match'
     if (this.#pendingSave === undefined) this.#load(true)
     const key = `${server}/${tool.name}`
     const entry = this.#data.get(key)
     const record = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
-    if (entry === undefined) {
+    if (entry?.pinned === undefined) {
+      if (newTools === 'quarantine' && this.#hasPins(server)) {
+        if (entry?.pending?.hash !== hash) { this.#data.set(key, { pending: record }); this.#saveSoon() }
+        return 'new'
+      }
       this.#data.set(key, { pinned: record })
       this.#saveSoon()
       return 'pinned-now'
@@ -108,11 +125,18 @@ export class FilePinStore implements PinStore {
     return 'changed'
   }
 
-  async approve (server: string, tool: string): Promise<boolean> {
+  #hasPins (server: string): boolean {
+    const prefix = `${server}/`
+    for (const [k, e] of this.#data) if (e.pinned !== undefined && k.startsWith(prefix)) return true
+    return false
+  }
+
+  async approve (server: string, tool: string, hash?: string): Promise<boolean> {
     this.#load(true)
     const key = `${server}/${tool}`
     const entry = this.#data.get(key)
     if (entry?.pending === undefined) return false
+    if (hash !== undefined && !entry.pending.hash.startsWith(hash)) return false
     this.#data.set(key, { pinned: { ...entry.pending, at: new Date().toISOString() } })
     this.#save()
     return true
