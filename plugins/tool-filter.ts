@@ -83,9 +83,8 @@ export class ToolGuard {
   readonly #judge: ToolJudge | undefined
   /** Content hashes (definitions without their names) the rules or the judge quarantined → the name they had. */
   readonly #quarantinedContent = new Map<string, string>()
-  /** Content hashes held for approval (changed or new) → the name they had; forgotten when the pins change. */
+  /** Content hashes held for approval (changed or new) → the name they had, while they wait. */
   readonly #changedContent = new Map<string, string>()
-  #contentGeneration = -1
 
   constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
     this.#app = app
@@ -117,7 +116,6 @@ export class ToolGuard {
       const otherTools = [...this.#config.upstreams.keys()].filter(s => s !== server).flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
       findings = this.#scanner.scan(tool, { ownTools: [...ownTools, ...known.keys()], otherTools })
       this.#findings.set(key, findings)
-      if (findings.length > 0) this.#app.log.warn({ server, tool: tool.name, hash, findings }, 'tool quarantined')
     }
     // The rules passed: the judge, when one is configured, has the second word.
     if (findings.length === 0 && this.#judge !== undefined) {
@@ -126,8 +124,14 @@ export class ToolGuard {
     }
     // What was quarantined under one name stays quarantined under another.
     const content = `${server}\n${contentHash(tool)}`
-    if (this.#pins.generation !== this.#contentGeneration) { this.#changedContent.clear(); this.#contentGeneration = this.#pins.generation }
-    const twin = this.#quarantinedContent.get(content) ?? this.#changedContent.get(content)
+    let twin = this.#quarantinedContent.get(content)
+    const held = twin === undefined ? this.#changedContent.get(content) : undefined
+    if (held !== undefined && held !== tool.name) {
+      // Held for approval under another name: still so only while that definition waits.
+      const waiting = (await this.#pins.entries()).get(`${server}/${held}`)?.pending
+      if (waiting !== undefined && `${server}\n${contentHash(waiting.definition)}` === content) twin = held
+      else this.#changedContent.delete(content)
+    }
     const pin = await this.#pins.check(server, tool, hash, this.#config.toolScan.newTools)
     let reason = 'ok'
     if (findings.length > 0) reason = `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
@@ -139,10 +143,10 @@ export class ToolGuard {
       if (remember.size >= MAX_DECISIONS) remember.clear()
       if (!remember.has(content)) remember.set(content, tool.name)
     }
-    if (reason !== 'ok' && findings.length === 0 && !this.#announced.has(key)) {
+    if (reason !== 'ok' && !this.#announced.has(key)) {
       if (this.#announced.size >= MAX_DECISIONS) this.#announced.clear()
       this.#announced.add(key)
-      this.#app.log.warn({ server, tool: tool.name, hash, reason }, 'tool quarantined')
+      this.#app.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
     }
     return { hash, quarantined: reason !== 'ok', reason, findings }
   }
