@@ -104,6 +104,8 @@ export interface ScanContext {
 const INSTRUCTION_CUE = /\b(always|also|must|should|instead|whenever|every time|make sure|ensure|do not|don't|never|bcc|cc|redirect|replace|change|modify|override|first|before|after|prefer|only use|avoid)\b/i
 /** Ways text names a tool: "the send_email tool", "tool `x`", "x()", or an identifier with a separator. */
 const TOOL_REFERENCE = /[`'"]?\b([A-Za-z][A-Za-z0-9]*(?:[_.-][A-Za-z0-9]+)+|[a-z]+[A-Z][A-Za-z0-9]*)\b[`'"]?(?:\(\))?/g
+/** Words about other tools being used: "whenever X is used", "from the GitHub server", "on any connected server". */
+const SHADOW_CUE = /\b(whenever|every time|each time|(is|are) (used|called|invoked|run)|sent (through|via|with)|(from|on|in) (the |any )?[\w-]+ (mcp )?server|any connected server|(from|on) any server)\b/i
 const sentences = (s: string): string[] => s.split(/(?<=[.!?;:])\s+|\n+/)
 
 export class ToolScanner {
@@ -183,6 +185,8 @@ function foreignToolInstruction (text: string, own: ReadonlySet<string>, params:
       const after = sentence.slice(m.index + m[0].length, m.index + m[0].length + 12).toLowerCase()
       const before = sentence.slice(Math.max(0, m.index - 10), m.index).toLowerCase()
       if (/^\s*(tool|function|command)\b/.test(after) || /\b(tool|function)\s*$/.test(before) || m[0].endsWith('()')) return sentence
+      // A bare identifier that is no name of this server's, in a sentence about when other tools run.
+      if (SHADOW_CUE.test(sentence) && /^[a-z][a-z0-9]*([_.][a-z0-9]+)+$/.test(name)) return sentence
     }
   }
   return undefined
