@@ -101,13 +101,13 @@ export class ToolGuard {
   }
 
   /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
-  async review (server: string, tool: Tool, ownTools: readonly string[] = []): Promise<ToolReview> {
+  async review (server: string, tool: Tool, ownTools: readonly string[] = [], overBound = false): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
     // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
     // names, a new name is neither scanned nor pinned, only quarantined.
     const known = this.catalog(server).tools
-    if (!known.has(tool.name) && known.size >= MAX_TOOLS_PER_UPSTREAM) {
+    if (overBound || (!known.has(tool.name) && known.size >= MAX_TOOLS_PER_UPSTREAM)) {
       return { hash, quarantined: true, reason: `quarantined: the upstream offers more than ${MAX_TOOLS_PER_UPSTREAM} tools`, findings: [] }
     }
     let findings = this.#findings.get(key)
@@ -184,7 +184,11 @@ export class ToolGuard {
     for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
     const names = [...counts.keys()]
     // Reviewed side by side: a judge, when configured, is asked about every new definition at once.
-    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names) : undefined))
+    // The bound on names is applied in list order before the reviews run side by side.
+    let room = MAX_TOOLS_PER_UPSTREAM - c.tools.size
+    const admitted = new Set<string>()
+    for (const name of names) if (c.tools.has(name) || (room-- > 0)) admitted.add(name)
+    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names, !admitted.has(tool.name)) : undefined))
     for (const [i, tool] of tools.entries()) {
       if (typeof tool?.name !== 'string') continue
       let review = reviewed[i]!
