@@ -44,7 +44,8 @@ function fold (s: string): string {
   // "ig-nore", "ig.nore", "ig·nore" inside a word → "ignore"
   out = out.replace(/(\p{L})[-.·•*](?=\p{L})/gu, '$1')
   // "1gn0r3" → "ignore": digits inside a word that has letters
-  out = out.replace(/[\p{L}\d@$]*\d[\p{L}\d@$]*/gu, w => w.length >= 4 && (w.match(/\p{L}/gu)?.length ?? 0) >= 2 ? w.replace(/[013457@$]/g, c => LEET[c] ?? c) : w)
+  // (every word is matched once and tested, so the cost stays linear in the text's length)
+  out = out.replace(/[\p{L}\d@$]+/gu, w => w.length >= 4 && /\d/.test(w) && (w.match(/\p{L}/gu)?.length ?? 0) >= 2 ? w.replace(/[013457@$]/g, c => LEET[c] ?? c) : w)
   return out
 }
 
@@ -55,7 +56,7 @@ const printable = (s: string): boolean => {
     const c = s.charCodeAt(i)
     if ((c >= 0x20 && c < 0x7f) || c === 0x0a || c === 0x0d || c === 0x09) ok++
   }
-  return ok / s.length >= 0.9 && /[a-z]{2,} [a-z]{2,}/i.test(s)
+  return ok / s.length >= 0.9 && /(?<![a-z])[a-z]{2,} [a-z]{2}/i.test(s)
 }
 
 function decoded (s: string): Reading[] {
