@@ -22,7 +22,7 @@ import { localTime } from '../lib/cedar/time.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { mintingFetch } from '../lib/tokens/fetch.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib/tools/scanner.js'
-import { contentHash, definitionHash, FilePinStore, pinnedPart, type PinStore } from '../lib/tools/pins.js'
+import { contentHash, definitionHash, FilePinStore, pinnedPart, type NewTools, type PinStore } from '../lib/tools/pins.js'
 import { ToolJudge } from '../lib/tools/judge.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
@@ -66,6 +66,8 @@ const MAX_DECISIONS = 50_000
 export const MAX_TOOLS_PER_UPSTREAM = 10_000
 /** Least time between two reads of an upstream's list for names the gateway has not seen. */
 const REFRESH_MS = 5000
+/** How long the pages of an upstream's first list count as that first list. */
+const FIRST_LIST_MS = 60_000
 
 export const unknownTool = (id: string | number | null, name: string): Record<string, unknown> => rpcError(id, RpcCode.invalidParams, `Unknown tool: ${name}`)
 
@@ -85,6 +87,8 @@ export class ToolGuard {
   readonly #quarantinedContent = new Map<string, string>()
   /** Content hashes held for approval (changed or new) → the name they had, while they wait. */
   readonly #changedContent = new Map<string, string>()
+  /** Upstreams whose first list is being read page by page → until when. */
+  readonly #firstListing = new Map<string, number>()
 
   constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
     this.#app = app
@@ -101,7 +105,7 @@ export class ToolGuard {
   }
 
   /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
-  async review (server: string, tool: Tool, ownTools: readonly string[] = [], overBound = false): Promise<ToolReview> {
+  async review (server: string, tool: Tool, ownTools: readonly string[] = [], overBound = false, newTools = this.#config.toolScan.newTools): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
     // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
@@ -132,7 +136,7 @@ export class ToolGuard {
       if (waiting !== undefined && `${server}\n${contentHash(waiting.definition)}` === content) twin = held
       else this.#changedContent.delete(content)
     }
-    const pin = await this.#pins.check(server, tool, hash, this.#config.toolScan.newTools)
+    const pin = await this.#pins.check(server, tool, hash, newTools)
     let reason = 'ok'
     if (findings.length > 0) reason = `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
     else if (pin === 'changed') reason = `quarantined: the definition changed since it was pinned; review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
@@ -155,7 +159,7 @@ export class ToolGuard {
    * The tools of one tools/list page this caller may see. A page seen before (same text,
    * same pins, same decision scope) is answered from cache.
    */
-  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[]): Promise<Tool[]> {
+  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[], lastPage = true): Promise<Tool[]> {
     const scope = this.decisionScope(identity, server)
     // The page as the upstream sent it (not canonical: the same answer has the same text).
     const pageKey = `${scope}\n${this.#pins.generation}\n${createHash('sha256').update(JSON.stringify(tools)).digest('base64url')}`
@@ -164,7 +168,7 @@ export class ToolGuard {
       const c = this.catalog(server.name)
       if (!c.stale) return tools.filter(t => names.has(t.name))
     }
-    const reviews = await this.record(server.name, tools)
+    const reviews = await this.record(server.name, tools, lastPage)
     const visible = tools.filter(t => {
       const review = reviews.get(t.name)
       return review !== undefined && !review.quarantined && this.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash, scope)
@@ -176,9 +180,27 @@ export class ToolGuard {
     return visible
   }
 
-  /** Records tools an upstream offered (one page of tools/list) and returns their reviews. */
-  async record (server: string, tools: readonly Tool[]): Promise<Map<string, ToolReview>> {
+  /**
+   * Whether newTools: quarantine applies to this page: not while the upstream's first list is
+   * read (every page of it, up to the page without a nextCursor, within FIRST_LIST_MS): the
+   * tools that list offers are the ones pinned.
+   */
+  async #newToolsFor (server: string, lastPage: boolean): Promise<NewTools> {
+    const mode = this.#config.toolScan.newTools
+    if (mode !== 'quarantine') return mode
+    const listing = this.#firstListing.get(server)
+    const first = (listing !== undefined && listing > Date.now()) || !(await this.#pins.hasPins(server))
+    if (!first) return mode
+    if (lastPage) this.#firstListing.delete(server)
+    else this.#firstListing.set(server, listing ?? Date.now() + FIRST_LIST_MS)
+    return 'review'
+  }
+
+  /** Records tools an upstream offered (one page of tools/list, or all of it) and returns their reviews. */
+  async record (server: string, tools: readonly Tool[], lastPage = true): Promise<Map<string, ToolReview>> {
     const c = this.catalog(server)
+    // Decided once for the page, before its tools are reviewed side by side.
+    const newTools = await this.#newToolsFor(server, lastPage)
     const out = new Map<string, ToolReview>()
     const counts = new Map<string, number>()
     for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
@@ -188,7 +210,7 @@ export class ToolGuard {
     let room = MAX_TOOLS_PER_UPSTREAM - c.tools.size
     const admitted = new Set<string>()
     for (const name of names) if (c.tools.has(name) || (room-- > 0)) admitted.add(name)
-    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names, !admitted.has(tool.name)) : undefined))
+    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names, !admitted.has(tool.name), newTools) : undefined))
     for (const [i, tool] of tools.entries()) {
       if (typeof tool?.name !== 'string') continue
       let review = reviewed[i]!
@@ -326,7 +348,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const scope = guard.decisionScope(identity, server)
       const result = { ...r }
       const items = <T>(v: unknown): T[] => Array.isArray(v) ? v.filter(x => x !== null && typeof x === 'object') as T[] : []
-      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools))
+      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string')
       if ('resources' in result) {
         result.resources = items<{ uri?: unknown }>(result.resources)
           .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope))

@@ -227,6 +227,10 @@ export class RedisPinStore implements PinStore {
     this.#generation++
   }
 
+  async hasPins (server: string): Promise<boolean> {
+    return await guarded(async () => await this.#redis.sismember(this.#keys[5]!, server)) === 1
+  }
+
   async entries (): Promise<ReadonlyMap<string, PinEntry>> {
     const [pinned, pending] = await guarded(async () => await Promise.all([this.#redis.hgetall(this.#keys[1]!), this.#redis.hgetall(this.#keys[3]!)]))
     const out = new Map<string, PinEntry>()

@@ -31,12 +31,18 @@ export interface PinStore {
   /** Pins a definition, replacing what was pinned. */
   pin (server: string, tool: ToolLike): Promise<void>
   entries (): Promise<ReadonlyMap<string, PinEntry>>
+  /** Whether any tool of this upstream is pinned (its first list has been seen). */
+  hasPins (server: string): Promise<boolean>
 }
 
-/** The definition that is pinned: what the model reads and what the tool accepts. */
+/**
+ * The definition that is pinned: the whole tool as the upstream listed it — name, title,
+ * description, schemas, annotations, and every other field (`_meta`, `icons`, extensions). All of
+ * it is forwarded to the agent, so all of it is scanned, hashed and pinned: a change anywhere is a
+ * change.
+ */
 export function pinnedPart (tool: ToolLike): ToolLike {
-  const { name, title, description, inputSchema, outputSchema, annotations } = tool
-  return JSON.parse(JSON.stringify({ name, title, description, inputSchema, outputSchema, annotations })) as ToolLike
+  return JSON.parse(JSON.stringify(tool)) as ToolLike
 }
 
 export function definitionHash (tool: ToolLike): string {
@@ -106,7 +112,7 @@ export class FilePinStore implements PinStore {
     const entry = this.#data.get(key)
     const record = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
     if (entry?.pinned === undefined) {
-      if (newTools === 'quarantine' && this.#hasPins(server)) {
+      if (newTools === 'quarantine' && this.#anyPinned(server)) {
         if (entry?.pending?.hash !== hash) { this.#data.set(key, { pending: record }); this.#saveSoon() }
         return 'new'
       }
@@ -125,7 +131,12 @@ export class FilePinStore implements PinStore {
     return 'changed'
   }
 
-  #hasPins (server: string): boolean {
+  async hasPins (server: string): Promise<boolean> {
+    this.#load()
+    return this.#anyPinned(server)
+  }
+
+  #anyPinned (server: string): boolean {
     const prefix = `${server}/`
     for (const [k, e] of this.#data) if (e.pinned !== undefined && k.startsWith(prefix)) return true
     return false
