@@ -138,6 +138,7 @@ const ConfigSchema = Type.Object({
       url: Str(),
       timeoutMs: Type.Integer({ minimum: 100, maximum: 60_000, default: 5000 }),
       onFailure: Type.Union([Type.Literal('quarantine'), Type.Literal('allow')], { default: 'quarantine' }),
+      concurrency: Type.Integer({ minimum: 1, maximum: 256, default: 4 }),
       headers: Type.Record(Type.String(), Type.String(), { default: {} })
     }, strict))
   }, { ...strict, default: {} }),
@@ -146,7 +147,8 @@ const ConfigSchema = Type.Object({
     sessionTtlSeconds: Type.Integer({ minimum: 60, default: 24 * 3600 }),
     maxResponseBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024 }),
     maxSessionsPerAgent: Type.Integer({ minimum: 1, maximum: 100_000, default: 100 }),
-    maxJsonKeys: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 10_000 })
+    maxJsonKeys: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 10_000 }),
+    maxJsonValues: Type.Integer({ minimum: 16, maximum: 10_000_000, default: 50_000 })
   }, { ...strict, default: {} }),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1 }),
@@ -281,6 +283,8 @@ export interface JudgeConfig {
   readonly timeoutMs: number
   /** What a definition gets when the judge cannot answer (error, timeout, anything but a verdict). */
   readonly onFailure: 'quarantine' | 'allow'
+  /** Questions in flight at once; the rest wait their turn. */
+  readonly concurrency: number
   readonly headers: Readonly<Record<string, string>>
 }
 
@@ -306,7 +310,7 @@ export interface GatewayConfig {
   readonly authorization: AuthorizationConfig
   readonly tokens: TokensConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
-  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number, readonly maxJsonKeys: number }
+  readonly limits: { readonly maxBodyBytes: number, readonly sessionTtlSeconds: number, readonly maxResponseBytes: number, readonly maxSessionsPerAgent: number, readonly maxJsonKeys: number, readonly maxJsonValues: number }
   /** Tool metadata scanning and pinning. */
   readonly toolScan: {
     readonly rules?: string

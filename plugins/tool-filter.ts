@@ -38,6 +38,8 @@ export interface ToolReview {
   /** Why a quarantined tool is: rule ids, or "changed since pinned". */
   readonly reason: string
   readonly findings: readonly Finding[]
+  /** Held back only until the judge's verdict is in (toolScan.judge). */
+  readonly pending?: boolean
 }
 
 interface Catalog {
@@ -124,7 +126,7 @@ export class ToolGuard {
     // The rules passed: the judge, when one is configured, has the second word.
     if (findings.length === 0 && this.#judge !== undefined) {
       const verdict = await this.#judge.judge(server, hash, pinnedPart(tool))
-      if (verdict.quarantine) findings = [{ rule: verdict.failed ? 'judge-unavailable' : 'judge', path: '', excerpt: verdict.reason.slice(0, 80), description: 'the judge at toolScan.judge.url' }]
+      if (verdict.quarantine) findings = [{ rule: verdict.pending === true ? 'judge-pending' : verdict.failed ? 'judge-unavailable' : 'judge', path: '', excerpt: verdict.reason.slice(0, 80), description: 'the judge at toolScan.judge.url' }]
     }
     // What was quarantined under one name stays quarantined under another.
     const content = `${server}\n${contentHash(tool)}`
@@ -142,17 +144,20 @@ export class ToolGuard {
     else if (pin === 'changed') reason = `quarantined: the definition changed since it was pinned; review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
     else if (pin === 'new') reason = `quarantined: a tool that appeared after the upstream's tools were first pinned (toolScan.newTools: quarantine); review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
     else if (twin !== undefined && twin !== tool.name) reason = `quarantined: the same definition as quarantined tool ${twin}`
-    if (reason !== 'ok') {
+    // A definition still waiting for the judge is held back from this answer only: nothing is
+    // remembered about it (its verdict, when in, decides).
+    const waiting = findings.length === 1 && findings[0]!.rule === 'judge-pending'
+    if (reason !== 'ok' && !waiting) {
       const remember = findings.length > 0 ? this.#quarantinedContent : this.#changedContent
       if (remember.size >= MAX_DECISIONS) remember.clear()
       if (!remember.has(content)) remember.set(content, tool.name)
     }
-    if (reason !== 'ok' && !this.#announced.has(key)) {
+    if (reason !== 'ok' && !waiting && !this.#announced.has(key)) {
       if (this.#announced.size >= MAX_DECISIONS) this.#announced.clear()
       this.#announced.add(key)
       this.#app.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
     }
-    return { hash, quarantined: reason !== 'ok', reason, findings }
+    return { hash, quarantined: reason !== 'ok', reason, findings, ...(waiting ? { pending: true } : {}) }
   }
 
   /**
@@ -176,7 +181,8 @@ export class ToolGuard {
     // One name, two definitions in one list: which one a client keeps is anyone's guess, so
     // neither is shown (record() quarantined the name).
     if (this.#pages.size >= 10_000) this.#pages.clear()
-    this.#pages.set(pageKey, new Set(visible.map(t => t.name)))
+    // A page with definitions still waiting for the judge is decided again next time.
+    if (![...reviews.values()].some(r => r.pending === true)) this.#pages.set(pageKey, new Set(visible.map(t => t.name)))
     return visible
   }
 
@@ -326,7 +332,12 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // change announced with list_changed re-reads at once): calls of made-up names cannot
       // make the gateway hammer the upstream.
       if (canRead && (c.stale || (!c.tools.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS))) await guard.refresh(server)
-      const entry = c.tools.get(m.tool!)
+      let entry = c.tools.get(m.tool!)
+      // A definition that was waiting for the judge when it was listed: its verdict may be in now.
+      if (entry?.review.pending === true) {
+        entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
+        c.tools.set(m.tool!, entry)
+      }
       done()
       if (entry === undefined && canRead) return await refuse(request, reply, m.tool!, 'the upstream offers no such tool')
       if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)

@@ -64,23 +64,63 @@ t.test('the reference "everything" server lists through the gateway every tool i
   t.match(await client.callTool({ name: 'echo', arguments: { message: 'through the gateway' } }), { content: [{ text: /through the gateway/ }] })
 })
 
-interface Judge { url: string, asked: Array<{ server: string, hash: string, tool: { name: string } }>, close: () => Promise<void> }
-async function startJudge (answer: (tool: { name: string }) => unknown): Promise<Judge> {
+interface Judge { url: string, asked: Array<{ server: string, hash: string, tool: { name: string } }>, maxInFlight: () => number, close: () => Promise<void> }
+async function startJudge (answer: (tool: { name: string }) => unknown, delayMs = 0): Promise<Judge> {
   const asked: Judge['asked'] = []
+  let inFlight = 0
+  let maxInFlight = 0
   const server: Server = createServer((req, res) => {
     let body = ''
+    inFlight++
+    maxInFlight = Math.max(maxInFlight, inFlight)
+    res.on('close', () => { inFlight-- })
     req.on('data', (c: Buffer) => { body += c.toString() })
     req.on('end', () => {
       const q = JSON.parse(body) as Judge['asked'][number]
       asked.push(q)
       const a = answer(q.tool)
       if (a === 'hang') return
-      res.writeHead(200, { 'content-type': 'application/json' }).end(typeof a === 'string' ? a : JSON.stringify(a))
+      setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(typeof a === 'string' ? a : JSON.stringify(a)), delayMs)
     })
   })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/judge`, asked, close: async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) } }
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}/judge`, asked, maxInFlight: () => maxInFlight, close: async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) } }
 }
+
+t.test('a flood of new definitions cannot rush the judge: questions wait their turn, and an unjudged definition is never shown', async t => {
+  const decoys = Array.from({ length: 300 }, (_, i) => ({ name: `decoy_${i}`, description: `Returns item ${i}.`, inputSchema: { type: 'object', properties: {} } }))
+  const tools = [...decoys, { name: 'sneaky', description: 'Returns the weather.', inputSchema: { type: 'object', properties: {} } }]
+  const up = await startScriptedUpstream((req, res) => {
+    const method = req.body?.method
+    const result = method === 'tools/list' ? { tools } : method === 'initialize' ? { protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 's', version: '1' } } : { content: [{ type: 'text', text: 'ran' }] }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result }))
+  })
+  t.teardown(async () => { await up.close() })
+  const judge = await startJudge(tool => tool.name === 'sneaky' ? { verdict: 'quarantine', reason: 'not what it says' } : { verdict: 'allow' }, 15)
+  t.teardown(async () => { await judge.close() })
+  // onFailure: allow is the setting a flood would exploit: an overloaded judge that timed out would pass everything.
+  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 400, onFailure: 'allow', concurrency: 3 } } } })
+  t.teardown(async () => { await gw.close() })
+  const client = await connect(gw, 's')
+  let listed: string[] = []
+  const deadline = Date.now() + 30_000
+  let sawSneaky = false
+  let lists = 0
+  do {
+    listed = (await client.listTools()).tools.map(x => x.name)
+    lists++
+    sawSneaky ||= listed.includes('sneaky')
+  } while (listed.length < 300 && Date.now() < deadline)
+  t.equal(listed.length, 300, `every decoy is listed once judged (after ${lists} lists)`)
+  t.ok(lists > 1, 'the first answer did not wait for all 301 verdicts')
+  t.notOk(sawSneaky, 'the definition the judge quarantines was never listed, judged or not')
+  t.ok(judge.maxInFlight() <= 3, `at most 3 questions in flight (saw ${judge.maxInFlight()})`)
+  t.equal(new Set(judge.asked.map(a => a.hash)).size, judge.asked.length, 'each definition asked about once')
+  t.notOk(gw.log.some(l => l.includes('judge-unavailable')), 'no question failed for lack of time')
+  const n = up.received.length
+  await t.rejects(client.callTool({ name: 'sneaky', arguments: {} }), { code: -32602 }, 'the quarantined tool is not callable')
+  t.notOk(up.received.slice(n).some(r => r.body?.method === 'tools/call'), 'nothing forwarded')
+})
 
 t.test('the judge has the second word on definitions the rules pass, once per definition; when it cannot answer, onFailure decides', async t => {
   const up = await startRecordingUpstream()

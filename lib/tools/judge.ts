@@ -7,6 +7,12 @@
  * Verdicts are cached by definition hash, so a definition is judged once however many callers
  * see it. An answer that is not a verdict, an error or a timeout is a failure: the definition
  * gets `onFailure` (quarantine by default), and the judge is asked again after 30 s.
+ *
+ * At most `concurrency` questions are in flight; the rest wait in a bounded queue, and their
+ * `timeoutMs` starts when they are sent, so a list of many new definitions cannot overload the
+ * judge into failing (which `onFailure: allow` would turn into a pass). A caller waits at most
+ * about `timeoutMs` for a verdict; a definition still waiting then is `pending`: held back from that
+ * answer (whatever `onFailure` says), and shown once its verdict is in.
  */
 import type { JudgeConfig } from '../config.js'
 
@@ -15,34 +21,67 @@ export interface Verdict {
   readonly reason: string
   /** True when the judge could not answer and `onFailure` decided. */
   readonly failed: boolean
+  /** True when the verdict is not in yet (the question waits or is being answered). */
+  readonly pending?: boolean
 }
 
 const MAX_CACHED = 50_000
 const RETRY_FAILED_MS = 30_000
 const MAX_ANSWER_BYTES = 64 * 1024
+/** Questions waiting for a free slot; beyond this a definition stays pending and is asked again later. */
+const MAX_QUEUED = 10_000
 
 export class ToolJudge {
   readonly #config: JudgeConfig
   readonly #verdicts = new Map<string, Verdict & { until: number }>()
   readonly #asking = new Map<string, Promise<Verdict>>()
+  readonly #queue: Array<() => void> = []
+  #inFlight = 0
 
   constructor (config: JudgeConfig) {
     this.#config = config
   }
 
+  /** Questions sent and not yet answered, and questions waiting for a slot. */
+  get load (): { inFlight: number, queued: number } { return { inFlight: this.#inFlight, queued: this.#queue.length } }
+
+  /** The verdict on one definition, or a pending one when it is not in within `timeoutMs`. */
   async judge (server: string, hash: string, tool: unknown): Promise<Verdict> {
     const cached = this.#verdicts.get(hash)
     if (cached !== undefined && cached.until > Date.now()) return cached
     let asking = this.#asking.get(hash)
     if (asking === undefined) {
-      asking = this.#ask(server, hash, tool).then(v => {
+      if (this.#queue.length >= MAX_QUEUED) return { quarantine: true, reason: 'waiting for the judge (too many definitions are waiting)', failed: false, pending: true }
+      asking = this.#slot(async () => await this.#ask(server, hash, tool)).then(v => {
         if (this.#verdicts.size >= MAX_CACHED) this.#verdicts.clear()
         this.#verdicts.set(hash, { ...v, until: v.failed ? Date.now() + RETRY_FAILED_MS : Infinity })
         return v
       }).finally(() => { this.#asking.delete(hash) })
       this.#asking.set(hash, asking)
     }
-    return await asking
+    let timer: NodeJS.Timeout | undefined
+    const pending = new Promise<Verdict>(resolve => {
+      // A little longer than a question's own timeout, so that a question sent at once ends in its
+      // verdict or its failure, never in "pending".
+      timer = setTimeout(() => resolve({ quarantine: true, reason: `waiting for the judge (no verdict within ${this.#config.timeoutMs} ms yet)`, failed: false, pending: true }), this.#config.timeoutMs + 100)
+    })
+    try {
+      return await Promise.race([asking, pending])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** Runs fn when fewer than `concurrency` questions are in flight. */
+  async #slot<T> (fn: () => Promise<T>): Promise<T> {
+    if (this.#inFlight >= this.#config.concurrency) await new Promise<void>(resolve => this.#queue.push(resolve))
+    this.#inFlight++
+    try {
+      return await fn()
+    } finally {
+      this.#inFlight--
+      this.#queue.shift()?.()
+    }
   }
 
   async #ask (server: string, hash: string, tool: unknown): Promise<Verdict> {
