@@ -64,27 +64,80 @@ export function isWellFormedText (s: string): boolean {
 
 /** Most object members (keys, counted over the whole message) a message may have (limits.maxJsonKeys). */
 export const MAX_JSON_KEYS = 10_000
+/**
+ * Most values a message may hold (limits.maxJsonValues): every member's value and every array
+ * element, containers and scalars alike, counted over the whole message.
+ */
+export const MAX_JSON_VALUES = 50_000
+
+/** How much a JSON text holds, as counted on its bytes by {@link jsonShape}. */
+export interface JsonShape {
+  /** Object members (`"key": value`). */
+  members: number
+  /** Values other than the outermost one: each member's value and each array element. */
+  values: number
+  /** The deepest nesting of objects and arrays (the outermost one is level 1). */
+  depth: number
+}
 
 /**
- * How many object members (`"key": value`) a JSON text holds, counted on its bytes without
- * parsing it (a `:` outside a string is one member; quotes and backslashes are ASCII, so UTF-8
- * continuation bytes never look like them). Stops counting past `limit`.
+ * Counts the object members, the values and the nesting depth of a JSON text on its bytes, in
+ * one pass and without parsing it, so that no body makes the parser build a huge or deep value.
+ * Outside strings, a `:` is one member; a `,` is one more value of its container, and so is
+ * the first thing after a `{` or `[` that does not close it; `{` and `[` open a level. Inside
+ * strings nothing counts: a string ends at the next quote not escaped by a backslash (quotes and
+ * backslashes are ASCII, so UTF-8 continuation bytes never look like them). Stops as soon as one
+ * count is past its limit. Malformed text is counted all the same: the parser refuses it afterwards.
  */
-export function countJsonMembers (raw: Uint8Array, limit = Infinity): number {
-  let n = 0
-  let inString = false
+export function jsonShape (raw: Uint8Array, limits: { maxKeys?: number, maxValues?: number, maxDepth?: number } = {}): JsonShape {
+  const maxKeys = limits.maxKeys ?? Infinity
+  const maxValues = limits.maxValues ?? Infinity
+  const maxDepth = limits.maxDepth ?? Infinity
+  let members = 0
+  let values = 0
+  let level = 0
+  let depth = 0
+  // Just after `{` or `[`: the next byte other than whitespace is a first value, or a close.
+  let opened = false
   for (let i = 0; i < raw.length; i++) {
     const c = raw[i]!
-    if (inString) {
-      if (c === 0x5c) i++ // backslash: skip the escaped byte
-      else if (c === 0x22) inString = false
-    } else if (c === 0x22) {
-      inString = true
-    } else if (c === 0x3a && ++n > limit) {
-      return n
+    if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) continue
+    if (opened) {
+      opened = false
+      if (c !== 0x7d && c !== 0x5d && ++values > maxValues) return { members, values, depth }
+    }
+    switch (c) {
+      case 0x22: i = stringEnd(raw, i); break
+      case 0x3a: if (++members > maxKeys) return { members, values, depth }; break
+      case 0x2c: if (++values > maxValues) return { members, values, depth }; break
+      case 0x7b: case 0x5b:
+        opened = true
+        if (++level > depth) {
+          depth = level
+          if (depth > maxDepth) return { members, values, depth }
+        }
+        break
+      case 0x7d: case 0x5d: if (level > 0) level--; break
     }
   }
-  return n
+  return { members, values, depth }
+}
+
+/**
+ * The index of the quote that closes the string opened at `start` (raw.length when none does):
+ * the next quote not escaped, i.e. not preceded by an odd run of backslashes. Found with
+ * indexOf, so long strings cost little; each backslash run is looked at once.
+ */
+function stringEnd (raw: Uint8Array, start: number): number {
+  let from = start + 1
+  for (;;) {
+    const q = raw.indexOf(0x22, from)
+    if (q === -1) return raw.length
+    let k = q - 1
+    while (raw[k] === 0x5c) k--
+    if ((q - 1 - k) % 2 === 0) return q
+    from = q + 1
+  }
 }
 
 type Problem = { kind: 'depth' | 'unicode' | 'number', message: string }
@@ -153,10 +206,10 @@ function requireName (params: Record<string, unknown> | undefined, method: strin
 }
 
 /** Parses and classifies one MCP message; throws ParseError, BatchError or InvalidMessageError. */
-export function parseMcpMessage (raw: Buffer, opts: { maxKeys?: number } = {}): McpMessage {
+export function parseMcpMessage (raw: Buffer, opts: { maxKeys?: number, maxValues?: number } = {}): McpMessage {
   let id: JsonRpcId | null = null
   try {
-    return classify(raw, opts.maxKeys ?? MAX_JSON_KEYS, (v) => { id = v })
+    return classify(raw, opts.maxKeys ?? MAX_JSON_KEYS, opts.maxValues ?? MAX_JSON_VALUES, (v) => { id = v })
   } catch (err) {
     // A refusal answers the request's id when it could be read.
     if (id !== null && err !== null && typeof err === 'object') (err as { rpcId?: JsonRpcId }).rpcId = id
@@ -164,13 +217,14 @@ export function parseMcpMessage (raw: Buffer, opts: { maxKeys?: number } = {}): 
   }
 }
 
-function classify (raw: Buffer, maxKeys: number, seeId: (id: JsonRpcId) => void): McpMessage {
+function classify (raw: Buffer, maxKeys: number, maxValues: number, seeId: (id: JsonRpcId) => void): McpMessage {
   if (raw.length === 0) throw new ParseError('the request body is empty; send one JSON-RPC message')
-  // Counted before parsing, so that no body makes the parser build a huge object. A member
-  // takes at least 4 bytes ("":0), so smaller bodies cannot be over the limit.
-  if (raw.length > 4 * maxKeys && countJsonMembers(raw, maxKeys) > maxKeys) {
-    throw new InvalidMessageError(`the JSON has more than ${maxKeys} object members (keys) in all (limits.maxJsonKeys)`)
-  }
+  // Counted on the bytes before parsing (one linear pass), so that no body makes the parser
+  // build a huge or deep value: parsing 1 MiB of `[],[],…` or `[[[…` took hundreds of ms.
+  const shape = jsonShape(raw, { maxKeys, maxValues, maxDepth: MAX_JSON_DEPTH })
+  if (shape.depth > MAX_JSON_DEPTH) throw new InvalidMessageError(`the JSON is nested deeper than ${MAX_JSON_DEPTH} levels`)
+  if (shape.members > maxKeys) throw new InvalidMessageError(`the JSON has more than ${maxKeys} object members (keys) in all (limits.maxJsonKeys)`)
+  if (shape.values > maxValues) throw new InvalidMessageError(`the JSON has more than ${maxValues} values (members' values and array elements) in all (limits.maxJsonValues)`)
   let text: string
   try {
     text = utf8.decode(raw)

@@ -269,7 +269,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       url: '/mcp',
       config: { mcpAggregate: true },
       handler: async (request: FastifyRequest, reply: FastifyReply) => {
-        const message = parseMcpMessage(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0), { maxKeys: config.limits.maxJsonKeys })
+        const message = parseMcpMessage(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0), { maxKeys: config.limits.maxJsonKeys, maxValues: config.limits.maxJsonValues })
         request.mcp = message
         // Each upstream call it makes is decided and audited on that server's route.
         request.mcpOutcome = { outcome: 'allow', reason: 'answered by the aggregated endpoint; each upstream call is audited on its server route' }

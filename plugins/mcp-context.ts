@@ -158,7 +158,7 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
     const body = request.body
     const done = startStage(request, 'parse')
     try {
-      request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0), { maxKeys: config.limits.maxJsonKeys })
+      request.mcp = parseMcpMessage(Buffer.isBuffer(body) ? body : Buffer.alloc(0), { maxKeys: config.limits.maxJsonKeys, maxValues: config.limits.maxJsonValues })
       const method = request.headers['mcp-method']
       const name = request.headers['mcp-name']
       const version = request.headers['mcp-protocol-version']

@@ -250,3 +250,39 @@ t.test('more object members than limits.maxJsonKeys: 400 before the body is pars
   t.same(colons.body, { jsonrpc: '2.0', id: 2, result: {} })
   t.equal(up.received.length, n + 1, 'and that call was forwarded')
 })
+
+t.test('1 MiB of tiny values or deep nesting: 400 before the body is parsed, on a server route and on /mcp, nothing forwarded', async t => {
+  const MiB = 1024 * 1024
+  const head = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":'
+  const fill = (unit: string): string => unit.repeat(Math.floor((MiB - 200) / unit.length))
+  const bodies: Array<[string, string, RegExp]> = [
+    ['[] repeated', `${head}[${fill('[],')}[]]}}}`, /more than 50000 values \(members' values and array elements\) in all \(limits\.maxJsonValues\)/],
+    ['{} repeated', `${head}[${fill('{},')}{}]}}}`, /limits\.maxJsonValues/],
+    ['0, repeated', `${head}[${fill('0,')}0]}}}`, /limits\.maxJsonValues/],
+    ['[ nested', `${head}${fill('[')}`, /nested deeper than 64 levels/]
+  ]
+  const n = up.received.length
+  let i = 0
+  for (const [where, url, aud] of [['server route', gw.url('up'), gw.resource('up')], ['/mcp', `${gw.base}/mcp`, `${gw.config.publicUrl}/mcp`]] as const) {
+    for (const [what, body, message] of bodies) {
+      const res = await request(url, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${issuer.sign({ aud, agentId: `values-bot-${i++}` })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-06-18' },
+        body
+      })
+      const answer = await res.body.json() as { error?: { code: number, message: string } }
+      t.equal(res.statusCode, 400, `${where}, ${what}: 400`)
+      t.equal(answer.error?.code, -32600, `${where}, ${what}: -32600`)
+      t.match(answer.error?.message, message, `${where}, ${what}: names the limit`)
+    }
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+  // Under the limit, a long array of small values is an ordinary message.
+  const fine = await request(gw.url('up'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('up'), agentId: 'values-bot-fine' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping', params: { _meta: { series: Array(40_000).fill(0) } } })
+  })
+  t.same(await fine.body.json(), { jsonrpc: '2.0', id: 2, result: {} }, '40,000 numbers pass')
+  t.equal(up.received.length, n + 1, 'and were forwarded')
+})

@@ -22,6 +22,8 @@ t.test('defaults', async t => {
   t.same(c.identity.algorithms, ['RS256', 'ES256', 'EdDSA'])
   t.equal(c.identity.clockToleranceSeconds, 5)
   t.equal(c.limits.maxBodyBytes, 1024 * 1024)
+  t.equal(c.limits.maxJsonKeys, 10_000)
+  t.equal(c.limits.maxJsonValues, 50_000)
   const db = c.upstreams.get('db')!
   t.equal(db.resource, 'http://127.0.0.1:9001/mcp', 'resource defaults to url')
   t.same(db.auth, { type: 'ephemeral' }, 'upstreams get ephemeral tokens by default')
@@ -60,6 +62,8 @@ t.test('every bad field refuses to boot and is named', async t => {
   refuses(t, { ...base, allowedOrigins: ['https://app.example.com/path'] }, /allowedOrigins\[0\]: must be an origin like https:\/\/app\.example\.com/, 'an origin with a path')
   refuses(t, { ...base, logLevel: 'loud' }, /logLevel: must be one of/, 'a bad log level')
   refuses(t, [], /the config must be an object/, 'not an object')
+  refuses(t, { ...base, limits: { maxJsonValues: 10 } }, /limits\.maxJsonValues: expected integer to be greater or equal to 16/, 'a value limit too small')
+  refuses(t, { ...base, limits: { maxJsonValues: '50k' } }, /limits\.maxJsonValues: expected integer/, 'a value limit that is no number')
   refuses(t, { ...base, tokens: { ttlSeconds: 301 } }, /tokens\.ttlSeconds: expected integer to be less or equal to 300/, 'a ttl over 300 s')
   refuses(t, { ...base, tokens: { ttlSeconds: 0 } }, /tokens\.ttlSeconds/, 'a ttl of 0')
   refuses(t, { ...base, tokens: { issuer: 'not a url' } }, /tokens\.issuer: "not a url" is not an absolute URL/, 'a bad token issuer')
