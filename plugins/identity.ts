@@ -10,7 +10,11 @@
  *
  * With `rateLimit` configured, failed authentications spend a budget per client address
  * (`rateLimit.unauthenticated`, per replica): an address that spent it gets 429 with
- * `Retry-After` before its token is even read, for the rest of the window.
+ * `Retry-After` before its token is even read, for the rest of the window. The budget is a
+ * decoration (`mcpAuthFailures`) so that every endpoint that authenticates a client spends the
+ * same one, such as the token endpoint. An outside request carrying the header of the gateway's
+ * own in-process requests is a failed authentication like any other: the header never skips
+ * the budget.
  */
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
@@ -42,7 +46,24 @@ declare module 'fastify' {
      * for 30 s, to send as the `x-mcp-warden-internal` header instead of re-verifying a token.
      */
     mcpInternalIdentity: { issue: (identity: Identity) => string }
+    /**
+     * Failed authentications per client address (`rateLimit.unauthenticated`, per replica),
+     * shared by every endpoint that authenticates a client; null without `rateLimit`.
+     */
+    mcpAuthFailures: AuthFailureBudget | null
   }
+}
+
+export interface AuthFailureBudget {
+  /** Failures an address may have per window. */
+  readonly max: number
+  /** Seconds the request's address must still wait before it may try again (0: it may try). */
+  blockedFor: (request: FastifyRequest) => number
+  /**
+   * Records one failed authentication of the request's address, at most once per request;
+   * returns the seconds to wait when this failure went past the budget, else 0.
+   */
+  fail: (request: FastifyRequest) => number
 }
 
 /** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */
@@ -129,26 +150,50 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   // spent its budget is refused with 429 before its token is read, until its window ends.
   const unauth = config.rateLimit?.unauthenticated
   const failures = unauth !== undefined ? new AddressBudget(unauth.max, unauth.timeWindowMs) : undefined
+  const failedRequests = new WeakSet<FastifyRequest>()
+  const budget: AuthFailureBudget | null = failures === undefined
+    ? null
+    : {
+        max: unauth!.max,
+        blockedFor: (request) => failures.blockedFor(request.ip),
+        fail (request) {
+          if (failedRequests.has(request)) return 0
+          failedRequests.add(request)
+          return failures.fail(request.ip)
+        }
+      }
+  app.decorate('mcpAuthFailures', budget)
   const refuseAddress = (reply: FastifyReply, seconds: number): never => {
     reply.removeHeader('www-authenticate')
     void reply.header('retry-after', String(seconds))
     throw new RateLimitedError(`failed authentications from this client address (${unauth!.max} per window)`, String(seconds))
   }
 
-  async function authenticate (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
-    if (failures === undefined) return await verify(request, reply, resource, metadataUrl)
-    const wait = failures.blockedFor(request.ip)
-    if (wait > 0) refuseAddress(reply, wait)
-    try {
-      return await verify(request, reply, resource, metadataUrl)
-    } catch (err) {
-      // An unreachable key source is the gateway's problem, not the client's.
-      if (!(err instanceof KeysUnavailableError)) {
-        const over = failures.fail(request.ip)
-        if (over > 0) refuseAddress(reply, over)
+  /**
+   * One authentication attempt of a request, under the address budget: refused with 429 before
+   * `attempt` runs when the address has spent it; a failure spends it. Sets `request.identity`.
+   */
+  function authenticateWith (request: FastifyRequest, reply: FastifyReply, attempt: () => Promise<Identity>): Promise<Identity> {
+    const run = async (): Promise<Identity> => {
+      if (budget === null) return await attempt()
+      const wait = budget.blockedFor(request)
+      if (wait > 0) refuseAddress(reply, wait)
+      try {
+        return await attempt()
+      } catch (err) {
+        // An unreachable key source is the gateway's problem, not the client's.
+        if (!(err instanceof KeysUnavailableError)) {
+          const over = budget.fail(request)
+          if (over > 0) refuseAddress(reply, over)
+        }
+        throw err
       }
-      throw err
     }
+    return run().then(identity => { request.identity = identity; return identity })
+  }
+
+  async function authenticate (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
+    return await authenticateWith(request, reply, async () => await verify(request, reply, resource, metadataUrl))
   }
 
   async function verify (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {
@@ -194,11 +239,15 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     if (handle !== undefined) {
       const entry = typeof handle === 'string' ? internal.get(handle) : undefined
       if (typeof handle === 'string') internal.delete(handle)
-      if (entry === undefined || entry.until < Date.now()) throw new TokenInvalidError('the internal request handle is unknown or used')
-      request.identity = entry.identity
-      return
+      if (entry !== undefined && entry.until >= Date.now()) {
+        request.identity = entry.identity
+        return
+      }
+      // Not a handle this gateway issued, so not one of its own requests: a client sent the
+      // header, and that is a failed authentication, under the address budget like any other.
+      await authenticateWith(request, reply, async () => { throw new TokenInvalidError('the internal request handle is unknown or used') })
     }
-    request.identity = await authenticate(request, reply, target.resource, target.metadataUrl)
+    await authenticate(request, reply, target.resource, target.metadataUrl)
   })
 
   // RFC 9728 protected resource metadata, one document per server route.

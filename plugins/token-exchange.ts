@@ -6,10 +6,16 @@
  *   upstream's authorization server for each call (cached) and hands the result to the proxy.
  * Failures fail closed: a refusal by the authorization server is an access denied, an
  * unreachable one a 503; nothing is forwarded either way.
+ *
+ * The token endpoint authenticates its client by the subject token in the body, so its failed
+ * authentications spend the same per-address budget as the MCP routes' (`mcpAuthFailures`):
+ * every refusal before a subject token was verified, and every subject or actor token that is
+ * not valid (`invalid_grant`). An address that spent it is answered 429 with `Retry-After` and
+ * `{"error":"slow_down"}` before its body is read.
  */
 import fp from 'fastify-plugin'
 import formbody from '@fastify/formbody'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
 import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
@@ -33,8 +39,54 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
 
   await app.register(async function sts (scope) {
     await scope.register(formbody, { bodyLimit: 64 * 1024 })
-    scope.setErrorHandler(async (error: { statusCode?: number }, _request, reply) => {
+    const budget = app.mcpAuthFailures
+    const started = new WeakMap<FastifyRequest, number>()
+    type Params = Record<string, string | string[] | undefined>
+    const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
+    const record = (request: FastifyRequest, params: Params, outcome: 'allow' | 'deny', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
+      app.audit.write({
+        time: new Date().toISOString(),
+        requestId: request.id,
+        decisionId: null,
+        event: 'token-exchange',
+        agentId: who.agentId ?? null,
+        userId: who.userId ?? null,
+        actor: who.actor ?? null,
+        server: null,
+        httpMethod: request.method,
+        method: null,
+        rpcId: null,
+        ...(text(params.resource) !== undefined ? { resource: text(params.resource)! } : {}),
+        ...(text(params.scope) !== undefined ? { scope: text(params.scope)! } : {}),
+        outcome,
+        reason,
+        policies: [],
+        policyVersion: app.cedar.version,
+        status,
+        durationMs: Math.round((performance.now() - (started.get(request) ?? performance.now())) * 1000) / 1000
+      })
+    }
+    // RFC 6749 §5.2 has no error for "too many attempts"; `slow_down` is the token endpoint's
+    // registered one for it (RFC 8628 §3.5), with the wait in Retry-After.
+    const slowDown = async (request: FastifyRequest, reply: FastifyReply, params: Params, seconds: number): Promise<FastifyReply> => {
+      const reason = `too many failed token requests from this client address (${budget!.max} per window); retry after ${seconds} seconds`
+      request.log.info({ reason }, 'token exchange refused')
+      record(request, params, 'deny', `slow_down: ${reason}`, 429, {})
+      return await reply.code(429).header('retry-after', String(seconds)).header('cache-control', 'no-store').header('pragma', 'no-cache')
+        .send({ error: 'slow_down', error_description: reason })
+    }
+    /** A failed authentication of the client's address: the seconds to wait when it went past the budget, else 0. */
+    const fail = (request: FastifyRequest): number => budget?.fail(request) ?? 0
+
+    scope.addHook('onRequest', async (request, reply) => {
+      started.set(request, performance.now())
+      const wait = budget?.blockedFor(request) ?? 0
+      if (wait > 0) return await slowDown(request, reply, {}, wait)
+    })
+    scope.setErrorHandler(async (error: { statusCode?: number }, request, reply) => {
       const status = error.statusCode !== undefined && error.statusCode < 500 ? 400 : 500
+      const over = status === 400 ? fail(request) : 0
+      if (over > 0) return await slowDown(request, reply, {}, over)
       return await reply.code(status).header('cache-control', 'no-store').header('pragma', 'no-cache')
         .send(status === 400 ? { error: 'invalid_request', error_description: 'send application/x-www-form-urlencoded parameters (RFC 8693)' } : { error: 'server_error' })
     })
@@ -42,44 +94,24 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       void reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
       const params = request.body
       if (params === null || typeof params !== 'object' || !/^application\/x-www-form-urlencoded/i.test(request.headers['content-type'] ?? '')) {
+        const over = fail(request)
+        if (over > 0) return await slowDown(request, reply, {}, over)
         return await reply.code(400).send({ error: 'invalid_request', error_description: 'send application/x-www-form-urlencoded parameters (RFC 8693)' })
       }
-      const started = performance.now()
-      const p = params as Record<string, string | string[] | undefined>
-      const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
-      const record = (outcome: 'allow' | 'deny', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
-        app.audit.write({
-          time: new Date().toISOString(),
-          requestId: request.id,
-          decisionId: null,
-          event: 'token-exchange',
-          agentId: who.agentId ?? null,
-          userId: who.userId ?? null,
-          actor: who.actor ?? null,
-          server: null,
-          httpMethod: request.method,
-          method: null,
-          rpcId: null,
-          ...(text(p.resource) !== undefined ? { resource: text(p.resource)! } : {}),
-          ...(text(p.scope) !== undefined ? { scope: text(p.scope)! } : {}),
-          outcome,
-          reason,
-          policies: [],
-          policyVersion: app.cedar.version,
-          status,
-          durationMs: Math.round((performance.now() - started) * 1000) / 1000
-        })
-      }
+      const p = params as Params
       try {
         const granted = await exchangeToken(p as Record<string, string | string[]>, { config, verify, engine: app.cedar.engine, minter: app.tokens.minter })
         const claims = JSON.parse(Buffer.from(granted.access_token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
         const act = claims.act as { sub?: unknown } | undefined
-        record('allow', `issued for ${String(claims.aud)} with scope ${granted.scope}`, 200, { agentId: String(claims.sub), userId: typeof claims[config.identity.claims.userId] === 'string' ? claims[config.identity.claims.userId] as string : null, actor: typeof act?.sub === 'string' ? act.sub : null })
+        record(request, p, 'allow', `issued for ${String(claims.aud)} with scope ${granted.scope}`, 200, { agentId: String(claims.sub), userId: typeof claims[config.identity.claims.userId] === 'string' ? claims[config.identity.claims.userId] as string : null, actor: typeof act?.sub === 'string' ? act.sub : null })
         return granted
       } catch (err) {
         if (!(err instanceof StsError)) throw err
+        // No subject verified yet, or a subject or actor token that is not valid: a failed authentication.
+        const over = err.subject === undefined || err.error === 'invalid_grant' ? fail(request) : 0
+        if (over > 0) return await slowDown(request, reply, p, over)
         request.log.info({ error: err.error, reason: err.message }, 'token exchange refused')
-        record('deny', `${err.error}: ${err.message}`, 400, { agentId: err.subject?.agentId ?? null, userId: err.subject?.userId ?? null })
+        record(request, p, 'deny', `${err.error}: ${err.message}`, 400, { agentId: err.subject?.agentId ?? null, userId: err.subject?.userId ?? null })
         return await reply.code(400).send({ error: err.error, error_description: err.message })
       }
     })

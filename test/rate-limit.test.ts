@@ -140,6 +140,37 @@ t.test('failed authentications spend a budget per client address; beyond it: 429
   t.match(g.audit.at(-1), { outcome: 'deny', status: 429 })
 })
 
+t.test('the header of the gateway\'s own inner requests, sent by a client: a failed authentication that spends the address budget', async t => {
+  const g = await startGateway({
+    issuer,
+    upstreams: { rec: { url: up.url, auth: { type: 'none' } } },
+    extra: { rateLimit: { max: 100, unauthenticated: { max: 3, timeWindow: '1 minute' } } }
+  })
+  t.teardown(() => g.close())
+  const good = `Bearer ${issuer.sign({ aud: g.resource('rec'), agentId: 'good-bot', sub: 'good-bot' })}`
+  const post = async (extra: Record<string, string>): Promise<{ status: number, text: string }> => {
+    const res = await request(g.url('rec'), {
+      method: 'POST',
+      headers: { authorization: good, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...extra },
+      body: JSON.stringify(ping(1))
+    })
+    return { status: res.statusCode, text: await res.body.text() }
+  }
+  const n = up.received.length
+  // Each with a valid token too: the header is not the gateway's, so the request is not let in.
+  for (const handle of ['forged', 'A'.repeat(43), 'x-mcp-warden-internal']) {
+    const r = await post({ 'x-mcp-warden-internal': handle })
+    t.equal(r.status, 401, `a made-up handle (${handle.slice(0, 10)}): 401`)
+    t.match(JSON.parse(r.text), { error: { code: -32001, message: /internal request handle is unknown or used/ } })
+  }
+  const over = await post({})
+  t.equal(over.status, 429, 'three made-up handles spent the budget of three: the address waits, valid token or not')
+  t.match(JSON.parse(over.text), { error: { code: -32029, message: /failed authentications from this client address \(3 per window\)/ } })
+  t.equal((await post({ 'x-mcp-warden-internal': 'another' })).status, 429, 'the header never skips the budget')
+  t.equal(up.received.length, n, 'nothing forwarded')
+  t.match(g.audit.at(-1), { outcome: 'deny', status: 429 })
+})
+
 t.test('AddressBudget: IPv6 per /64, IPv4-mapped as IPv4, windows end, memory bounded', async t => {
   t.equal(addressKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64')
   t.equal(addressKey('2001:db8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64')

@@ -120,3 +120,42 @@ t.test('tokens the gateway minted for upstreams are not bearer tokens', async t 
   const asSubject = await exchange({ ...base(), subject_token: ephemeral })
   t.match(asSubject.json, { error: 'invalid_grant' })
 })
+
+t.test('failed token requests spend the per-address budget of failed authentications; beyond it: 429 slow_down, nothing issued', async t => {
+  const g = await startGateway({
+    issuer,
+    upstreams: { echo: { url: up.url } },
+    extra: {
+      authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false },
+      rateLimit: { max: 100, unauthenticated: { max: 3, timeWindow: '1 minute' } }
+    }
+  })
+  t.teardown(() => g.close())
+  const post = async (params: Record<string, string>, contentType = 'application/x-www-form-urlencoded') => {
+    const res = await request(`${g.base}/oauth/token`, { method: 'POST', headers: { 'content-type': contentType }, body: contentType.includes('json') ? JSON.stringify(params) : new URLSearchParams(params).toString() })
+    return { status: res.statusCode, headers: res.headers, json: await res.body.json() as Record<string, any> }
+  }
+  const valid = () => ({ grant_type: GRANT, subject_token: agentToken(), subject_token_type: AT, resource: g.resource('echo'), scope: 'tool:echo' })
+  // Refusals of a verified subject (a scope Cedar does not allow, another resource) are not failed authentications.
+  for (let i = 0; i < 5; i++) t.match(await post({ ...valid(), scope: 'tool:add_tool' }), { status: 400, json: { error: 'invalid_scope' } }, `a scope the subject may not have (${i + 1})`)
+  t.equal((await post(valid())).status, 200, 'they spent nothing')
+
+  const forged = makeIssuer('ES256', issuer.issuer, issuer.kid).sign({ aud: [g.config.publicUrl], roles: ['reader'] })
+  t.match(await post({ ...valid(), subject_token: forged }), { status: 400, json: { error: 'invalid_grant' } }, 'a forged subject token')
+  t.match(await post({ ...valid(), actor_token: 'garbage', actor_token_type: AT }), { status: 400, json: { error: 'invalid_grant' } }, 'an actor token that is not valid')
+  t.match(await post({ subject_token: 'guess' }), { status: 400, json: { error: 'invalid_request' } }, 'a request refused before any token was verified')
+  const over = await post(valid())
+  t.equal(over.status, 429, 'three failures spent the budget of three: a valid request from that address waits')
+  t.match(over.json, { error: 'slow_down', error_description: /too many failed token requests from this client address \(3 per window\); retry after \d+ seconds/ })
+  t.notOk('access_token' in over.json, 'nothing issued')
+  t.ok(Number(over.headers['retry-after']) >= 1 && Number(over.headers['retry-after']) <= 60, 'Retry-After')
+  t.equal(over.headers['cache-control'], 'no-store')
+  t.match(await post({ ...valid(), subject_token: forged }), { status: 429, json: { error: 'slow_down' } }, 'a forged token is not even read')
+  t.match(await post(valid(), 'application/json'), { status: 429, json: { error: 'slow_down' } }, 'whatever the body')
+  t.match(g.audit.at(-1), { event: 'token-exchange', outcome: 'deny', status: 429, reason: /^slow_down: / })
+  t.equal(g.audit.filter(r => r.event === 'token-exchange' && r.outcome === 'allow').length, 1, 'one token issued in all: the one before the budget was spent')
+
+  const mcp = await request(g.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${agentToken({ aud: g.resource('echo') })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) })
+  await mcp.body.dump()
+  t.equal(mcp.statusCode, 429, 'the MCP routes share the budget: the address waits there too')
+})
