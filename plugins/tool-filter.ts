@@ -6,9 +6,13 @@
  *   the list-time context (no arguments), minus quarantined tools.
  * - Every tool an upstream offers is scanned (rules/tool-scan.json) and pinned; a poisoned or
  *   changed tool is quarantined: not listed, not callable, an audit record says why.
+ * - Each caller's catalog is what the upstream listed to that caller (agent, user and session):
+ *   a tools/call of a tool this caller has not been listed makes the gateway list the tools as
+ *   the caller (the caller's session and credential, through the same chain: Cedar, token,
+ *   audit) before deciding. Definitions are reviewed once per hash, whoever sees them.
  * - A tools/call of a tool that is not visible — never offered, hidden by policy,
  *   quarantined — gets `-32602 Unknown tool: <name>`, the same answer for all three.
- * - `notifications/tools/list_changed` from an upstream marks its catalog stale: the next
+ * - `notifications/tools/list_changed` from an upstream marks its catalogs stale: the next
  *   call re-reads the tool list.
  */
 import fp from 'fastify-plugin'
@@ -16,7 +20,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { ConfigError, RpcCode } from '../lib/errors.js'
-import type { Identity } from '../lib/identity.js'
+import { principalKey, type Identity } from '../lib/identity.js'
 import { rpcError } from '../lib/jsonrpc.js'
 import { localTime } from '../lib/cedar/time.js'
 import { createSecretProvider } from '../lib/secrets.js'
@@ -27,6 +31,8 @@ import { ToolJudge } from '../lib/tools/judge.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
 import { startStage } from '../lib/timing.js'
+import { sseMessages } from '../lib/sse.js'
+import { INTERNAL_IDENTITY_HEADER } from './identity.js'
 import { createHash } from 'node:crypto'
 import type {} from './cedar-authz.js'
 import type {} from './ephemeral-token.js'
@@ -41,6 +47,28 @@ export interface ToolReview {
   /** Held back only until the judge's verdict is in (toolScan.judge). */
   readonly pending?: boolean
 }
+
+interface CatalogEntry { readonly tool: Tool, readonly review: ToolReview }
+
+/** What one caller (agent, user, session) has been listed by one upstream: pages by their hash. */
+interface CallerCatalog {
+  /** The upstream's list generation when this was filled (a list_changed makes it stale). */
+  generation: number
+  /** When the gateway last listed the tools as this caller. */
+  listedAt: number
+  /** False while, or after, the gateway's listing as this caller did not get every page. */
+  ok: boolean
+  readonly pages: string[]
+}
+
+/** How listing the tools as a caller ended: `ok` once the upstream answered every page. */
+type ListAsCaller = { ok: true } | { ok: false, why: string, status?: number, error?: { code: number, message: string, data?: unknown } }
+
+/** The most callers remembered, and the most pages per caller. */
+const MAX_CALLERS = 20_000
+const MAX_PAGES_PER_CALLER = 100
+/** Limits on a list the gateway reads as a caller. */
+const CALLER_LIST = { maxPages: 100, timeoutMs: 15_000 }
 
 interface Catalog {
   tools: Map<string, { tool: Tool, review: ToolReview }>
@@ -91,6 +119,14 @@ export class ToolGuard {
   readonly #changedContent = new Map<string, string>()
   /** Upstreams whose first list is being read page by page → until when. */
   readonly #firstListing = new Map<string, number>()
+  /** Callers' catalogs: server \n principal \n session → the pages listed to them. */
+  readonly #callers = new Map<string, CallerCatalog>()
+  /** One list page's tools and their reviews, by server \n page hash (shared by every caller listed it). */
+  readonly #pageTools = new Map<string, ReadonlyMap<string, CatalogEntry>>()
+  /** Prompts and resources quarantined when last listed: server \n kind \n name or URI. */
+  readonly #heldItems = new Set<string>()
+  /** Bumped by an upstream's notifications/tools/list_changed. */
+  readonly #generations = new Map<string, number>()
 
   constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
     this.#app = app
@@ -164,16 +200,23 @@ export class ToolGuard {
    * The tools of one tools/list page this caller may see. A page seen before (same text,
    * same pins, same decision scope) is answered from cache.
    */
-  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[], lastPage = true): Promise<Tool[]> {
+  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[], lastPage = true, caller?: string): Promise<Tool[]> {
     const scope = this.decisionScope(identity, server)
     // The page as the upstream sent it (not canonical: the same answer has the same text).
-    const pageKey = `${scope}\n${this.#pins.generation}\n${createHash('sha256').update(JSON.stringify(tools)).digest('base64url')}`
+    const pageHash = `${server.name}\n${createHash('sha256').update(JSON.stringify(tools)).digest('base64url')}`
+    const pageKey = `${scope}\n${this.#pins.generation}\n${pageHash}`
     const names = this.#pages.get(pageKey)
-    if (names !== undefined) {
+    if (names !== undefined && this.#pageTools.has(pageHash)) {
       const c = this.catalog(server.name)
-      if (!c.stale) return tools.filter(t => names.has(t.name))
+      if (!c.stale) {
+        if (caller !== undefined) this.#listedTo(caller, server.name, pageHash)
+        return tools.filter(t => names.has(t.name))
+      }
     }
     const reviews = await this.record(server.name, tools, lastPage)
+    if (this.#pageTools.size >= 10_000) this.#pageTools.clear()
+    this.#pageTools.set(pageHash, new Map(tools.filter(t => typeof t?.name === 'string' && reviews.has(t.name)).map(t => [t.name, { tool: t, review: reviews.get(t.name)! }])))
+    if (caller !== undefined) this.#listedTo(caller, server.name, pageHash)
     const visible = tools.filter(t => {
       const review = reviews.get(t.name)
       return review !== undefined && !review.quarantined && this.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash, scope)
@@ -184,6 +227,100 @@ export class ToolGuard {
     // A page with definitions still waiting for the judge is decided again next time.
     if (![...reviews.values()].some(r => r.pending === true)) this.#pages.set(pageKey, new Set(visible.map(t => t.name)))
     return visible
+  }
+
+  /**
+   * Whether text an upstream sends the model besides tools — a prompt or resource listed, the
+   * `instructions` of its initialize answer — passes the scanner's rules. Scanned once per
+   * definition hash; a finding is logged once.
+   */
+  passesScan (server: string, kind: 'prompt' | 'resource' | 'instructions', item: Record<string, unknown>): boolean {
+    const hash = definitionHash({ ...item, name: typeof item.name === 'string' ? item.name : kind })
+    const key = `${kind}\n${server}\n${hash}`
+    let findings = this.#findings.get(key)
+    if (findings === undefined) {
+      if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
+      findings = this.#scanner.scan({ ...item, name: typeof item.name === 'string' ? item.name : kind }, { ownTools: [...this.catalog(server).tools.keys()] })
+      this.#findings.set(key, findings)
+      if (findings.length > 0) this.#app.log.warn({ server, [kind]: typeof item.name === 'string' ? item.name : undefined, hash, findings }, kind === 'instructions' ? 'upstream instructions removed' : `${kind} quarantined`)
+    }
+    const target = kind === 'prompt' ? item.name : kind === 'resource' ? item.uri ?? item.uriTemplate : undefined
+    if (typeof target === 'string') {
+      const held = `${server}\n${kind}\n${target}`
+      if (findings.length > 0) {
+        if (this.#heldItems.size >= MAX_DECISIONS) this.#heldItems.clear()
+        this.#heldItems.add(held)
+      } else this.#heldItems.delete(held)
+    }
+    return findings.length === 0
+  }
+
+  /** Whether a prompt (by name) or resource (by URI) was quarantined when it was last listed. */
+  isHeld (server: string, kind: 'prompt' | 'resource', target: string): boolean {
+    return this.#heldItems.has(`${server}\n${kind}\n${target}`)
+  }
+
+  /** The key of one caller's catalog of one upstream: agent, user and upstream session. */
+  callerKey (identity: Identity, server: string, session: string | undefined): string {
+    return `${server}\n${principalKey(identity)}\n${session ?? ''}`
+  }
+
+  #listedTo (caller: string, server: string, pageHash: string): void {
+    const generation = this.#generations.get(server) ?? 0
+    let c = this.#callers.get(caller)
+    if (c === undefined || c.generation !== generation) {
+      if (c === undefined && this.#callers.size >= MAX_CALLERS) this.#callers.delete(this.#callers.keys().next().value!)
+      c = { generation, listedAt: c?.listedAt ?? 0, ok: true, pages: [] }
+      this.#callers.set(caller, c)
+    }
+    if (c.pages.includes(pageHash)) return
+    if (c.pages.length >= MAX_PAGES_PER_CALLER) c.pages.shift()
+    c.pages.push(pageHash)
+  }
+
+  /**
+   * The tool as it was last listed to this caller: undefined when it was not, or when the
+   * caller's catalog is stale (the upstream said its list changed).
+   */
+  listedTool (caller: string, server: string, name: string): CatalogEntry | undefined {
+    const c = this.#callers.get(caller)
+    if (c === undefined || c.generation !== (this.#generations.get(server) ?? 0)) return undefined
+    for (let i = c.pages.length - 1; i >= 0; i--) {
+      const entry = this.#pageTools.get(c.pages[i]!)?.get(name)
+      if (entry !== undefined) return entry
+    }
+    return undefined
+  }
+
+  /** Whether the gateway may list the tools as this caller now (at most once per REFRESH_MS, at once after a list_changed). */
+  mayListAs (caller: string, server: string): boolean {
+    const c = this.#callers.get(caller)
+    if (c === undefined || c.generation !== (this.#generations.get(server) ?? 0)) return true
+    return Date.now() - c.listedAt >= REFRESH_MS
+  }
+
+  /** Starts this caller's catalog afresh: the gateway is about to list the tools as the caller (pages are recorded as they pass). */
+  listingAs (caller: string, server: string): void {
+    if (!this.#callers.has(caller) && this.#callers.size >= MAX_CALLERS) this.#callers.delete(this.#callers.keys().next().value!)
+    this.#callers.set(caller, { generation: this.#generations.get(server) ?? 0, listedAt: Date.now(), ok: false, pages: [] })
+  }
+
+  /** How the gateway's listing as this caller ended. */
+  listedAs (caller: string, ok: boolean): void {
+    const c = this.#callers.get(caller)
+    if (c !== undefined) c.ok = ok
+  }
+
+  /** Whether this caller has a catalog of its own: a list that reached it, or a listing as it that got every page. */
+  hasOwnList (caller: string, server: string): boolean {
+    const c = this.#callers.get(caller)
+    return c !== undefined && c.ok && c.generation === (this.#generations.get(server) ?? 0)
+  }
+
+  /** An upstream said its tool list changed: every catalog of it is stale. */
+  listChanged (server: string): void {
+    this.catalog(server).stale = true
+    this.#generations.set(server, (this.#generations.get(server) ?? 0) + 1)
   }
 
   /**
@@ -309,6 +446,67 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   const guard = new ToolGuard(app, config, scanner, pins)
   app.decorate('toolGuard', guard)
 
+  /**
+   * Lists the upstream's tools as this caller: tools/list requests (every page) through the
+   * gateway's own chain with the caller's identity, credential and upstream session, so Cedar
+   * decides them, the caller's credential is minted or exchanged for them, they are audited, and
+   * their answers are reviewed and recorded in the caller's catalog as they pass.
+   */
+  async function listAsCaller (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined): Promise<ListAsCaller> {
+    const caller = guard.callerKey(identity, server.name, session)
+    guard.listingAs(caller, server.name)
+    const outcome = await listPages(request, identity, server, session)
+    guard.listedAs(caller, outcome.ok)
+    return outcome
+  }
+
+  async function listPages (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined): Promise<ListAsCaller> {
+    const deadline = Date.now() + CALLER_LIST.timeoutMs
+    const cursors = new Set<string>()
+    let cursor: string | undefined
+    for (let page = 1; page <= CALLER_LIST.maxPages && Date.now() < deadline; page++) {
+      const id = `mcp-warden-list-${page}`
+      const version = request.headers['mcp-protocol-version']
+      const res = await app.inject({
+        payloadAsStream: true,
+        method: 'POST',
+        url: `/servers/${server.name}/mcp`,
+        headers: {
+          'content-type': 'application/json',
+          accept: 'application/json, text/event-stream',
+          [INTERNAL_IDENTITY_HEADER]: app.mcpInternalIdentity.issue(identity),
+          ...(request.headers.authorization !== undefined ? { authorization: request.headers.authorization } : {}),
+          ...(session !== undefined ? { 'mcp-session-id': session } : {}),
+          ...(typeof version === 'string' ? { 'mcp-protocol-version': version } : {})
+        },
+        payload: JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/list', params: cursor !== undefined ? { cursor } : {} })
+      })
+      let answer: Record<string, unknown> | undefined
+      const body = res.stream()
+      if (String(res.headers['content-type'] ?? '').toLowerCase().startsWith('text/event-stream')) {
+        for await (const m of sseMessages(body)) if (m.id === id && ('result' in m || 'error' in m)) { answer = m; break }
+        body.destroy()
+      } else {
+        let text = ''
+        for await (const chunk of body) text += (chunk as Buffer).toString()
+        try { answer = JSON.parse(text) as Record<string, unknown> } catch { /* not JSON */ }
+      }
+      const result = answer?.result as { nextCursor?: unknown } | undefined
+      if (result === undefined || result === null || typeof result !== 'object') {
+        const error = answer?.error as { code?: unknown, message?: unknown, data?: unknown } | undefined
+        if (typeof error?.code === 'number' && typeof error.message === 'string') {
+          return { ok: false, why: error.message.slice(0, 200), status: res.statusCode, error: { code: error.code, message: error.message.slice(0, 1000), ...(error.data !== undefined ? { data: error.data } : {}) } }
+        }
+        return { ok: false, why: `status ${res.statusCode}` }
+      }
+      if (typeof result.nextCursor !== 'string') return { ok: true }
+      if (cursors.has(result.nextCursor)) return { ok: false, why: 'the list repeats a page cursor' }
+      cursor = result.nextCursor
+      cursors.add(cursor)
+    }
+    return { ok: false, why: `the list has more than ${CALLER_LIST.maxPages} pages or took longer than ${CALLER_LIST.timeoutMs} ms` }
+  }
+
   async function refuse (request: FastifyRequest, reply: FastifyReply, name: string, reason: string): Promise<FastifyReply> {
     request.mcpOutcome = { outcome: 'deny', reason }
     return await reply.code(200).type('application/json; charset=utf-8').send(unknownTool(request.mcp?.id ?? null, name))
@@ -324,29 +522,59 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     if (m?.method === 'tools/call') {
       const done = startStage(request, 'filter')
       const c = guard.catalog(server.name)
-      // The gateway reads the tool list itself when it has not seen the tool (or the list
-      // changed). It cannot for exchange upstreams (no credential of its own there): their
-      // unknown tools are left to the upstream, known ones are still checked.
+      const session = request.headers['mcp-session-id'] as string | undefined
+      const caller = guard.callerKey(identity, server.name, session)
+      // The tool as the upstream listed it to this caller. A name it was not listed (or a list
+      // the upstream said changed) makes the gateway list the tools as the caller first, at most
+      // once per REFRESH_MS, so calls of made-up names cannot make it hammer the upstream.
+      let entry = guard.listedTool(caller, server.name, m.tool!)
+      let listed: ListAsCaller | undefined
+      if (entry === undefined && guard.mayListAs(caller, server.name)) {
+        listed = await listAsCaller(request, identity, server, session)
+        entry = guard.listedTool(caller, server.name, m.tool!)
+      }
+      // A caller the gateway could not list as (its policy does not let it list, or the list
+      // failed): the gateway's own read of the upstream decides, as it would for a caller with no
+      // list of its own. Exchange upstreams have no credential of the gateway's: nothing decides
+      // there but the caller's own list.
       const canRead = server.auth.type !== 'exchange'
-      // A name it has not seen makes it re-read the list at most once per REFRESH_MS (a list
-      // change announced with list_changed re-reads at once): calls of made-up names cannot
-      // make the gateway hammer the upstream.
-      if (canRead && (c.stale || (!c.tools.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS))) await guard.refresh(server)
-      let entry = c.tools.get(m.tool!)
+      if (entry === undefined && !guard.hasOwnList(caller, server.name) && canRead) {
+        if (c.stale || (!c.tools.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
+        entry = c.tools.get(m.tool!)
+      }
+      if (entry === undefined && listed?.ok === false && !canRead) {
+        done()
+        const reason = `the gateway could not list the upstream's tools as this caller (${listed.why})`
+        // The listing's own refusal (access denied by the authorization server, a credential that
+        // could not be obtained, the upstream's error) is the call's answer: it would be the call's too.
+        if (listed.error !== undefined) {
+          request.mcpOutcome = { outcome: (listed.status ?? 200) >= 500 ? 'error' : 'deny', reason }
+          return await reply.code(listed.status ?? 200).type('application/json; charset=utf-8').send({ jsonrpc: '2.0', id: m.id ?? null, error: listed.error })
+        }
+        return await refuse(request, reply, m.tool!, reason)
+      }
       // A definition that was waiting for the judge when it was listed: its verdict may be in now.
       if (entry?.review.pending === true) {
         entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
         c.tools.set(m.tool!, entry)
       }
       done()
-      if (entry === undefined && canRead) return await refuse(request, reply, m.tool!, 'the upstream offers no such tool')
+      if (entry === undefined) return await refuse(request, reply, m.tool!, 'the upstream did not list this tool to this caller')
       if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
+    }
+
+    // A prompt or resource whose listed text was quarantined is not served either.
+    if ((m?.method === 'prompts/get' && m.prompt !== undefined && guard.isHeld(server.name, 'prompt', m.prompt)) ||
+        (m?.method === 'resources/read' && m.uri !== undefined && guard.isHeld(server.name, 'resource', m.uri))) {
+      const what = m.method === 'prompts/get' ? `prompt ${m.prompt!}` : `resource ${m.uri!}`
+      request.mcpOutcome = { outcome: 'deny', reason: `quarantined: the ${what} was listed with text the tool scanner flags` }
+      return await reply.code(200).type('application/json; charset=utf-8').send(rpcError(m.id ?? null, RpcCode.invalidParams, m.method === 'prompts/get' ? `Unknown prompt: ${m.prompt!}` : `Resource not found: ${m.uri!}`))
     }
 
     if (m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) && m.id !== null) request.mcpListAnswer = { id: m.id }
     request.mcpResponseTransform = async (message) => {
       if (message.method === 'notifications/tools/list_changed') {
-        guard.catalog(server.name).stale = true
+        guard.listChanged(server.name)
         return message
       }
       // What an answer holds decides what is filtered, not which request it claims to answer: a
@@ -354,23 +582,29 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const held = message.result
       if (held === null || typeof held !== 'object' || Array.isArray(held)) return message
       const r = held as Record<string, unknown>
+      // An initialize answer's instructions are read by the model like a tool's description:
+      // poisoned ones are removed (the session itself goes on).
+      if (typeof r.instructions === 'string' && 'protocolVersion' in r && !guard.passesScan(server.name, 'instructions', { instructions: r.instructions })) {
+        const { instructions: _removed, ...rest } = r
+        return { ...message, result: rest }
+      }
       if (!('tools' in r) && !('resources' in r) && !('resourceTemplates' in r) && !('prompts' in r)) return message
       const done = startStage(request, 'filter')
       const scope = guard.decisionScope(identity, server)
       const result = { ...r }
       const items = <T>(v: unknown): T[] => Array.isArray(v) ? v.filter(x => x !== null && typeof x === 'object') as T[] : []
-      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string')
+      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string', guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined))
       if ('resources' in result) {
-        result.resources = items<{ uri?: unknown }>(result.resources)
-          .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope))
+        result.resources = items<Record<string, unknown>>(result.resources)
+          .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope) && guard.passesScan(server.name, 'resource', x))
       }
       if ('resourceTemplates' in result) {
-        result.resourceTemplates = items<{ uriTemplate?: unknown }>(result.resourceTemplates)
-          .filter(x => typeof x.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uriTemplate }, '', scope))
+        result.resourceTemplates = items<Record<string, unknown>>(result.resourceTemplates)
+          .filter(x => typeof x.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uriTemplate }, '', scope) && guard.passesScan(server.name, 'resource', x))
       }
       if ('prompts' in result) {
-        result.prompts = items<{ name?: unknown }>(result.prompts)
-          .filter(x => typeof x.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: x.name }, '', scope))
+        result.prompts = items<Record<string, unknown>>(result.prompts)
+          .filter(x => typeof x.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: x.name }, '', scope) && guard.passesScan(server.name, 'prompt', x))
       }
       done()
       return { ...message, result }

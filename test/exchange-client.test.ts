@@ -30,18 +30,38 @@ t.before(async () => {
 })
 t.teardown(async () => { await gw.close(); await up.close(); await as.close() })
 
-const post = async (server: string, agent: string, body: unknown) => {
+const send = async (server: string, agent: string, body: unknown, session?: string) => {
   const res = await request(gw.url(server), {
     method: 'POST',
-    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource(server), sub: agent, agentId: agent })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource(server), sub: agent, agentId: agent })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...(session !== undefined ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}) },
     body: JSON.stringify(body)
   })
   const text = await res.body.text()
-  return { status: res.statusCode, text }
+  return { status: res.statusCode, text, session: res.headers['mcp-session-id'] as string | undefined }
+}
+// An agent's session with an upstream, opened as a client does: initialize, initialized, tools/list.
+const sessions = new Map<string, string | undefined>()
+const open = async (server: string, agent: string) => {
+  const key = `${server}\n${agent}`
+  if (!sessions.has(key)) {
+    const init = await send(server, agent, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })
+    if (init.session !== undefined) {
+      await send(server, agent, { jsonrpc: '2.0', method: 'notifications/initialized' }, init.session)
+      await send(server, agent, { jsonrpc: '2.0', id: 'list', method: 'tools/list' }, init.session)
+    }
+    sessions.set(key, init.session)
+  }
+}
+const post = async (server: string, agent: string, body: unknown) => {
+  const key = `${server}\n${agent}`
+  await open(server, agent)
+  return await send(server, agent, body, sessions.get(key))
 }
 const call = (tool: string, id = 1) => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: tool, arguments: { text: 'x' } } })
 
 t.test('client_secret_basic: the upstream gets the authorization server\'s token for it, cached per principal and scope', async t => {
+  await open('basic', 'bot-1')
+  await open('basic', 'bot-2')
   const before = as.exchanges.length
   const n = up.received.length
   await post('basic', 'bot-1', call('echo'))
@@ -99,22 +119,25 @@ t.test('with store: redis://…, replicas share the exchanged tokens', async t =
   ]
   t.teardown(async () => { for (const r of replicas) await r.close(); await redis.close() })
   for (const r of replicas) await r.app.store.ready()
-  // Sessionless calls: the recording upstream answers 400, but what it received is what counts.
-  const send = async (g: TestGateway, id: number): Promise<number> => {
+  // One session, opened through the first replica; the second replica serves the same session.
+  const sendTo = async (g: TestGateway, body: unknown, session?: string): Promise<{ status: number, session: string | undefined }> => {
     const res = await request(g.url('shared'), {
       method: 'POST',
-      headers: { authorization: `Bearer ${issuer.sign({ aud: g.resource('shared'), sub: 'bot-r', agentId: 'bot-r' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-      body: JSON.stringify(call('echo', id))
+      headers: { authorization: `Bearer ${issuer.sign({ aud: g.resource('shared'), sub: 'bot-r', agentId: 'bot-r' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...(session !== undefined ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}) },
+      body: JSON.stringify(body)
     })
     await res.body.dump()
-    return res.statusCode
+    return { status: res.statusCode, session: res.headers['mcp-session-id'] as string | undefined }
   }
+  const { session } = await sendTo(replicas[0]!, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })
+  await sendTo(replicas[0]!, { jsonrpc: '2.0', method: 'notifications/initialized' }, session)
+  for (const r of replicas) t.equal((await sendTo(r, { jsonrpc: '2.0', id: 'l', method: 'tools/list' }, session)).status, 200, 'the session lists its tools on each replica')
   const before = as.exchanges.length
   const n = up.received.length
-  await send(replicas[0]!, 1)
+  t.equal((await sendTo(replicas[0]!, call('echo', 1), session)).status, 200)
   t.equal(as.exchanges.length, before + 1, 'the first replica exchanged')
-  await send(replicas[1]!, 2)
-  t.equal(up.received.length, n + 2, 'both calls were forwarded')
+  t.equal((await sendTo(replicas[1]!, call('echo', 2), session)).status, 200)
+  t.same(up.received.slice(n).map(r => (r.body as { method?: string }).method), ['tools/call', 'tools/call'], 'both calls were forwarded')
   t.equal(as.exchanges.length, before + 1, 'the second replica used the token the first one stored')
   t.equal(up.received.at(-1)!.headers.authorization, up.received.at(-2)!.headers.authorization)
 })
