@@ -6,7 +6,7 @@
  *    identifiers split into words ("Ignore_all_previousInstructions"), spaced-out letters and
  *    split words joined ("i g n o r e", "ig-nore"), and digits in words read as letters ("1gn0r3");
  *  - decoded, where it carries text in another form: Unicode tag characters (invisible ASCII),
- *    base64, hex, percent-encoding, and ROT13 where the text asks for it.
+ *    base64, hex, percent-encoding, and ROT13 or reversed text where the text asks for it.
  */
 
 /** Cyrillic and Greek letters that look like Latin ones. */
@@ -25,7 +25,7 @@ const FORMAT = /[\p{Cf}\u180E]/gu
 const TAGS = /[\u{E0020}-\u{E007E}]+/gu
 
 export interface Reading {
-  /** What produced this reading: "", "folded", "tag characters", "base64", "hex", "percent-encoding", "rot13". */
+  /** What produced this reading: "", "folded", "tag characters", "base64", "hex", "percent-encoding", "rot13", "reversed". */
   readonly how: string
   readonly text: string
 }
@@ -77,6 +77,7 @@ function decoded (s: string): Reading[] {
       if (text !== s) out.push({ how: 'percent-encoding', text })
     } catch { /* not valid percent-encoding */ }
   }
+  if (/\b(backwards?|reversed?|in reverse|right[- ]to[- ]left)\b/i.test(s)) out.push({ how: 'reversed', text: [...s].reverse().join('') })
   if (/\brot[- ]?13\b|\bcaesar\b/i.test(s)) {
     out.push({ how: 'rot13', text: s.replace(/[a-z]/gi, c => String.fromCharCode((c <= 'Z' ? 65 : 97) + ((c.toLowerCase().charCodeAt(0) - 97 + 13) % 26))) })
   }
