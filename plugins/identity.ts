@@ -12,9 +12,9 @@
  * (`rateLimit.unauthenticated`, per replica): an address that spent it gets 429 with
  * `Retry-After` before its token is even read, for the rest of the window. The budget is a
  * decoration (`mcpAuthFailures`) so that every endpoint that authenticates a client spends the
- * same one, such as the token endpoint. An outside request carrying the header of the gateway's
- * own in-process requests is a failed authentication like any other: the header never skips
- * the budget.
+ * same one: the token endpoint, and the rate limiter for requests aborted before anyone was
+ * authenticated. An outside request carrying the header of the gateway's own in-process
+ * requests is a failed authentication like any other: the header never skips the budget.
  */
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
@@ -51,6 +51,12 @@ declare module 'fastify' {
      * shared by every endpoint that authenticates a client; null without `rateLimit`.
      */
     mcpAuthFailures: AuthFailureBudget | null
+    /**
+     * Resolves once the authentication of a request has finished (verified, refused, or none
+     * under way): `request.identity` is then final. For hooks that may run while it is under
+     * way, such as onRequestAbort.
+     */
+    mcpIdentitySettled: (request: FastifyRequest) => Promise<void>
   }
 }
 
@@ -169,6 +175,10 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     throw new RateLimitedError(`failed authentications from this client address (${unauth!.max} per window)`, String(seconds))
   }
 
+  // Authentications under way, so that a hook running meanwhile can wait for their outcome.
+  const pending = new WeakMap<FastifyRequest, Promise<void>>()
+  app.decorate('mcpIdentitySettled', async (request: FastifyRequest) => { await pending.get(request) })
+
   /**
    * One authentication attempt of a request, under the address budget: refused with 429 before
    * `attempt` runs when the address has spent it; a failure spends it. Sets `request.identity`.
@@ -189,7 +199,9 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
         throw err
       }
     }
-    return run().then(identity => { request.identity = identity; return identity })
+    const result = run().then(identity => { request.identity = identity; return identity })
+    pending.set(request, result.then(() => {}, () => {}))
+    return result
   }
 
   async function authenticate (request: FastifyRequest, reply: FastifyReply, resource: string, metadataUrl: string): Promise<Identity> {

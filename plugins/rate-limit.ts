@@ -4,9 +4,11 @@
  * (its Redis store when `store: redis://…`, so that every replica counts the same).
  *
  * Every MCP request of an agent counts, refused ones too: the agent's budget is spent in
- * preValidation (once the message is parsed, before the Cedar decision), and a request refused
+ * preValidation (once the message is parsed, before the Cedar decision), a request refused
  * before that (a parse error, a foreign session, a body over the limit) is counted when its
- * answer is sent. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
+ * answer is sent, and a request whose client went away before its body was read (an upload
+ * aborted mid-way) when it goes away: on the budget of the agent whose token was verified, or,
+ * when no one was authenticated, on the per-address budget of failed authentications. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
  * forwarded and no decision is computed, and the audit records the refusal. The requests the
  * aggregated endpoint `/mcp` makes on the agent's behalf do not count again; per-tool limits
  * apply after the decision, to allowed calls. Failed authentications have a budget per client
@@ -80,10 +82,12 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
   }
 
   // The agent's own requests: one on a server route or on /mcp, not the ones /mcp makes for it.
+  // `counted`: requests whose budget is settled (spent, or answered and counted if they had to be).
   const counted = new WeakSet<FastifyRequest>()
+  const mcpRoute = (request: FastifyRequest): boolean =>
+    request.mcpTarget !== null || request.routeOptions.config.mcpAggregate === true
   const agentRequest = (request: FastifyRequest): boolean =>
-    request.identity !== null && request.headers[INTERNAL_IDENTITY_HEADER] === undefined &&
-    (request.mcpTarget !== null || request.routeOptions.config.mcpAggregate === true)
+    request.identity !== null && request.headers[INTERNAL_IDENTITY_HEADER] === undefined && mcpRoute(request)
 
   app.addHook('preValidation', async (request, reply) => {
     if (!agentRequest(request)) return
@@ -98,8 +102,26 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
 
   // Refused before preValidation (413, 415, a parse error, a foreign session): still counted.
   app.addHook('onResponse', async (request) => {
-    if (counted.has(request) || !agentRequest(request)) return
+    if (counted.has(request)) return
+    counted.add(request)
+    if (!agentRequest(request)) return
     try { await perAgent(request) } catch { /* the store is down: the request was refused anyway */ }
+  })
+
+  // Gone before its body was read (an upload aborted mid-way, the body's stream failing): no
+  // answer is sent, so neither hook above runs. The agent's budget pays, once its token is
+  // verified (the abort may come while that is under way); with no one authenticated, the
+  // address's budget of failed authentications does.
+  app.addHook('onRequestAbort', async (request) => {
+    if (!mcpRoute(request)) return
+    await app.mcpIdentitySettled(request)
+    if (counted.has(request)) return
+    counted.add(request)
+    if (agentRequest(request)) {
+      try { await perAgent(request) } catch { /* the store is down: nothing was forwarded anyway */ }
+    } else if (request.identity === null) {
+      app.mcpAuthFailures?.fail(request)
+    }
   })
 
   app.addHook('preHandler', async (request, reply) => {

@@ -9,9 +9,9 @@
  *
  * The token endpoint authenticates its client by the subject token in the body, so its failed
  * authentications spend the same per-address budget as the MCP routes' (`mcpAuthFailures`):
- * every refusal before a subject token was verified, and every subject or actor token that is
- * not valid (`invalid_grant`). An address that spent it is answered 429 with `Retry-After` and
- * `{"error":"slow_down"}` before its body is read.
+ * every refusal before a subject token was verified, every subject or actor token that is not
+ * valid (`invalid_grant`), and every upload aborted before its body was read. An address that
+ * spent it is answered 429 with `Retry-After` and `{"error":"slow_down"}` before its body is read.
  */
 import fp from 'fastify-plugin'
 import formbody from '@fastify/formbody'
@@ -40,6 +40,8 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
   await app.register(async function sts (scope) {
     await scope.register(formbody, { bodyLimit: 64 * 1024 })
     const budget = app.mcpAuthFailures
+    // Requests answered (or refused for their address): an abort after that spends nothing more.
+    const answered = new WeakSet<FastifyRequest>()
     const started = new WeakMap<FastifyRequest, number>()
     type Params = Record<string, string | string[] | undefined>
     const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
@@ -69,6 +71,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
     // RFC 6749 §5.2 has no error for "too many attempts"; `slow_down` is the token endpoint's
     // registered one for it (RFC 8628 §3.5), with the wait in Retry-After.
     const slowDown = async (request: FastifyRequest, reply: FastifyReply, params: Params, seconds: number): Promise<FastifyReply> => {
+      answered.add(request)
       const reason = `too many failed token requests from this client address (${budget!.max} per window); retry after ${seconds} seconds`
       request.log.info({ reason }, 'token exchange refused')
       record(request, params, 'deny', `slow_down: ${reason}`, 429, {})
@@ -82,6 +85,10 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       started.set(request, performance.now())
       const wait = budget?.blockedFor(request) ?? 0
       if (wait > 0) return await slowDown(request, reply, {}, wait)
+    })
+    scope.addHook('onResponse', async (request) => { answered.add(request) })
+    scope.addHook('onRequestAbort', async (request) => {
+      if (!answered.has(request)) budget?.fail(request)
     })
     scope.setErrorHandler(async (error: { statusCode?: number }, request, reply) => {
       const status = error.statusCode !== undefined && error.statusCode < 500 ? 400 : 500

@@ -10,6 +10,10 @@ import { AddressBudget, addressKey } from '../lib/address-budget.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { abortedUpload, until } from './fixtures/aborted-upload.js'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { jwk } from './fixtures/keys.js'
 
 const issuer = makeIssuer('EdDSA')
 let up: RecordingUpstream
@@ -169,6 +173,60 @@ t.test('the header of the gateway\'s own inner requests, sent by a client: a fai
   t.equal((await post({ 'x-mcp-warden-internal': 'another' })).status, 429, 'the header never skips the budget')
   t.equal(up.received.length, n, 'nothing forwarded')
   t.match(g.audit.at(-1), { outcome: 'deny', status: 429 })
+})
+
+t.test('uploads aborted mid-way spend the agent\'s budget, on server routes and on /mcp', async t => {
+  const aborts = (): number => gw.audit.filter(r => r.agentId === 'abort-bot' && r.status === 499).length
+  const token = (aud: string): string => `Bearer ${issuer.sign({ aud, agentId: 'abort-bot', sub: 'abort-bot' })}`
+  const headers = (aud: string): Record<string, string> => ({ authorization: token(aud), 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-06-18' })
+  const n = up.received.length
+  await abortedUpload(gw.url('rec'), headers(gw.resource('rec')), '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","argu')
+  await abortedUpload(gw.url('rec'), headers(gw.resource('rec')), '{"jsonrpc":"2.0","id":2,')
+  await abortedUpload(`${gw.base}/mcp`, headers(`${gw.config.publicUrl}/mcp`), '{"jsonrpc":"2.0","id":3,"method":"tools/li')
+  await until(() => aborts() === 3)
+  await new Promise(resolve => setTimeout(resolve, 100))
+  t.equal(up.received.length, n, 'nothing of them forwarded')
+  t.equal((await send('abort-bot', ping(4))).status, 200, 'three aborted uploads spent three of four: the fourth request passes')
+  const over = await send('abort-bot', ping(5))
+  t.equal(over.status, 429, 'and the fifth is over the budget')
+  t.match(JSON.parse(over.text), { id: 5, error: { code: -32029, message: /requests of this agent \(4 requests per window\)/ } })
+  t.equal(up.received.length, n + 1, 'only the one request within the budget was forwarded')
+  for (let i = 0; i < 4; i++) await abortedUpload(gw.url('rec'), headers(gw.resource('rec')), '{"jsonrpc":"2.0",')
+  await until(() => aborts() === 7)
+  t.equal(up.received.length, n + 1, 'aborted uploads over the budget forward nothing either')
+})
+
+t.test('an upload aborted while its token is being verified spends the agent\'s budget once the token is verified', async t => {
+  // A JWKS endpoint that answers only when the test lets it: the first verification waits on it.
+  let release!: () => void
+  const held = new Promise<void>(resolve => { release = resolve })
+  let asked!: () => void
+  const fetched = new Promise<void>(resolve => { asked = resolve })
+  const jwks = createServer((_req, res) => {
+    asked()
+    void held.then(() => { res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk(issuer)] })) })
+  })
+  await new Promise<void>(resolve => { jwks.listen(0, '127.0.0.1', resolve) })
+  t.teardown(() => { jwks.closeAllConnections(); jwks.close() })
+  const g = await startGateway({
+    identity: { issuer: issuer.issuer, jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`, algorithms: [issuer.alg] },
+    upstreams: { rec: { url: up.url, auth: { type: 'none' } } },
+    extra: { rateLimit: { max: 1, timeWindow: '1 minute', unauthenticated: { max: 1000 } } }
+  })
+  t.teardown(() => g.close())
+  const headers = { authorization: `Bearer ${issuer.sign({ aud: g.resource('rec'), agentId: 'slow-bot', sub: 'slow-bot' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
+  const n = up.received.length
+  const upload = abortedUpload(g.url('rec'), headers, '{"jsonrpc":"2.0","id":1,')
+  await fetched
+  await upload
+  await until(() => g.audit.some(r => r.status === 499))
+  t.equal(g.audit.find(r => r.status === 499)?.agentId, null, 'the connection went before the token was verified')
+  release()
+  await new Promise(resolve => setTimeout(resolve, 200))
+  const res = await request(g.url('rec'), { method: 'POST', headers, body: JSON.stringify(ping(2)) })
+  await res.body.dump()
+  t.equal(res.statusCode, 429, 'the aborted upload spent the budget of one of the agent its token named')
+  t.equal(up.received.length, n, 'nothing forwarded')
 })
 
 t.test('AddressBudget: IPv6 per /64, IPv4-mapped as IPv4, windows end, memory bounded', async t => {

@@ -5,6 +5,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL, startGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { abortedUpload } from './fixtures/aborted-upload.js'
 
 const GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 const AT = 'urn:ietf:params:oauth:token-type:access_token'
@@ -158,4 +159,31 @@ t.test('failed token requests spend the per-address budget of failed authenticat
   const mcp = await request(g.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${agentToken({ aud: g.resource('echo') })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) })
   await mcp.body.dump()
   t.equal(mcp.statusCode, 429, 'the MCP routes share the budget: the address waits there too')
+})
+
+t.test('token requests aborted mid-upload spend the per-address budget', async t => {
+  const g = await startGateway({
+    issuer,
+    upstreams: { echo: { url: up.url } },
+    extra: {
+      authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false },
+      rateLimit: { max: 100, unauthenticated: { max: 3, timeWindow: '1 minute' } }
+    }
+  })
+  t.teardown(() => g.close())
+  const partial = `grant_type=${encodeURIComponent(GRANT)}&subject_token=${agentToken().slice(0, 40)}`
+  for (let i = 0; i < 3; i++) await abortedUpload(`${g.base}/oauth/token`, { 'content-type': 'application/x-www-form-urlencoded' }, partial)
+  const form = new URLSearchParams({ grant_type: GRANT, subject_token: agentToken(), subject_token_type: AT, resource: g.resource('echo'), scope: 'tool:echo' }).toString()
+  const exchangeNow = async () => {
+    const res = await request(`${g.base}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form })
+    return { status: res.statusCode, json: await res.body.json() as Record<string, any> }
+  }
+  // The aborts are counted as the gateway sees the connections go.
+  let r = await exchangeNow()
+  for (let i = 0; i < 50 && r.status === 200; i++) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    r = await exchangeNow()
+  }
+  t.equal(r.status, 429, 'three aborted uploads spent the budget of three')
+  t.match(r.json, { error: 'slow_down' })
 })
