@@ -9,14 +9,23 @@ import { parseScope, scopesOfClaims, ScopeSyntaxError } from '../lib/scope.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL, startGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { z } from 'zod'
+import { serveMcp } from '../lib/demo/serve.js'
 
-/** Every character outside the scope-token grammar that looks like a separator or is invisible. */
-const SEPARATORS: string[] = [
-  ...Array.from({ length: 0x20 }, (_, i) => String.fromCharCode(i)), // C0 controls, TAB, LF, CR …
-  '\x7f', ...Array.from({ length: 0x20 }, (_, i) => String.fromCharCode(0x80 + i)), // DEL, C1 controls (NEL U+0085 …)
-  '\u00a0', '\u1680', ...Array.from({ length: 11 }, (_, i) => String.fromCharCode(0x2000 + i)), // NBSP, Ogham, en quad … hair space
-  '\u2028', '\u2029', '\u202f', '\u205f', '\u3000', '\ufeff', '\u200b', '\u180e', '\u2060'
-]
+/**
+ * Every character that separates or hides: each Unicode whitespace (White_Space), control (Cc),
+ * format (Cf: zero-width, bidi, tags …) and separator (Z*) code point, beyond the BMP too, but
+ * the one separator the grammar has: U+0020.
+ */
+const SEPARATORS: string[] = []
+for (let cp = 0; cp <= 0x10ffff; cp++) {
+  if (cp === 0x20 || (cp >= 0xd800 && cp <= 0xdfff)) continue
+  const ch = String.fromCodePoint(cp)
+  if (/[\p{White_Space}\p{Cc}\p{Cf}\p{Z}]/u.test(ch)) SEPARATORS.push(ch)
+}
 
 t.test('parseScope: the RFC 6749 §3.3 grammar, nothing else', async t => {
   t.same(parseScope('tool:echo'), ['tool:echo'])
@@ -64,18 +73,77 @@ async function exchange (params: Record<string, string>): Promise<{ status: numb
 }
 const agent = (aud: string | string[], claims: Record<string, unknown> = {}) => issuer.sign({ aud, agentId: 'bot-1', userId: 'alice', roles: ['reader'], ...claims })
 
-t.test('the STS refuses a scope with any character outside the grammar, and issues nothing', async t => {
-  const issuedBefore = gw.audit.length
-  for (const ch of SEPARATORS) {
-    const r = await exchange({ grant_type: GRANT, subject_token: agent(gw.config.publicUrl), subject_token_type: AT, resource: gw.resource('db'), scope: `tool:echo${ch}approved:echo` })
-    const hex = ch.codePointAt(0)!.toString(16)
-    t.equal(r.status, 400, `U+${hex}: 400`)
-    t.equal(r.json.error, 'invalid_scope', `U+${hex}: invalid_scope`)
-    t.notOk('access_token' in r.json, `U+${hex}: no token issued`)
+t.test('scope smuggling at the STS: an approval scope hidden behind any separator is refused, nothing is issued, and no issued token drops the table', async t => {
+  // Under this policy the smuggled scope would matter: database_drop is allowed exactly to
+  // tokens whose scopes contain approved:database_drop.
+  const dropped: string[] = []
+  const db = await serveMcp(() => {
+    const server = new McpServer({ name: 'db', version: '1.0.0' })
+    server.registerTool('database_drop', { description: 'Drop a table.', inputSchema: { table: z.string() } }, async ({ table }) => {
+      dropped.push(table)
+      return { content: [{ type: 'text', text: `dropped ${table}` }] }
+    })
+    server.registerTool('echo', { description: 'Echo the text back.', inputSchema: { text: z.string() } }, async ({ text }) => ({ content: [{ type: 'text', text }] }))
+    return server
+  })
+  t.teardown(() => db.close())
+  const g = await startGateway({
+    issuer,
+    upstreams: { db: { url: db.url } },
+    extra: { authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/approval', import.meta.url).pathname, watch: false } }
+  })
+  t.teardown(() => g.close())
+  const exchangeAt = async (params: Record<string, string>): Promise<{ status: number, json: Record<string, any> }> => {
+    const res = await request(`${g.base}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(params).toString() })
+    return { status: res.statusCode, json: await res.body.json() as Record<string, any> }
   }
-  t.ok(gw.audit.length >= issuedBefore, 'the gateway kept answering')
-  const ok = await exchange({ grant_type: GRANT, subject_token: agent(gw.config.publicUrl), subject_token_type: AT, resource: gw.resource('db'), scope: 'tool:echo' })
-  t.equal(ok.status, 200, 'a well-formed scope is still exchanged')
+  const drop = async (token: string, table: string): Promise<{ text?: string, error?: { code: number, message: string } }> => {
+    const client = new Client({ name: 'smuggler', version: '1' })
+    await client.connect(new StreamableHTTPClientTransport(new URL(g.url('db')), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
+    try {
+      const r = await client.callTool({ name: 'database_drop', arguments: { table } })
+      return { text: (r.content as Array<{ text: string }>)[0]?.text }
+    } catch (err) {
+      return { error: { code: (err as { code: number }).code, message: (err as Error).message } }
+    } finally {
+      await client.close()
+    }
+  }
+
+  // The control: with the approval scope from the identity provider, the table is dropped, so
+  // a token that carried the smuggled approval would drop it too.
+  t.same(await drop(agent(g.resource('db'), { scope: 'approved:database_drop' }), 'control'), { text: 'dropped control' }, 'an approved token drops the table')
+  t.same(dropped, ['control'])
+  t.match(await drop(agent(g.resource('db')), 'unapproved'), { error: { code: -32602, message: /Unknown tool: database_drop/ } }, 'an unapproved one does not: the tool is hidden from it')
+  t.same(dropped, ['control'])
+
+  // Every token the STS issues in this test, smuggled or not: none may drop the table.
+  const issued: string[] = []
+  const grants = (): number => g.audit.filter(r => r.event === 'token-exchange' && r.outcome === 'allow').length
+  const before = grants()
+  const label = (ch: string): string => `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`
+  for (const ch of SEPARATORS) {
+    const r = await exchangeAt({ grant_type: GRANT, subject_token: agent(g.config.publicUrl), subject_token_type: AT, resource: g.resource('db'), scope: `tool:database_drop${ch}approved:database_drop` })
+    t.equal(r.status, 400, `${label(ch)}: 400`)
+    t.equal(r.json.error, 'invalid_scope', `${label(ch)}: invalid_scope`)
+    t.notOk('access_token' in r.json, `${label(ch)}: no token issued`)
+    if (typeof r.json.access_token === 'string') issued.push(r.json.access_token)
+  }
+  const spaced = await exchangeAt({ grant_type: GRANT, subject_token: agent(g.config.publicUrl), subject_token_type: AT, resource: g.resource('db'), scope: 'tool:database_drop approved:database_drop' })
+  t.match(spaced, { status: 400, json: { error: 'invalid_scope' } }, 'with a real space, approved:database_drop is a scope the STS does not grant')
+  t.equal(grants(), before, 'not one token issued for any separator')
+
+  // The tokens it does issue here never carry the approval.
+  for (const scope of ['tool:echo', 'tool:echo prompt:approved:database_drop', 'resource:approved:database_drop']) {
+    const r = await exchangeAt({ grant_type: GRANT, subject_token: agent(g.config.publicUrl), subject_token_type: AT, resource: g.resource('db'), scope })
+    t.equal(r.status, 200, `${scope}: issued`)
+    issued.push(r.json.access_token as string)
+  }
+  t.match(await exchangeAt({ grant_type: GRANT, subject_token: agent(g.config.publicUrl), subject_token_type: AT, resource: g.resource('db'), scope: 'tool:database_drop' }), { status: 400, json: { error: 'invalid_scope' } }, 'database_drop itself is not granted to an unapproved subject')
+  for (const [i, token] of issued.entries()) {
+    t.ok((await drop(token, `issued-${i}`)).error !== undefined, `issued token ${i} cannot drop the table`)
+  }
+  t.same(dropped, ['control'], 'no table was dropped but the control')
 })
 
 t.test('identity refuses an agent token whose scope claim is outside the grammar (nothing forwarded)', async t => {
