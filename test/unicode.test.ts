@@ -13,6 +13,8 @@ import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstr
 import { CedarEngine, compilePolicySet, engineHealth, onEngineFailure, readPolicySource, replaceCedarInstance } from '../lib/cedar/engine.js'
 import { identityFromClaims } from '../lib/identity.js'
 import { jsonValueProblem } from '../lib/jsonrpc.js'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 
 const issuer = makeIssuer('EdDSA')
 let up: RecordingUpstream
@@ -100,8 +102,17 @@ t.test('thousands of poisoned requests from one agent, then an ordinary call: it
   t.equal(refused, 3000, 'all 3,000 refused at parse')
   t.equal(up.received.length, n, 'none forwarded')
   t.equal(engineHealth().replacements, before, 'none reached the Cedar engine')
-  const init = await post(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }), bearer)
-  t.equal(init.status, 200, 'an ordinary request is decided and forwarded')
+  // The same agent's ordinary session: each message is decided by the engine, and a denial would
+  // be an HTTP 200 too, so what counts is the tool's own answer coming back.
+  const client = new Client({ name: 'after-the-flood', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(gw.url('up')), { requestInit: { headers: { authorization: `Bearer ${bearer}` } } }))
+  t.teardown(async () => { await client.close() })
+  t.same((await client.listTools()).tools.map(x => x.name).sort(), ['add_tool', 'count', 'echo'], 'the tools are listed: each one was decided allowed')
+  const answer = await client.callTool({ name: 'echo', arguments: { text: 'still standing ✓' } })
+  t.same(answer.content, [{ type: 'text', text: 'still standing ✓' }], 'an ordinary call gets the tool\'s own result')
+  t.notOk(answer.isError, 'not an error result')
+  const forwarded = up.received.slice(n).filter(r => r.method === 'POST').map(r => (r.body as { method?: string } | undefined)?.method)
+  t.same(forwarded, ['initialize', 'notifications/initialized', 'tools/list', 'tools/call'], 'of all that, only the ordinary session reached the upstream')
   const ready = await request(`${gw.base}/readyz`, { dispatcher })
   t.equal(ready.statusCode, 200)
   t.match(await ready.body.json(), { status: 'ready', cedar: { healthy: true } })
