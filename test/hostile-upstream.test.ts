@@ -107,6 +107,54 @@ t.test('a list on another stream or under another request is filtered too (GET s
   t.notMatch(await call.body.text(), /poison_ignore/, 'a list shape under another method is filtered')
 })
 
+t.test('two events with bare CR line ends, the second a list with a hidden tool: filtered on a POST answer and on the GET stream', async t => {
+  const note = '{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"first"}}'
+  // Written in pieces, with a CR at the end of one and the next CR at the start of the next: a
+  // CR is a line end by itself, not the first half of a CRLF that never comes.
+  const pieces = (second: string): string[] => [`data: ${note}\r`, '\r', `data: ${second}\r`, '\r']
+  const stream = (parts: string[], end = true) => async (_req: unknown, res: ServerResponse) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    for (const part of parts) {
+      res.write(part)
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+    if (end) res.end()
+    else setTimeout(() => { res.end() }, 50)
+  }
+  const both = [CLEAN, HIDDEN]
+  const posts: Array<[string, ReturnType<typeof send> | ReturnType<typeof stream>]> = [
+    ['one chunk', send('text/event-stream', `data: ${note}\r\rdata: ${answer(2, both)}\r\r`)],
+    ['chunks split between the two CRs', stream(pieces(answer(2, both)))]
+  ]
+  for (const [what, script] of posts) {
+    up.script = script
+    const r = await list()
+    t.equal(r.status, 200, `POST, ${what}: 200`)
+    t.match(r.text, /"name":"add"/, `POST, ${what}: the clean tool is listed`)
+    t.notMatch(r.text, /poison_ignore/, `POST, ${what}: the hidden tool is not`)
+  }
+  up.script = send('text/event-stream', `data: ${answer(99, both)}\r\rdata: ${answer(2, both)}\r\r`)
+  const other = await list()
+  t.equal(other.status, 502, 'POST, a list under another id first: refused (an answer on another id)')
+  t.notMatch(other.text, /poison_ignore/, 'POST, a list under another id first: the hidden tool is not shown')
+
+  for (const [what, parts] of [
+    ['one chunk', [`data: ${note}\r\rdata: ${answer(99, both)}\r\r`]],
+    ['chunks split between the two CRs', pieces(answer(99, both))]
+  ] as const) {
+    up.script = (req, res) => {
+      if (req.method === 'GET') return stream([...parts], false)(req, res)
+      res.writeHead(202).end()
+    }
+    const get = await request(gw.url('evil'), { method: 'GET', headers: { authorization: `Bearer ${token()}`, accept: 'text/event-stream' } })
+    const text = await get.body.text()
+    t.equal(get.statusCode, 200, `GET stream, ${what}: 200`)
+    t.match(text, /"data":"first"/, `GET stream, ${what}: the first event arrives`)
+    t.match(text, /"name":"add"/, `GET stream, ${what}: the second carries the clean tool`)
+    t.notMatch(text, /poison_ignore/, `GET stream, ${what}: and not the hidden one`)
+  }
+})
+
 t.test('one name, a clean and a poisoned definition in one page: both are quarantined', async t => {
   up.script = send('application/json', answer(2, [{ ...CLEAN, name: 'twin' }, { ...HIDDEN, name: 'twin' }, CLEAN]))
   const r = await list()
