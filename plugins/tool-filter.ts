@@ -25,7 +25,7 @@ import { rpcError } from '../lib/jsonrpc.js'
 import { localTime } from '../lib/cedar/time.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { mintingFetch } from '../lib/tokens/fetch.js'
-import { DEFAULT_RULES_FILE, loadRules, ToolScanner, type Finding } from '../lib/tools/scanner.js'
+import { DEFAULT_RULES_FILE, loadRules, nameSet, ToolScanner, type Finding, type ScanContext } from '../lib/tools/scanner.js'
 import { contentHash, definitionHash, FilePinStore, pinnedPart, type NewTools, type PinStore } from '../lib/tools/pins.js'
 import { ToolJudge } from '../lib/tools/judge.js'
 import type { AuthzRequest } from '../lib/cedar/engine.js'
@@ -143,7 +143,7 @@ export class ToolGuard {
   }
 
   /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
-  async review (server: string, tool: Tool, ownTools: readonly string[] = [], overBound = false, newTools = this.#config.toolScan.newTools): Promise<ToolReview> {
+  async review (server: string, tool: Tool, ctx: ScanContext = this.#scanContext(server, []), overBound = false, newTools = this.#config.toolScan.newTools): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
     // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
@@ -155,8 +155,7 @@ export class ToolGuard {
     let findings = this.#findings.get(key)
     if (findings === undefined) {
       if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
-      const otherTools = [...this.#config.upstreams.keys()].filter(s => s !== server).flatMap(s => [...(this.#catalogs.get(s)?.tools.keys() ?? [])])
-      findings = this.#scanner.scan(tool, { ownTools: [...ownTools, ...known.keys()], otherTools })
+      findings = this.#scanner.scan(tool, ctx)
       this.#findings.set(key, findings)
     }
     // The rules passed: the judge, when one is configured, has the second word.
@@ -229,6 +228,20 @@ export class ToolGuard {
     return visible
   }
 
+  /** What the scanner knows about names when reviewing this upstream's tools: its own (listed now and known), and other upstreams'. Built once per list. */
+  #scanContext (server: string, listed: readonly string[]): ScanContext {
+    const ownTools = nameSet([...listed, ...this.catalog(server).tools.keys()])
+    const otherTools = new Set<string>()
+    for (const s of this.#config.upstreams.keys()) {
+      if (s === server) continue
+      for (const n of this.#catalogs.get(s)?.tools.keys() ?? []) {
+        const lower = n.toLowerCase()
+        if (!ownTools.has(lower)) otherTools.add(lower)
+      }
+    }
+    return { ownTools, otherTools }
+  }
+
   /**
    * Whether text an upstream sends the model besides tools — a prompt or resource listed, the
    * `instructions` of its initialize answer — passes the scanner's rules. Scanned once per
@@ -240,7 +253,7 @@ export class ToolGuard {
     let findings = this.#findings.get(key)
     if (findings === undefined) {
       if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
-      findings = this.#scanner.scan({ ...item, name: typeof item.name === 'string' ? item.name : kind }, { ownTools: [...this.catalog(server).tools.keys()] })
+      findings = this.#scanner.scan({ ...item, name: typeof item.name === 'string' ? item.name : kind }, { ownTools: nameSet(this.catalog(server).tools.keys()) })
       this.#findings.set(key, findings)
       if (findings.length > 0) this.#app.log.warn({ server, [kind]: typeof item.name === 'string' ? item.name : undefined, hash, findings }, kind === 'instructions' ? 'upstream instructions removed' : `${kind} quarantined`)
     }
@@ -353,7 +366,8 @@ export class ToolGuard {
     let room = MAX_TOOLS_PER_UPSTREAM - c.tools.size
     const admitted = new Set<string>()
     for (const name of names) if (c.tools.has(name) || (room-- > 0)) admitted.add(name)
-    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, names, !admitted.has(tool.name), newTools) : undefined))
+    const ctx = this.#scanContext(server, names)
+    const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, ctx, !admitted.has(tool.name), newTools) : undefined))
     for (const [i, tool] of tools.entries()) {
       if (typeof tool?.name !== 'string') continue
       let review = reviewed[i]!

@@ -41,6 +41,24 @@ t.test('real servers: at most 1 % of their tools are quarantined', async t => {
   t.ok(rate <= 0.01, `false-positive rate ${(rate * 100).toFixed(2)} % ≤ 1 %`)
 })
 
+t.test('real servers all behind one gateway (every other server\'s tool names known): at most 1 % quarantined', async t => {
+  let tools = 0
+  const flagged: string[] = []
+  for (const server of benign) {
+    const names = server.tools.map(x => x.name)
+    const otherTools = benign.filter(s => s !== server).flatMap(s => s.tools.map(x => x.name))
+    for (const tool of server.tools) {
+      tools++
+      const findings = scanner.scan(tool, { ownTools: names, otherTools })
+      if (findings.length > 0) flagged.push(`${server.package} ${tool.name}: ${findings.map(f => `${f.rule} at ${f.path} ("${f.excerpt}")`).join('; ')}`)
+    }
+  }
+  for (const f of flagged) t.comment(`false positive: ${f}`)
+  const rate = flagged.length / tools
+  t.comment(`false positives behind one gateway: ${flagged.length} of ${tools} tools (${(rate * 100).toFixed(2)} %)`)
+  t.ok(rate <= 0.01, `false-positive rate ${(rate * 100).toFixed(2)} % ≤ 1 %`)
+})
+
 t.test('poisoned definitions: at least 90 % are caught, each finding names its rule, path and excerpt', async t => {
   t.ok(poisoned.length >= 90, `${poisoned.length} poisoned definitions`)
   const missed: string[] = []

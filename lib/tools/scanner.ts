@@ -94,11 +94,20 @@ function * strings (value: unknown, path: string, key: string): Generator<{ path
 }
 
 export interface ScanContext {
-  /** The names of the tools listed beside this one by the same upstream. */
-  ownTools?: readonly string[]
-  /** The names of other upstreams' tools. */
-  otherTools?: readonly string[]
+  /** The names of the tools listed beside this one by the same upstream (a Set is taken as already lower-cased). */
+  ownTools?: readonly string[] | ReadonlySet<string>
+  /** The names of other upstreams' tools (a Set is taken as already lower-cased). */
+  otherTools?: readonly string[] | ReadonlySet<string>
 }
+
+/** Names, lower-cased, as a set: built once per list by a caller that scans many tools with one context. */
+export function nameSet (names: Iterable<string>): Set<string> {
+  const out = new Set<string>()
+  for (const n of names) out.add(n.toLowerCase())
+  return out
+}
+const asSet = (names: readonly string[] | ReadonlySet<string> | undefined): ReadonlySet<string> =>
+  names === undefined ? new Set() : names instanceof Set ? names : nameSet(names as readonly string[])
 
 /** A word that says the sentence tells the model what to do. */
 const INSTRUCTION_CUE = /\b(always|also|must|should|instead|whenever|every time|make sure|ensure|do not|don't|never|bcc|cc|redirect|replace|change|modify|override|first|before|after|prefer|only use|avoid)\b/i
@@ -122,8 +131,14 @@ export class ToolScanner {
     const findings: Finding[] = []
     const texts = [...strings(tool, '', '')].map(t => ({ ...t, readings: undefined as ReturnType<typeof readings> | undefined }))
     const params = new Set([...strings(tool.inputSchema, '', '')].filter(x => x.key === 'propertyName').map(x => x.text.toLowerCase()))
-    const own = new Set([tool.name, ...(ctx.ownTools ?? [])].map(n => n.toLowerCase()))
-    const others = new Set((ctx.otherTools ?? []).map(n => n.toLowerCase()).filter(n => !own.has(n) && n.length >= 4))
+    // Looked up, never copied: a list of n tools scanned with one context costs n scans, not n².
+    const self = tool.name.toLowerCase()
+    const ownSet = asSet(ctx.ownTools)
+    const own: Pick<ReadonlySet<string>, 'has'> = { has: n => n === self || ownSet.has(n) }
+    const otherSet = asSet(ctx.otherTools)
+    // Only names that read as identifiers ("send_email", "github.create_issue"): another server's
+    // tool called "search" or "format" is an English word in this one's text.
+    const others: Pick<ReadonlySet<string>, 'has'> = { has: n => n.length >= 4 && /[_.-]/.test(n) && !own.has(n) && otherSet.has(n) }
     for (const rule of this.#rules) {
       for (const t of texts) {
         if (rule.skipKeys?.includes(t.key) === true) continue
@@ -171,13 +186,16 @@ export class ToolScanner {
  * A sentence that names a tool which is neither this one, nor one listed beside it, nor one of
  * its parameters, and tells the model what to do: instructions about another server's tool.
  */
-function foreignToolInstruction (text: string, own: ReadonlySet<string>, params: ReadonlySet<string>, others: ReadonlySet<string>): string | undefined {
+function foreignToolInstruction (text: string, own: Pick<ReadonlySet<string>, 'has'>, params: ReadonlySet<string>, others: Pick<ReadonlySet<string>, 'has'>): string | undefined {
   for (const sentence of sentences(text)) {
     if (!INSTRUCTION_CUE.test(sentence)) continue
-    const lower = sentence.toLowerCase()
-    for (const name of others) {
-      const i = lower.indexOf(name)
-      if (i >= 0 && !/[a-z0-9_]/.test(lower[i - 1] ?? ' ') && !/[a-z0-9_]/.test(lower[i + name.length] ?? ' ')) return sentence
+    // Another upstream's tool named in the sentence: each word that could be a tool name
+    // (letters, digits, _ . -) is looked up, so the cost is the sentence's length, not the
+    // number of other tools.
+    for (const m of sentence.toLowerCase().matchAll(/[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?/g)) {
+      if (others.has(m[0])) return sentence
+      // "github.create_issue", "mail-send_email": a name between dots or dashes is named too.
+      if (/[.-]/.test(m[0]) && m[0].split(/[.-]+/).some(part => others.has(part))) return sentence
     }
     for (const m of sentence.matchAll(TOOL_REFERENCE)) {
       const name = m[1]!.toLowerCase()
