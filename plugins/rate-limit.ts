@@ -8,10 +8,11 @@
  * before that (a parse error, a foreign session, a body over the limit) is counted when its
  * answer is sent, and a request whose client went away before its body was read (an upload
  * aborted mid-way) when it goes away: on the budget of the agent whose token was verified, or,
- * when no one was authenticated, on the per-address budget of failed authentications. Over the limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is
- * forwarded and no decision is computed, and the audit records the refusal. The requests the
- * aggregated endpoint `/mcp` makes on the agent's behalf do not count again; per-tool limits
- * apply after the decision, to allowed calls. Failed authentications have a budget per client
+ * when no one was authenticated, on the per-address budget of failed authentications. Over the
+ * limit → 429 with `Retry-After` and a JSON-RPC error body, nothing is forwarded and no decision
+ * is computed, and the audit records the refusal. The requests the aggregated endpoint `/mcp`
+ * makes on the agent's behalf do not count again; per-tool limits apply after the decision, to
+ * allowed calls. Failed authentications have a budget per client
  * address, kept by the identity plugin. The counters are keyed by the agent (its token's
  * issuer + agent id + user; a token from the gateway's token exchange spends the budget of the
  * token it was exchanged for), never by IP: agents behind one NAT do not share a limit.
