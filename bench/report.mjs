@@ -41,6 +41,36 @@ const table = (rows, cols) => [
   ...rows.map(row => `| ${cols.map(c => c[1](row)).join(' | ')} |`)
 ].join('\n')
 
+// The tool scanner's corpus figures: from latest.json when the full bench ran it, else from its own
+// results file (npm run bench:tool-scan).
+const toolScanFile = [join(resultsDir, 'tool-scan.json'), join(root, 'bench/results/tool-scan.json')].find(f => existsSync(f))
+const ts = r.micro['tool-scan'] ?? (toolScanFile !== undefined ? JSON.parse(readFileSync(toolScanFile, 'utf8')) : undefined)
+const list = (items) => items.length === 0 ? 'none' : items.map(x => `\n  - ${x.replaceAll('|', '\\|')}`).join('')
+const toolScanSection = ts === undefined ? '' : `
+## Tool review: the scanner on the corpus
+
+\`npm run bench:tool-scan\` on ${ts.date}: the rules (rules/tool-scan.json) on ${ts.rates.realTools} tools recorded from ${ts.rates.servers} real MCP
+servers (test/fixtures/tool-corpus/benign), on poisoned definitions written from the published
+attack classes (…/poisoned) and on a held-out set written apart from the rules (…/poisoned/holdout).
+"Behind one gateway" scans each server's tools knowing every other server's tool names, as a
+gateway in front of all of them does.
+
+| set | tools | flagged | rate |
+|---|---|---|---|
+| real tools, each server alone (false positives) | ${ts.rates.realTools} | ${ts.rates.falsePositivesAlone.count} | ${ts.rates.falsePositivesAlone.percent} % |
+| real tools, all behind one gateway (false positives) | ${ts.rates.realTools} | ${ts.rates.falsePositivesBehindOneGateway.count} | ${ts.rates.falsePositivesBehindOneGateway.percent} % |
+| poisoned (detection) | ${ts.rates.poisoned.count} | ${ts.rates.poisoned.caught} | ${ts.rates.poisoned.percent} % |
+| held-out poisoned (detection) | ${ts.rates.holdout.count} | ${ts.rates.holdout.caught} | ${ts.rates.holdout.percent} % |
+
+- False positives behind one gateway: ${list(ts.rates.falsePositivesBehindOneGateway.tools)}
+- Poisoned definitions missed: ${list(ts.rates.poisoned.missed)}
+- Held-out definitions missed: ${list(ts.rates.holdout.missed)}
+
+A scan of one real tool: p50 ${ts.costPerRealTool.p50_us} µs, p99 ${ts.costPerRealTool.p99_us} µs (${ts.costPerRealTool.scans} scans; a
+definition is scanned once per hash, so this is paid the first time a definition is seen). The slowest
+of ${ts.adversarial64KB.inputs.length} adversarial 64 KB descriptions (runs of the characters and words the rules repeat) took ${ts.adversarial64KB.worst_ms} ms.
+`
+
 const flags = [...(r.quick ? ['--quick'] : []), ...(write ? ['--write'] : [])]
 const microRows = Object.values(r.micro).flatMap(m => (m.rows ?? []).filter(x => x.name !== undefined))
 const md = `# Benchmark results
@@ -79,6 +109,6 @@ ${table(microRows, [['function', x => x.name], ['p50 µs', x => x.p50_us ?? '—
 ### Filtering a tools/list answer
 
 ${table(r.micro.filter.rows, [['tools', x => x.tools], ['visible', x => x.visible], ['first sight p50 ms', x => x.cold_p50_ms], ['first sight p99 ms', x => x.cold_p99_ms], ['repeated p50 ms', x => x.warm_p50_ms], ['repeated p99 ms', x => x.warm_p99_ms]])}
-`
+${toolScanSection}`
 writeFileSync(join(outDir, 'RESULTS.md'), md)
 progress(`wrote ${shown(join(outDir, 'RESULTS.md'))} and ${shown(join(resultsDir, 'hops.svg'))} from ${shown(latestFile)}`)

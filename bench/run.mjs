@@ -101,7 +101,7 @@ upstreamProc.send('stop')
 
 // The micro-benches, each writing its own results file into resultsDir (same --write).
 const flags = [...(quick ? ['--quick'] : []), ...(write ? ['--write'] : [])]
-for (const m of ['cedar', 'tokens', 'filter', 'identity', 'sse']) {
+for (const m of ['cedar', 'tokens', 'filter', 'identity', 'sse', 'tool-scan']) {
   execFileSync(process.execPath, [join(root, `bench/micro/${m}.mjs`), ...flags], { stdio: 'inherit' })
 }
 const micro = Object.fromEntries(['cedar', 'tokens', 'filter', 'identity', 'sse'].map(m => [m, JSON.parse(readFileSync(join(resultsDir, `${m}.json`), 'utf8'))]))
