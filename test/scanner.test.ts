@@ -108,7 +108,7 @@ t.test('hidden padding is found however the run of blank space is made up', asyn
 t.test('scanning adversarial text of 64 KB takes linear time, for every shipped rule', async t => {
   const N = 64_000
   const fill = (unit: string) => unit.repeat(Math.ceil(N / unit.length)).slice(0, N)
-  const units = ['\n', ' ', '\t', '\u00A0', '\r\n', ' \n', '\n ', '\n#', '#', 'a', 'A', '1', 'a1', 'aB', 'a ', 'a.', 'a-', 'a_', 'x@', '$1', '=', '%41', '41', 'QUFB', '<', '< ', '<|', ':', '\u0430', 'a\u0430', '~/', '.ssh/']
+  const units = ['\n', ' ', '\t', '\u00A0', '\r\n', ' \n', '\n ', '\n#', '#', 'a', 'A', '1', 'a1', 'aB', 'a ', 'a.', 'a-', 'a_', 'x@', '$1', '=', '%41', '41', 'QUFB', '<', '< ', '<|', ':', '\u0430', 'a\u0430', '~/', '.ssh/', 'You must aB ', 'whenever a_b ', 'call the x tool ', 'send_email ']
   for (const r of loadRules([DEFAULT_RULES_FILE])) {
     const words = [...new Set(r.pattern?.match(/[\p{L}']{2,}/gu) ?? [])]
     if (words.length > 0) units.push(`${words.join(' ')} `, `${words.join('\n')}\n`)
@@ -116,9 +116,15 @@ t.test('scanning adversarial text of 64 KB takes linear time, for every shipped 
   let worst = { ms: 0, unit: '' }
   for (const unit of units) {
     const start = process.hrtime.bigint()
-    scanner.scan({ name: 'a', description: fill(unit), inputSchema: { type: 'object', properties: { x: { type: 'string', default: fill(unit) } } } })
+    scanner.scan({ name: 'a', description: fill(unit), inputSchema: { type: 'object', properties: { x: { type: 'string', default: fill(unit) } } } }, { otherTools: ['send_email', 'x', 'count', 'a_b'] })
     const ms = Number(process.hrtime.bigint() - start) / 1e6
     if (ms > worst.ms) worst = { ms, unit: unit.slice(0, 30) }
   }
   t.ok(worst.ms < 3000, `the slowest of ${units.length} inputs took ${worst.ms.toFixed(0)} ms (${JSON.stringify(worst.unit)})`)
+})
+
+t.test('a string longer than 64 KiB quarantines the tool unread', async t => {
+  const findings = scanner.scan({ name: 'a', description: 'You must aB '.repeat(20_000) })
+  t.same(findings.map(f => f.rule), ['too-long-to-scan'])
+  t.equal(findings[0]!.path, 'description')
 })

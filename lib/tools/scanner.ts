@@ -46,6 +46,9 @@ export interface ToolLike {
   [field: string]: unknown
 }
 
+/** The longest string of a definition that is scanned; a longer one quarantines the tool unread. */
+export const MAX_SCANNED = 65_536
+
 export const DEFAULT_RULES_FILE = join(PACKAGE_ROOT, 'rules', 'tool-scan.json')
 
 /** Reads rules files (the shipped one first, then the operator's), dropping disabled ids. */
@@ -139,16 +142,24 @@ export class ToolScanner {
   /** The findings of one tool definition: at most one per rule, each with its path and excerpt. */
   scan (tool: ToolLike, ctx: ScanContext = {}): Finding[] {
     const findings: Finding[] = []
-    const texts = [...strings(tool, '', '')].map(t => ({ ...t, readings: undefined as ReturnType<typeof readings> | undefined }))
+    const all = [...strings(tool, '', '')]
+    // A string longer than MAX_SCANNED is a finding by itself and is not read further: the tool is
+    // quarantined whatever else it says, and no rule's cost grows with text no tool needs.
+    const tooLong = all.find(t => t.text.length > MAX_SCANNED)
+    if (tooLong !== undefined) {
+      return [{ rule: 'too-long-to-scan', path: tooLong.path, excerpt: show(`${tooLong.text.slice(0, 40)}... (${tooLong.text.length} characters)`), description: `a string longer than ${MAX_SCANNED} characters, which no tool definition needs` }]
+    }
+    const texts = all.map(t => ({ ...t, readings: undefined as ReturnType<typeof readings> | undefined }))
     const params = new Set([...strings(tool.inputSchema, '', '')].filter(x => x.key === 'propertyName').map(x => x.text.toLowerCase()))
     // Looked up, never copied: a list of n tools scanned with one context costs n scans, not n².
     const self = tool.name.toLowerCase()
     const ownSet = asSet(ctx.ownTools)
     const own: Pick<ReadonlySet<string>, 'has'> = { has: n => n === self || ownSet.has(n) }
     const otherSet = asSet(ctx.otherTools)
-    // Only names that read as identifiers ("send_email", "github.create_issue"): another server's
-    // tool called "search" or "format" is an English word in this one's text.
-    const others: Pick<ReadonlySet<string>, 'has'> = { has: n => n.length >= 4 && /[_.-]/.test(n) && !own.has(n) && otherSet.has(n) }
+    // Another server's tool named in this one's text. A name that reads as an identifier
+    // ("send_email", "github.create_issue") counts wherever it stands; a plain word ("search",
+    // "count") only where the text names it as a tool (foreignToolInstruction looks at how).
+    const others: Pick<ReadonlySet<string>, 'has'> = { has: n => n.length >= 4 && !own.has(n) && otherSet.has(n) }
     for (const rule of this.#rules) {
       for (const t of texts) {
         if (rule.skipKeys?.includes(t.key) === true) continue
@@ -193,6 +204,16 @@ export class ToolScanner {
 }
 
 /**
+ * Whether a plain word at i is named as a tool: "the count tool", "count()". A word that is
+ * another server's tool name is otherwise just a word ("a web search tool", "the `search` parameter").
+ */
+function namedAsTool (lower: string, i: number, length: number): boolean {
+  const before = lower.slice(Math.max(0, i - 6), i)
+  const after = lower.slice(i + length, i + length + 12)
+  return (/\bthe\s[`'"]?$/.test(before) && /^[`'"]?\s(tool|function)\b/.test(after)) || /^\(\)/.test(after)
+}
+
+/**
  * A sentence that names a tool which is neither this one, nor one listed beside it, nor one of
  * its parameters, and tells the model what to do: instructions about another server's tool.
  */
@@ -202,10 +223,15 @@ function foreignToolInstruction (text: string, own: Pick<ReadonlySet<string>, 'h
     // Another upstream's tool named in the sentence: each word that could be a tool name
     // (letters, digits, _ . -) is looked up, so the cost is the sentence's length, not the
     // number of other tools.
-    for (const m of sentence.toLowerCase().matchAll(/[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?/g)) {
-      if (others.has(m[0])) return sentence
-      // "github.create_issue", "mail-send_email": a name between dots or dashes is named too.
-      if (/[.-]/.test(m[0]) && m[0].split(/[.-]+/).some(part => others.has(part))) return sentence
+    const lower = sentence.toLowerCase()
+    // A plain word counts in a sentence about when other tools run ("whenever count is needed, call this").
+    const aboutOthers = SHADOW_CUE.test(sentence)
+    for (const m of lower.matchAll(/[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?/g)) {
+      const word = m[0]
+      if (own.has(word) || params.has(word)) continue
+      if (others.has(word) && (/[_.-]/.test(word) || aboutOthers || namedAsTool(lower, m.index, word.length))) return sentence
+      // "github.create_issue": an identifier between dots or dashes is named too.
+      if (/[.-]/.test(word) && word.split(/[.-]+/).some(part => part.includes('_') && others.has(part))) return sentence
     }
     for (const m of sentence.matchAll(TOOL_REFERENCE)) {
       const name = m[1]!.toLowerCase()
@@ -214,7 +240,8 @@ function foreignToolInstruction (text: string, own: Pick<ReadonlySet<string>, 'h
       const before = sentence.slice(Math.max(0, m.index - 10), m.index).toLowerCase()
       if (/^\s*(tool|function|command)\b/.test(after) || /\b(tool|function)\s*$/.test(before) || m[0].endsWith('()')) return sentence
       // A bare identifier that is no name of this server's, in a sentence about when other tools run.
-      if (SHADOW_CUE.test(sentence) && /^[a-z][a-z0-9]*([_.][a-z0-9]+)+$/.test(name)) return sentence
+      // (The cue is tested once per sentence, above: per reference it was quadratic.)
+      if (aboutOthers && /^[a-z][a-z0-9]*([_.][a-z0-9]+)+$/.test(name)) return sentence
     }
   }
   return undefined
