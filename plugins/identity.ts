@@ -31,6 +31,8 @@ import mcpContext from './mcp-context.js'
 declare module 'fastify' {
   interface FastifyRequest {
     identity: Identity | null
+    /** True for the gateway's own in-process requests (a handle it issued, consumed): not an agent's request of its own. */
+    mcpInternal: boolean
     mcpWardenJwtVerify: <T = Record<string, unknown>>() => Promise<T>
   }
   interface FastifyInstance {
@@ -140,6 +142,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   } as Parameters<typeof fastifyJwt>[1])
 
   app.decorateRequest('identity', null)
+  app.decorateRequest('mcpInternal', false)
 
   const internal = new Map<string, { identity: Identity, until: number }>()
   app.decorate('mcpInternalIdentity', {
@@ -246,13 +249,19 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
 
   app.addHook('onRequest', async (request, reply) => {
     const target = request.mcpTarget
-    if (target === null) return
     const handle = request.headers[INTERNAL_IDENTITY_HEADER]
+    if (target === null) {
+      // Only server routes take the gateway's own handles: anywhere else (the aggregated /mcp
+      // above all) the header comes from a client, and is a failed authentication.
+      if (handle !== undefined) await authenticateWith(request, reply, async () => { throw new TokenInvalidError('the internal request header is not accepted here') })
+      return
+    }
     if (handle !== undefined) {
       const entry = typeof handle === 'string' ? internal.get(handle) : undefined
       if (typeof handle === 'string') internal.delete(handle)
       if (entry !== undefined && entry.until >= Date.now()) {
         request.identity = entry.identity
+        request.mcpInternal = true
         return
       }
       // Not a handle this gateway issued, so not one of its own requests: a client sent the

@@ -26,7 +26,6 @@ import { budgetKey } from '../lib/identity.js'
 import { startStage } from '../lib/timing.js'
 import type {} from './store.js'
 import type {} from './cedar-authz.js'
-import { INTERNAL_IDENTITY_HEADER } from './identity.js'
 
 export interface RateLimitOptions {
   config: GatewayConfig
@@ -88,7 +87,7 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
   const mcpRoute = (request: FastifyRequest): boolean =>
     request.mcpTarget !== null || request.routeOptions.config.mcpAggregate === true
   const agentRequest = (request: FastifyRequest): boolean =>
-    request.identity !== null && request.headers[INTERNAL_IDENTITY_HEADER] === undefined && mcpRoute(request)
+    request.identity !== null && !request.mcpInternal && mcpRoute(request)
 
   app.addHook('preValidation', async (request, reply) => {
     if (!agentRequest(request)) return

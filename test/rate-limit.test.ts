@@ -175,6 +175,47 @@ t.test('the header of the gateway\'s own inner requests, sent by a client: a fai
   t.match(g.audit.at(-1), { outcome: 'deny', status: 429 })
 })
 
+t.test('the inner-request header on the aggregated /mcp: a failed authentication, never a way around the agent\'s budget', async t => {
+  const g = await startGateway({
+    issuer,
+    upstreams: { rec: { url: up.url, auth: { type: 'none' } } },
+    extra: { rateLimit: { max: 3, unauthenticated: { max: 2, timeWindow: '1 minute' } } }
+  })
+  t.teardown(() => g.close())
+  const bearer = `Bearer ${issuer.sign({ aud: `${g.config.publicUrl}/mcp`, agentId: 'agg-bot', sub: 'agg-bot' })}`
+  const post = async (extra: Record<string, string>, id: number): Promise<number> => {
+    const res = await request(`${g.base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: bearer, 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: new URL(g.config.publicUrl).host, ...extra },
+      body: JSON.stringify(ping(id))
+    })
+    await res.body.dump()
+    return res.statusCode
+  }
+  const n = up.received.length
+  t.equal(await post({ 'x-mcp-warden-internal': 'x' }, 1), 401, 'the header from a client is refused on /mcp too')
+  t.equal(await post({ 'x-mcp-warden-internal': 'y' }, 2), 401)
+  t.equal(await post({ 'x-mcp-warden-internal': 'z' }, 3), 429, 'and it spends the address budget')
+  t.equal(up.received.length, n, 'nothing forwarded')
+})
+
+t.test('the aggregated /mcp counts every request against the agent\'s budget', async t => {
+  const g = await startGateway({ issuer, upstreams: { rec: { url: up.url, auth: { type: 'none' } } }, extra: { rateLimit: { max: 3 } } })
+  t.teardown(() => g.close())
+  const bearer = `Bearer ${issuer.sign({ aud: `${g.config.publicUrl}/mcp`, agentId: 'agg-bot2', sub: 'agg-bot2' })}`
+  const statuses: number[] = []
+  for (let i = 0; i < 5; i++) {
+    const res = await request(`${g.base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: bearer, 'content-type': 'application/json', accept: 'application/json, text/event-stream', host: new URL(g.config.publicUrl).host },
+      body: JSON.stringify(ping(i))
+    })
+    await res.body.dump()
+    statuses.push(res.statusCode)
+  }
+  t.same(statuses, [200, 200, 200, 429, 429], 'three within the budget, then 429')
+})
+
 t.test('uploads aborted mid-way spend the agent\'s budget, on server routes and on /mcp', async t => {
   const aborts = (): number => gw.audit.filter(r => r.agentId === 'abort-bot' && r.status === 499).length
   const token = (aud: string): string => `Bearer ${issuer.sign({ aud, agentId: 'abort-bot', sub: 'abort-bot' })}`
