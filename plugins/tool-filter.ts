@@ -71,7 +71,10 @@ const MAX_PAGES_PER_CALLER = 100
 const CALLER_LIST = { maxPages: 100, timeoutMs: 15_000 }
 
 interface Catalog {
+  /** Every tool any list of this upstream showed (names bounded by MAX_TOOLS_PER_UPSTREAM): for reviews and the CLI, never for deciding a call. */
   tools: Map<string, { tool: Tool, review: ToolReview }>
+  /** What the gateway's own read of the list (its own credential) showed. */
+  own: Map<string, CatalogEntry>
   stale: boolean
   /** When the gateway last read the list itself (ms since the epoch). */
   readAt?: number
@@ -138,12 +141,12 @@ export class ToolGuard {
 
   catalog (server: string): Catalog {
     let c = this.#catalogs.get(server)
-    if (c === undefined) { c = { tools: new Map(), stale: true }; this.#catalogs.set(server, c) }
+    if (c === undefined) { c = { tools: new Map(), own: new Map(), stale: true }; this.#catalogs.set(server, c) }
     return c
   }
 
   /** Scans (once per definition hash) and pin-checks (every time: approvals apply at once) a tool. */
-  async review (server: string, tool: Tool, ctx: ScanContext = this.#scanContext(server, []), overBound = false, newTools = this.#config.toolScan.newTools): Promise<ToolReview> {
+  async review (server: string, tool: Tool, ctx?: ScanContext, overBound = false, newTools = this.#config.toolScan.newTools): Promise<ToolReview> {
     const hash = definitionHash(tool)
     const key = `${server}/${tool.name}\n${hash}`
     // What one upstream can make the gateway remember is bounded: past MAX_TOOLS_PER_UPSTREAM
@@ -155,7 +158,7 @@ export class ToolGuard {
     let findings = this.#findings.get(key)
     if (findings === undefined) {
       if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
-      findings = this.#scanner.scan(tool, ctx)
+      findings = this.#scanner.scan(tool, ctx ?? this.#scanContext(server, []))
       this.#findings.set(key, findings)
     }
     // The rules passed: the judge, when one is configured, has the second word.
@@ -176,7 +179,7 @@ export class ToolGuard {
     const pin = await this.#pins.check(server, tool, hash, newTools)
     let reason = 'ok'
     if (findings.length > 0) reason = `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
-    else if (pin === 'changed') reason = `quarantined: the definition changed since it was pinned; review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
+    else if (pin === 'changed') reason = `quarantined: the upstream served a definition other than the pinned one; review it with mcp-warden tools diff and approve it with mcp-warden tools approve ${server}/${tool.name} HASH`
     else if (pin === 'new') reason = `quarantined: a tool that appeared after the upstream's tools were first pinned (toolScan.newTools: quarantine); review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
     else if (twin !== undefined && twin !== tool.name) reason = `quarantined: the same definition as quarantined tool ${twin}`
     // A definition still waiting for the judge is held back from this answer only: nothing is
@@ -417,7 +420,8 @@ export class ToolGuard {
       try {
         const tools = await listUpstreamTools(server.url, fetchImpl, 'mcp-warden')
         c.tools.clear()
-        await this.record(server.name, tools)
+        const reviews = await this.record(server.name, tools)
+        c.own = new Map(tools.filter(t => typeof t?.name === 'string' && reviews.has(t.name)).map(t => [t.name, { tool: t, review: reviews.get(t.name)! }]))
       } catch (err) {
         this.#app.log.warn({ server: server.name, error: (err as Error).message }, 'could not read the upstream\'s tool list')
       }
@@ -466,6 +470,9 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
    * decides them, the caller's credential is minted or exchanged for them, they are audited, and
    * their answers are reviewed and recorded in the caller's catalog as they pass.
    */
+  /** Listings as a caller under way, by caller key. */
+  const listings = new Map<string, Promise<ListAsCaller>>()
+
   async function listAsCaller (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined): Promise<ListAsCaller> {
     const caller = guard.callerKey(identity, server.name, session)
     guard.listingAs(caller, server.name)
@@ -543,8 +550,16 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // once per REFRESH_MS, so calls of made-up names cannot make it hammer the upstream.
       let entry = guard.listedTool(caller, server.name, m.tool!)
       let listed: ListAsCaller | undefined
-      if (entry === undefined && guard.mayListAs(caller, server.name)) {
-        listed = await listAsCaller(request, identity, server, session)
+      if (entry === undefined) {
+        // A listing as this caller already under way (a call beside this one started it) is
+        // waited for, never decided around.
+        const inFlight = listings.get(caller)
+        if (inFlight !== undefined) listed = await inFlight
+        else if (guard.mayListAs(caller, server.name)) {
+          const listing = listAsCaller(request, identity, server, session).finally(() => { listings.delete(caller) })
+          listings.set(caller, listing)
+          listed = await listing
+        }
         entry = guard.listedTool(caller, server.name, m.tool!)
       }
       // A caller the gateway could not list as (its policy does not let it list, or the list
@@ -553,8 +568,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // there but the caller's own list.
       const canRead = server.auth.type !== 'exchange'
       if (entry === undefined && !guard.hasOwnList(caller, server.name) && canRead) {
-        if (c.stale || (!c.tools.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
-        entry = c.tools.get(m.tool!)
+        if (c.stale || (!c.own.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
+        entry = c.own.get(m.tool!)
       }
       if (entry === undefined && listed?.ok === false && !canRead) {
         done()
@@ -567,10 +582,13 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         }
         return await refuse(request, reply, m.tool!, reason)
       }
-      // A definition that was waiting for the judge when it was listed: its verdict may be in now.
-      if (entry?.review.pending === true) {
+      // Decided on the tool's review now, not as it was when listed: a pin that changed since (a
+      // rug pull seen in another caller's list, an approval) or a judge's verdict that came in
+      // applies at once. The review is cached; its pin check is a lookup when nothing changed.
+      if (entry !== undefined && !entry.review.quarantined) {
         entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
-        c.tools.set(m.tool!, entry)
+      } else if (entry?.review.pending === true) {
+        entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
       }
       done()
       if (entry === undefined) return await refuse(request, reply, m.tool!, 'the upstream did not list this tool to this caller')

@@ -50,10 +50,7 @@ if not pinned then
 end
 local pending = redis.call('HGET', KEYS[3], ARGV[1])
 if pinned == ARGV[2] then
-  if pending then
-    redis.call('HDEL', KEYS[3], ARGV[1]); redis.call('HDEL', KEYS[4], ARGV[1])
-    redis.call('INCR', KEYS[5]); redis.call('PUBLISH', ARGV[4], ARGV[1])
-  end
+  if pending then return 'changed' end
   return 'match'
 end
 if pending ~= ARGV[2] then

@@ -1,7 +1,8 @@
 /**
  * Tool pinning (rug-pull defence): the first definition of a tool seen (or pinned by the
  * operator) is stored by its canonical hash; a later, different definition is held as
- * "pending" and the tool is quarantined until the operator approves it. With
+ * "pending" and the tool is quarantined until the operator approves it (or pins a definition),
+ * whichever definition the upstream serves meanwhile. With
  * `toolScan.newTools: quarantine`, a name that appears after an upstream's first tools were
  * pinned is held as pending too (an entry with no pinned definition yet).
  * The file store is one JSON file, replaced atomically and re-read when it changes, so
@@ -120,10 +121,10 @@ export class FilePinStore implements PinStore {
       this.#saveSoon()
       return 'pinned-now'
     }
-    if (entry.pinned.hash === hash) {
-      if (entry.pending !== undefined) { this.#data.set(key, { pinned: entry.pinned }); this.#saveSoon() }
-      return 'match'
-    }
+    // The pinned definition served again while a change waits: the change still waits (an
+    // upstream that alternates definitions must not wipe what the operator has to decide), and
+    // the tool stays held until it is approved or the pinned one is pinned again.
+    if (entry.pinned.hash === hash) return entry.pending !== undefined ? 'changed' : 'match'
     if (entry.pending?.hash !== hash) {
       this.#data.set(key, { pinned: entry.pinned, pending: record })
       this.#saveSoon()
