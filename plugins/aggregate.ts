@@ -64,8 +64,10 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
   const checkHost = hostCheck(config.publicUrl)
   const upstreams = [...config.upstreams.values()]
 
-  // Which unprefixed upstream offers a bare tool or prompt name (learned from the lists it answered).
+  // Which unprefixed upstream offers a bare tool or prompt name to an agent (principal \n name →
+  // server), learned from the lists that agent was answered; NOBODY once two upstreams offered it.
   const bareOwners = { tools: new Map<string, string>(), prompts: new Map<string, string>() }
+  const NOBODY = ''
   // Which upstream serves a resource URI (learned from resources/list).
   const resourceOwners = new Map<string, string>()
   // Upstream sessions opened for an agent: principal \n server → session.
@@ -177,8 +179,28 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     }))
   }
 
-  function rememberBare (which: Map<string, string>, lists: Array<{ server: UpstreamConfig, items: Array<{ name: string }> }>): void {
-    for (const { server, items } of lists) if (server.prefix === '') for (const i of items) which.set(i.name, server.name)
+  /**
+   * Records which unprefixed upstream offers each bare name to this agent. A name two upstreams
+   * offered (in one list, or one after the other) is routed to neither from then on: one agent's
+   * lists never move another agent's calls, and an upstream cannot take over another's name.
+   */
+  function rememberBare (which: Map<string, string>, identity: Identity, lists: Array<{ server: UpstreamConfig, items: Array<{ name: string }> }>): void {
+    const principal = principalKey(identity)
+    const count = new Map<string, number>()
+    for (const { server, items } of lists) if (server.prefix === '') for (const i of items) count.set(i.name, (count.get(i.name) ?? 0) + 1)
+    for (const { server, items } of lists) {
+      if (server.prefix !== '') continue
+      for (const i of items) {
+        const key = `${principal}\n${i.name}`
+        const previous = which.get(key)
+        if (which.size >= 100_000) which.clear()
+        which.set(key, count.get(i.name) === 1 && (previous === undefined || previous === server.name) ? server.name : NOBODY)
+      }
+    }
+  }
+  const bareOwner = (which: Map<string, string>, identity: Identity) => (name: string): string | undefined => {
+    const owner = which.get(`${principalKey(identity)}\n${name}`)
+    return owner === NOBODY ? undefined : owner
   }
 
   function buildServer (identity: Identity, authorization: string | undefined): Server {
@@ -188,13 +210,13 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     })
     server.setRequestHandler(ListToolsRequestSchema, async () => {
       const lists = await listAll<{ name: string }>(identity, authorization, 'tools/list', 'tools')
-      rememberBare(bareOwners.tools, lists)
+      rememberBare(bareOwners.tools, identity, lists)
       const { items, collisions } = names.merge(lists)
       if (collisions.length > 0) app.log.warn({ collisions }, 'aggregate: tool names exposed by more than one upstream are left out')
       return { tools: items as never }
     })
     server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
-      const target = names.resolve(req.params.name, n => bareOwners.tools.get(n))
+      const target = names.resolve(req.params.name, bareOwner(bareOwners.tools, identity))
       if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
       try {
         // Progress and log messages of the call go back to the agent on this request's stream.
@@ -212,11 +234,11 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     })
     server.setRequestHandler(ListPromptsRequestSchema, async () => {
       const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list', 'prompts')
-      rememberBare(bareOwners.prompts, lists)
+      rememberBare(bareOwners.prompts, identity, lists)
       return { prompts: names.merge(lists).items as never }
     })
     server.setRequestHandler(GetPromptRequestSchema, async (req) => {
-      const target = names.resolve(req.params.name, n => bareOwners.prompts.get(n))
+      const target = names.resolve(req.params.name, bareOwner(bareOwners.prompts, identity))
       if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown prompt: ${req.params.name}`)
       return await call(identity, authorization, target.server, 'prompts/get', { ...req.params, name: target.name }) as never
     })
