@@ -68,7 +68,11 @@ type ListAsCaller = { ok: true } | { ok: false, why: string, status?: number, er
 const MAX_CALLERS = 20_000
 const MAX_PAGES_PER_CALLER = 100
 /** Limits on a list the gateway reads as a caller. */
-const CALLER_LIST = { maxPages: 100, timeoutMs: 15_000 }
+const CALLER_LIST = { maxPages: 20, timeoutMs: 15_000 }
+/** The most list pages remembered for callers' catalogs, and the most tools in them together. */
+const MAX_PAGES_KEPT = 2_000
+const MAX_TOOLS_KEPT = 100_000
+const MAX_BYTES_KEPT = 64 * 1024 * 1024
 
 interface Catalog {
   /** Every tool any list of this upstream showed (names bounded by MAX_TOOLS_PER_UPSTREAM): for reviews and the CLI, never for deciding a call. */
@@ -122,10 +126,15 @@ export class ToolGuard {
   readonly #changedContent = new Map<string, string>()
   /** Upstreams whose first list is being read page by page → until when. */
   readonly #firstListing = new Map<string, number>()
+  /** Upstreams whose first list was read to its end (newTools: quarantine holds any later name). */
+  readonly #baselined = new Set<string>()
   /** Callers' catalogs: server \n principal \n session → the pages listed to them. */
   readonly #callers = new Map<string, CallerCatalog>()
   /** One list page's tools and their reviews, by server \n page hash (shared by every caller listed it). */
   readonly #pageTools = new Map<string, ReadonlyMap<string, CatalogEntry>>()
+  readonly #pageBytes = new Map<string, number>()
+  #toolsKept = 0
+  #bytesKept = 0
   /** Prompts and resources quarantined when last listed: server \n kind \n name or URI. */
   readonly #heldItems = new Set<string>()
   /** Bumped by an upstream's notifications/tools/list_changed. */
@@ -202,10 +211,11 @@ export class ToolGuard {
    * The tools of one tools/list page this caller may see. A page seen before (same text,
    * same pins, same decision scope) is answered from cache.
    */
-  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[], lastPage = true, caller?: string): Promise<Tool[]> {
+  async visibleTools (identity: Identity, server: UpstreamConfig, tools: readonly Tool[], lastPage = true, caller?: string, continued = false): Promise<Tool[]> {
     const scope = this.decisionScope(identity, server)
     // The page as the upstream sent it (not canonical: the same answer has the same text).
-    const pageHash = `${server.name}\n${createHash('sha256').update(JSON.stringify(tools)).digest('base64url')}`
+    const text = JSON.stringify(tools)
+    const pageHash = `${server.name}\n${createHash('sha256').update(text).digest('base64url')}`
     const pageKey = `${scope}\n${this.#pins.generation}\n${pageHash}`
     const names = this.#pages.get(pageKey)
     if (names !== undefined && this.#pageTools.has(pageHash)) {
@@ -215,9 +225,23 @@ export class ToolGuard {
         return tools.filter(t => names.has(t.name))
       }
     }
-    const reviews = await this.record(server.name, tools, lastPage)
-    if (this.#pageTools.size >= 10_000) this.#pageTools.clear()
-    this.#pageTools.set(pageHash, new Map(tools.filter(t => typeof t?.name === 'string' && reviews.has(t.name)).map(t => [t.name, { tool: t, review: reviews.get(t.name)! }])))
+    const reviews = await this.record(server.name, tools, lastPage, continued)
+    // What callers' catalogs hold is bounded in pages and in tools: the oldest pages go first (a
+    // caller whose page went lists again when it calls).
+    const entries = new Map(tools.filter(t => typeof t?.name === 'string' && reviews.has(t.name)).map(t => [t.name, { tool: t, review: reviews.get(t.name)! }]))
+    const kept = this.#pageTools.get(pageHash)
+    if (kept !== undefined) { this.#pageTools.delete(pageHash); this.#toolsKept -= kept.size; this.#bytesKept -= this.#pageBytes.get(pageHash) ?? 0 }
+    while (this.#pageTools.size > 0 && (this.#pageTools.size >= MAX_PAGES_KEPT || this.#toolsKept + entries.size > MAX_TOOLS_KEPT || this.#bytesKept + text.length > MAX_BYTES_KEPT)) {
+      const [oldest, page] = this.#pageTools.entries().next().value!
+      this.#pageTools.delete(oldest)
+      this.#toolsKept -= page.size
+      this.#bytesKept -= this.#pageBytes.get(oldest) ?? 0
+      this.#pageBytes.delete(oldest)
+    }
+    this.#pageTools.set(pageHash, entries)
+    this.#pageBytes.set(pageHash, text.length)
+    this.#toolsKept += entries.size
+    this.#bytesKept += text.length
     if (caller !== undefined) this.#listedTo(caller, server.name, pageHash)
     const visible = tools.filter(t => {
       const review = reviews.get(t.name)
@@ -344,22 +368,27 @@ export class ToolGuard {
    * read (every page of it, up to the page without a nextCursor, within FIRST_LIST_MS): the
    * tools that list offers are the ones pinned.
    */
-  async #newToolsFor (server: string, lastPage: boolean): Promise<NewTools> {
+  async #newToolsFor (server: string, lastPage: boolean, continued: boolean): Promise<NewTools> {
     const mode = this.#config.toolScan.newTools
-    if (mode !== 'quarantine') return mode
+    if (mode !== 'quarantine' || this.#baselined.has(server)) return mode
     const listing = this.#firstListing.get(server)
-    const first = (listing !== undefined && listing > Date.now()) || !(await this.#pins.hasPins(server))
+    // A later page of the first list (asked for with its cursor, in time), or a list while the
+    // upstream has no pins yet.
+    const first = (continued && listing !== undefined && listing > Date.now()) || !(await this.#pins.hasPins(server))
     if (!first) return mode
-    if (lastPage) this.#firstListing.delete(server)
-    else this.#firstListing.set(server, listing ?? Date.now() + FIRST_LIST_MS)
+    if (lastPage) {
+      // The first list is complete, even an empty one: from now on new names wait.
+      this.#firstListing.delete(server)
+      this.#baselined.add(server)
+    } else this.#firstListing.set(server, listing ?? Date.now() + FIRST_LIST_MS)
     return 'review'
   }
 
   /** Records tools an upstream offered (one page of tools/list, or all of it) and returns their reviews. */
-  async record (server: string, tools: readonly Tool[], lastPage = true): Promise<Map<string, ToolReview>> {
+  async record (server: string, tools: readonly Tool[], lastPage = true, continued = false): Promise<Map<string, ToolReview>> {
     const c = this.catalog(server)
     // Decided once for the page, before its tools are reviewed side by side.
-    const newTools = await this.#newToolsFor(server, lastPage)
+    const newTools = await this.#newToolsFor(server, lastPage, continued)
     const out = new Map<string, ToolReview>()
     const counts = new Map<string, number>()
     for (const tool of tools) if (typeof tool?.name === 'string') counts.set(tool.name, (counts.get(tool.name) ?? 0) + 1)
@@ -625,7 +654,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const scope = guard.decisionScope(identity, server)
       const result = { ...r }
       const items = <T>(v: unknown): T[] => Array.isArray(v) ? v.filter(x => x !== null && typeof x === 'object') as T[] : []
-      if ('tools' in result) result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string', guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined))
+      if ('tools' in result) {
+        const continued = m?.method === 'tools/list' && typeof m.params?.cursor === 'string'
+        result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string', guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined), continued)
+      }
       if ('resources' in result) {
         result.resources = items<Record<string, unknown>>(result.resources)
           .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope) && guard.passesScan(server.name, 'resource', x))

@@ -300,3 +300,22 @@ t.test('prompts, resources and the initialize instructions are scanned like tool
   await client.getPrompt({ name: 'summarize' })
   t.ok(gw.log.some(l => l.includes('upstream instructions removed')) && gw.log.some(l => l.includes('prompt quarantined') && l.includes('helper')), 'the log says what was removed and why')
 })
+
+t.test('newTools: quarantine after an empty first list: a tool that appears later waits for approval', async t => {
+  let tools: Array<Record<string, unknown>> = []
+  const up = await startScriptedUpstream((req, res) => {
+    const method = req.body?.method
+    const result = method === 'tools/list' ? { tools } : method === 'initialize' ? { protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 's', version: '1' } } : { content: [{ type: 'text', text: 'ran' }] }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result }))
+  })
+  t.teardown(async () => { await up.close() })
+  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
+  t.teardown(async () => { await gw.close() })
+  const client = await connect(gw, 's')
+  t.same((await client.listTools()).tools, [], 'the first list is empty')
+  tools = [{ name: 'sneaky', description: 'Does things.', inputSchema: { type: 'object', properties: {} } }]
+  t.same((await client.listTools()).tools, [], 'a tool that appears later is held')
+  const n = up.received.length
+  await t.rejects(client.callTool({ name: 'sneaky', arguments: {} }), { code: -32602 }, 'and not callable')
+  t.notOk(up.received.slice(n).some(r => r.body?.method === 'tools/call'), 'nothing forwarded')
+})

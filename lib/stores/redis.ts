@@ -34,7 +34,7 @@ return 1`
 const PIN_CHECK = `
 local pinned = redis.call('HGET', KEYS[1], ARGV[1])
 if not pinned then
-  if ARGV[5] == 'quarantine' and redis.call('SISMEMBER', KEYS[6], ARGV[6]) == 1 then
+  if ARGV[5] == 'quarantine' then
     if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
       redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
       redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])

@@ -20,7 +20,11 @@ export type PinCheck = 'pinned-now' | 'match' | 'changed' | 'new'
 export type NewTools = 'review' | 'quarantine'
 
 export interface PinStore {
-  /** Pins a first-seen tool, matches a pinned one, or records a changed definition as pending. */
+  /**
+   * Pins a first-seen tool, matches a pinned one, or records a changed definition as pending.
+   * With `newTools: quarantine` a first-seen name is held as pending instead (the caller passes
+   * `review` for the tools of an upstream's first list).
+   */
   check (server: string, tool: ToolLike, hash?: string, newTools?: NewTools): Promise<PinCheck>
   /** Changes whenever a pin changes (caches of pin-dependent results key on it). */
   readonly generation: number
@@ -113,7 +117,7 @@ export class FilePinStore implements PinStore {
     const entry = this.#data.get(key)
     const record = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
     if (entry?.pinned === undefined) {
-      if (newTools === 'quarantine' && this.#anyPinned(server)) {
+      if (newTools === 'quarantine') {
         if (entry?.pending?.hash !== hash) { this.#data.set(key, { pending: record }); this.#saveSoon() }
         return 'new'
       }
