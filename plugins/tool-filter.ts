@@ -61,6 +61,9 @@ interface CallerCatalog {
   readonly pages: string[]
 }
 
+/** A URI as held items are keyed: lower case, without its fragment. */
+const normalUri = (uri: string): string => uri.split('#')[0]!.toLowerCase()
+
 /** How listing the tools as a caller ended: `ok` once the upstream answered every page. */
 type ListAsCaller = { ok: true } | { ok: false, why: string, status?: number, error?: { code: number, message: string, data?: unknown } }
 
@@ -137,6 +140,8 @@ export class ToolGuard {
   #bytesKept = 0
   /** Prompts and resources quarantined when last listed: server \n kind \n name or URI. */
   readonly #heldItems = new Set<string>()
+  /** server \n prompt|resource: kinds of list reviewed at least once. */
+  readonly #listedKinds = new Set<string>()
   /** Bumped by an upstream's notifications/tools/list_changed. */
   readonly #generations = new Map<string, number>()
 
@@ -284,20 +289,36 @@ export class ToolGuard {
       this.#findings.set(key, findings)
       if (findings.length > 0) this.#app.log.warn({ server, [kind]: typeof item.name === 'string' ? item.name : undefined, hash, findings }, kind === 'instructions' ? 'upstream instructions removed' : `${kind} quarantined`)
     }
-    const target = kind === 'prompt' ? item.name : kind === 'resource' ? item.uri ?? item.uriTemplate : undefined
-    if (typeof target === 'string') {
-      const held = `${server}\n${kind}\n${target}`
-      if (findings.length > 0) {
-        if (this.#heldItems.size >= MAX_DECISIONS) this.#heldItems.clear()
-        this.#heldItems.add(held)
-      } else this.#heldItems.delete(held)
-    }
+    if (kind !== 'instructions') this.#listedKinds.add(`${server}\n${kind}`)
+    // Held from then on (until a restart), whatever another list says: a clean definition listed
+    // to one caller must not release the poisoned one listed to another.
+    if (findings.length > 0 && kind === 'prompt' && typeof item.name === 'string') this.#hold(`${server}\nprompt\n${item.name.toLowerCase()}`)
+    if (findings.length > 0 && kind === 'resource' && typeof item.uri === 'string') this.#hold(`${server}\nresource\n${normalUri(item.uri)}`)
+    if (findings.length > 0 && kind === 'resource' && typeof item.uriTemplate === 'string') this.#hold(`${server}\ntemplate\n${normalUri(item.uriTemplate.split('{')[0]!)}`)
     return findings.length === 0
   }
 
-  /** Whether a prompt (by name) or resource (by URI) was quarantined when it was last listed. */
+  #hold (key: string): void {
+    if (this.#heldItems.size >= MAX_DECISIONS) return // beyond the bound nothing more is remembered; what is held stays held
+    this.#heldItems.add(key)
+  }
+
+  /**
+   * Whether a prompt (by name, in any case) or resource (by URI without its fragment, in any
+   * case; or under the literal start of a quarantined URI template) was quarantined in a list.
+   */
   isHeld (server: string, kind: 'prompt' | 'resource', target: string): boolean {
-    return this.#heldItems.has(`${server}\n${kind}\n${target}`)
+    if (kind === 'prompt') return this.#heldItems.has(`${server}\nprompt\n${target.toLowerCase()}`)
+    const uri = normalUri(target)
+    if (this.#heldItems.has(`${server}\nresource\n${uri}`)) return true
+    const prefix = `${server}\ntemplate\n`
+    for (const k of this.#heldItems) if (k.startsWith(prefix) && uri.startsWith(k.slice(prefix.length))) return true
+    return false
+  }
+
+  /** Whether any list of this kind (prompts, resources) of this upstream has been reviewed. */
+  hasListed (server: string, kind: 'prompt' | 'resource'): boolean {
+    return this.#listedKinds.has(`${server}\n${kind}`)
   }
 
   /** The key of one caller's catalog of one upstream: agent, user and upstream session. */
@@ -501,6 +522,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
    */
   /** Listings as a caller under way, by caller key. */
   const listings = new Map<string, Promise<ListAsCaller>>()
+  /** When prompts or resources of an upstream were last listed for a get before any list. */
+  const kindListedAt = new Map<string, number>()
 
   async function listAsCaller (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined): Promise<ListAsCaller> {
     const caller = guard.callerKey(identity, server.name, session)
@@ -510,7 +533,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     return outcome
   }
 
-  async function listPages (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined): Promise<ListAsCaller> {
+  async function listPages (request: FastifyRequest, identity: Identity, server: UpstreamConfig, session: string | undefined, method = 'tools/list'): Promise<ListAsCaller> {
     const deadline = Date.now() + CALLER_LIST.timeoutMs
     const cursors = new Set<string>()
     let cursor: string | undefined
@@ -529,7 +552,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           ...(session !== undefined ? { 'mcp-session-id': session } : {}),
           ...(typeof version === 'string' ? { 'mcp-protocol-version': version } : {})
         },
-        payload: JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/list', params: cursor !== undefined ? { cursor } : {} })
+        payload: JSON.stringify({ jsonrpc: '2.0', id, method, params: cursor !== undefined ? { cursor } : {} })
       })
       let answer: Record<string, unknown> | undefined
       const body = res.stream()
@@ -624,6 +647,19 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
     }
 
+    // A prompt or resource asked for before any list of its kind was reviewed: the gateway lists
+    // them as the caller first (at most once per REFRESH_MS per upstream and kind), so what the
+    // list would have held back is held back here too.
+    if ((m?.method === 'prompts/get' || m?.method === 'resources/read') && m.kind === 'request') {
+      const kind = m.method === 'prompts/get' ? 'prompt' : 'resource'
+      const key = `${server.name}\n${kind}`
+      if (!guard.hasListed(server.name, kind) && Date.now() - (kindListedAt.get(key) ?? 0) >= REFRESH_MS) {
+        kindListedAt.set(key, Date.now())
+        const session = request.headers['mcp-session-id'] as string | undefined
+        await listPages(request, identity, server, session, kind === 'prompt' ? 'prompts/list' : 'resources/list')
+        if (kind === 'resource') await listPages(request, identity, server, session, 'resources/templates/list')
+      }
+    }
     // A prompt or resource whose listed text was quarantined is not served either.
     if ((m?.method === 'prompts/get' && m.prompt !== undefined && guard.isHeld(server.name, 'prompt', m.prompt)) ||
         (m?.method === 'resources/read' && m.uri !== undefined && guard.isHeld(server.name, 'resource', m.uri))) {
