@@ -679,11 +679,16 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const held = message.result
       if (held === null || typeof held !== 'object' || Array.isArray(held)) return message
       const r = held as Record<string, unknown>
-      // An initialize answer's instructions are read by the model like a tool's description:
-      // poisoned ones are removed (the session itself goes on).
-      if (typeof r.instructions === 'string' && 'protocolVersion' in r && !guard.passesScan(server.name, 'instructions', { instructions: r.instructions })) {
-        const { instructions: _removed, ...rest } = r
-        return { ...message, result: rest }
+      // An initialize answer's instructions (and the server's title and description) are read by
+      // the model like a tool's description: poisoned ones are removed (the session goes on).
+      if ('protocolVersion' in r) {
+        const info = r.serverInfo !== null && typeof r.serverInfo === 'object' ? r.serverInfo as Record<string, unknown> : undefined
+        const text = { instructions: r.instructions, title: info?.title, description: info?.description }
+        if ((typeof text.instructions === 'string' || typeof text.title === 'string' || typeof text.description === 'string') && !guard.passesScan(server.name, 'instructions', text)) {
+          const { instructions: _removed, ...rest } = r
+          const { title: _t, description: _d, ...keptInfo } = info ?? {}
+          return { ...message, result: { ...rest, ...(info !== undefined ? { serverInfo: keptInfo } : {}) } }
+        }
       }
       if (!('tools' in r) && !('resources' in r) && !('resourceTemplates' in r) && !('prompts' in r)) return message
       const done = startStage(request, 'filter')
