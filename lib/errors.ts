@@ -30,6 +30,12 @@ export interface WardenError extends Error {
   code: string
   statusCode: number
   rpcCode: number
+  /** JSON-RPC `error.data` (a refusal's decision id and policies). */
+  data?: unknown
+  /** What the audit record says, where it says more than the message an agent is shown. */
+  reason?: string
+  /** The audit outcome, where it is not what the status says (a refusal because the policy engine failed is an error). */
+  outcome?: 'deny' | 'error'
 }
 
 type Ctor = FastifyErrorConstructor & { prototype: WardenError }
@@ -105,6 +111,27 @@ export const UpstreamTooLargeError = define('MCPW_ERR_UPSTREAM_TOO_LARGE',
 // --- upstream credentials ------------------------------------------------------------
 export const CredentialError = define('MCPW_ERR_UPSTREAM_CREDENTIAL',
   'The gateway could not obtain a credential for MCP server "%s"; the request was not forwarded', 503, RpcCode.unavailable)
+
+// --- refusals of one MCP message --------------------------------------------------------
+// Answered as a JSON-RPC error with HTTP 200 (the message was understood and refused), or with
+// the status set on the error (403 where there is no message, a GET stream or a DELETE).
+// Nothing is forwarded.
+
+export const AccessDeniedError = define('MCPW_ERR_ACCESS_DENIED', 'Access denied: %s', 200, RpcCode.accessDenied)
+/** A tool that does not exist, is hidden by policy, or is quarantined: the same answer for all three. */
+export const UnknownToolError = define('MCPW_ERR_TOOL_UNKNOWN', 'Unknown tool: %s', 200, RpcCode.invalidParams)
+export const UnknownPromptError = define('MCPW_ERR_PROMPT_UNKNOWN', 'Unknown prompt: %s', 200, RpcCode.invalidParams)
+export const ResourceNotFoundError = define('MCPW_ERR_RESOURCE_UNKNOWN', 'Resource not found: %s', 200, RpcCode.invalidParams)
+
+/** A refusal with its audit reason, JSON-RPC data and, where it differs, its HTTP status. */
+export function refusal<E extends Error> (error: E, extra: { reason?: string, data?: unknown, statusCode?: number, outcome?: 'deny' | 'error' }): E {
+  const e = error as unknown as WardenError
+  if (extra.reason !== undefined) e.reason = extra.reason
+  if (extra.outcome !== undefined) e.outcome = extra.outcome
+  if (extra.data !== undefined) e.data = extra.data
+  if (extra.statusCode !== undefined) e.statusCode = extra.statusCode
+  return error
+}
 
 // --- shared state and limits -------------------------------------------------------------
 export const StoreUnavailableError = define('MCPW_ERR_STORE_UNAVAILABLE',

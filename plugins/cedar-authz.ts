@@ -16,8 +16,7 @@ import { watch, type FSWatcher } from 'node:fs'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { ConfigError, RpcCode } from '../lib/errors.js'
-import { rpcError } from '../lib/jsonrpc.js'
+import { AccessDeniedError, ConfigError, refusal, UnknownToolError } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
 import {
   CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
@@ -140,7 +139,7 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     for (const w of watchers) w.close()
   })
 
-  app.addHook('preHandler', async (request, reply) => {
+  app.addHook('preHandler', async (request) => {
     if (request.mcpTarget === null || request.identity === null) return
     const authzRequest = authzRequestFor(request)
     const done = startStage(request, 'authz')
@@ -148,22 +147,18 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     done()
     request.decision = decision
     if (decision.allowed) return
-    request.mcpOutcome = { outcome: decision.outcome, reason: decision.reason }
     // A tool the caller may not even see (denied without arguments too) is answered like a
     // tool that does not exist, so its existence is not revealed.
     if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' &&
         (authzRequest.arguments === undefined || !engine.authorize({ ...authzRequest, arguments: undefined }).allowed)) {
-      request.mcpOutcome = { outcome: 'deny', reason: `hidden: ${decision.reason}` }
-      return await reply.code(200).type('application/json; charset=utf-8')
-        .send(rpcError(request.mcp!.id, RpcCode.invalidParams, `Unknown tool: ${authzRequest.tool!}`))
+      throw refusal(new UnknownToolError(authzRequest.tool!), { reason: `hidden: ${decision.reason}` })
     }
-    return await reply
-      .code(request.mcp === null ? 403 : 200)
-      .type('application/json; charset=utf-8')
-      .send(rpcError(request.mcp?.id ?? null, RpcCode.accessDenied, `Access denied: ${decision.reason}`, {
-        decisionId: decision.decisionId,
-        policies: decision.policies
-      }))
+    throw refusal(new AccessDeniedError(decision.reason), {
+      reason: decision.reason,
+      outcome: decision.outcome,
+      data: { decisionId: decision.decisionId, policies: decision.policies },
+      ...(request.mcp === null ? { statusCode: 403 } : {})
+    })
   })
 }
 

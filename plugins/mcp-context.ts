@@ -66,7 +66,8 @@ function normalise (error: FastifyError, maxBodyBytes: number, server: string): 
 export function createMcpErrorHandler (maxBodyBytes: number) {
   return function mcpErrorHandler (this: FastifyInstance, raw: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
     const error = normalise(raw, maxBodyBytes, request.mcpTarget?.server.name ?? '')
-    const status = error.statusCode !== undefined && error.statusCode >= 400 ? error.statusCode : 500
+    // A refusal of a message is HTTP 200 with its JSON-RPC error; anything else below 400 is a bug.
+    const status = error.statusCode !== undefined && (error.statusCode >= 400 || (error.statusCode === 200 && typeof error.rpcCode === 'number')) ? error.statusCode : 500
     const known = typeof error.rpcCode === 'number'
     let message: string
     let code: number
@@ -81,8 +82,8 @@ export function createMcpErrorHandler (maxBodyBytes: number) {
       message = 'Internal gateway error; the request was not forwarded'
       code = RpcCode.internalError
     }
-    request.mcpOutcome = { outcome: status >= 500 ? 'error' : 'deny', reason: message }
-    void reply.code(status).type('application/json; charset=utf-8').send(rpcError((error as { rpcId?: JsonRpcId }).rpcId ?? request.mcp?.id ?? null, code, message))
+    request.mcpOutcome = { outcome: (known ? error.outcome : undefined) ?? (status >= 500 ? 'error' : 'deny'), reason: known && error.reason !== undefined ? error.reason : message }
+    void reply.code(status).type('application/json; charset=utf-8').send(rpcError((error as { rpcId?: JsonRpcId }).rpcId ?? request.mcp?.id ?? null, code, message, known ? error.data : undefined))
   }
 }
 

@@ -17,10 +17,9 @@ import fp from 'fastify-plugin'
 import formbody from '@fastify/formbody'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { CredentialError, RpcCode, StoreUnavailableError } from '../lib/errors.js'
+import { AccessDeniedError, CredentialError, refusal, StoreUnavailableError } from '../lib/errors.js'
 import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
 import { createBearerVerifier, principalKey } from '../lib/identity.js'
-import { rpcError } from '../lib/jsonrpc.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { startStage } from '../lib/timing.js'
@@ -129,7 +128,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
   for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, app.hasDecorator('store') ? app.store.tokens : undefined))
   if (clients.size === 0) return
 
-  app.addHook('preHandler', async (request, reply) => {
+  app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
     const client = target !== null ? clients.get(target.server.name) : undefined
     if (client === undefined || request.identity === null) return
@@ -144,10 +143,11 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       request.upstreamAuth = { headers: { authorization: `Bearer ${token}` } }
     } catch (err) {
       if (err instanceof ExchangeRefusedError) {
-        const reason = err.message
-        request.mcpOutcome = { outcome: 'deny', reason }
-        return await reply.code(request.mcp === null ? 403 : 200).type('application/json; charset=utf-8')
-          .send(rpcError(request.mcp?.id ?? null, RpcCode.accessDenied, `Access denied: ${reason}`, { decisionId: request.decision.decisionId, policies: request.decision.policies }))
+        throw refusal(new AccessDeniedError(err.message), {
+          reason: err.message,
+          data: { decisionId: request.decision.decisionId, policies: request.decision.policies },
+          ...(request.mcp === null ? { statusCode: 403 } : {})
+        })
       }
       if (err instanceof StoreUnavailableError) throw err
       request.log.error({ server: target!.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')

@@ -16,12 +16,11 @@
  *   call re-reads the tool list.
  */
 import fp from 'fastify-plugin'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
-import { ConfigError, RpcCode } from '../lib/errors.js'
+import { ConfigError, ResourceNotFoundError, refusal, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
 import { principalKey, type Identity } from '../lib/identity.js'
-import { rpcError } from '../lib/jsonrpc.js'
 import { localTime } from '../lib/cedar/time.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { mintingFetch } from '../lib/tokens/fetch.js'
@@ -109,7 +108,6 @@ const REFRESH_MS = 5000
 /** How long the pages of an upstream's first list count as that first list. */
 const FIRST_LIST_MS = 60_000
 
-export const unknownTool = (id: string | number | null, name: string): Record<string, unknown> => rpcError(id, RpcCode.invalidParams, `Unknown tool: ${name}`)
 
 /** The gateway's view of each upstream's tools: reviews (scan + pin) and visibility decisions. */
 export class ToolGuard {
@@ -580,10 +578,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     return { ok: false, why: `the list has more than ${CALLER_LIST.maxPages} pages or took longer than ${CALLER_LIST.timeoutMs} ms` }
   }
 
-  async function refuse (request: FastifyRequest, reply: FastifyReply, name: string, reason: string): Promise<FastifyReply> {
-    request.mcpOutcome = { outcome: 'deny', reason }
-    return await reply.code(200).type('application/json; charset=utf-8').send(unknownTool(request.mcp?.id ?? null, name))
-  }
+  /** A call of a tool this caller may not call: `Unknown tool`, whatever the reason (the audit record has it). */
+  const refuse = (name: string, reason: string): never => { throw refusal(new UnknownToolError(name), { reason }) }
 
   app.addHook('preHandler', async (request, reply) => {
     const target = request.mcpTarget
@@ -632,7 +628,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           request.mcpOutcome = { outcome: (listed.status ?? 200) >= 500 ? 'error' : 'deny', reason }
           return await reply.code(listed.status ?? 200).type('application/json; charset=utf-8').send({ jsonrpc: '2.0', id: m.id ?? null, error: listed.error })
         }
-        return await refuse(request, reply, m.tool!, reason)
+        refuse(m.tool!, reason)
       }
       // Decided on the tool's review now, not as it was when listed: a pin that changed since (a
       // rug pull seen in another caller's list, an approval) or a judge's verdict that came in
@@ -643,8 +639,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
       }
       done()
-      if (entry === undefined) return await refuse(request, reply, m.tool!, 'the upstream did not list this tool to this caller')
-      if (entry?.review.quarantined === true) return await refuse(request, reply, m.tool!, entry.review.reason)
+      if (entry === undefined) refuse(m.tool!, 'the upstream did not list this tool to this caller')
+      if (entry!.review.quarantined) refuse(m.tool!, entry!.review.reason)
     }
 
     // A prompt or resource asked for before any list of its kind was reviewed: the gateway lists
@@ -664,8 +660,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     if ((m?.method === 'prompts/get' && m.prompt !== undefined && guard.isHeld(server.name, 'prompt', m.prompt)) ||
         (m?.method === 'resources/read' && m.uri !== undefined && guard.isHeld(server.name, 'resource', m.uri))) {
       const what = m.method === 'prompts/get' ? `prompt ${m.prompt!}` : `resource ${m.uri!}`
-      request.mcpOutcome = { outcome: 'deny', reason: `quarantined: the ${what} was listed with text the tool scanner flags` }
-      return await reply.code(200).type('application/json; charset=utf-8').send(rpcError(m.id ?? null, RpcCode.invalidParams, m.method === 'prompts/get' ? `Unknown prompt: ${m.prompt!}` : `Resource not found: ${m.uri!}`))
+      const reason = `quarantined: the ${what} was listed with text the tool scanner flags`
+      throw refusal(m.method === 'prompts/get' ? new UnknownPromptError(m.prompt!) : new ResourceNotFoundError(m.uri!), { reason })
     }
 
     if (m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) && m.id !== null) request.mcpListAnswer = { id: m.id }
