@@ -144,6 +144,6 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
 export default fp(rateLimit, {
   name: 'mcp-warden-rate-limit',
   fastify: '5.x',
-  dependencies: ['mcp-warden-store', 'mcp-warden-context', 'mcp-warden-identity']
+  dependencies: ['mcp-warden-store', 'mcp-warden-context', 'mcp-warden-identity', 'mcp-warden-cedar-authz']
 })
 export { rateLimit }
