@@ -7,7 +7,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
-import { createSecretProvider, describeRef, type SecretProvider } from '../lib/secrets.js'
+import { secretCredential, type SecretCredential } from '../lib/credentials/index.js'
 import { startStage } from '../lib/timing.js'
 import type {} from './cedar-authz.js'
 import type {} from './mcp-proxy.js'
@@ -17,27 +17,25 @@ export interface UpstreamSecretOptions {
 }
 
 async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions): Promise<void> {
-  const providers = new Map<string, { provider: SecretProvider, header: string, format: string, ref: string }>()
-  for (const u of opts.config.upstreams.values()) {
-    if (u.auth.type === 'secret') providers.set(u.name, { provider: createSecretProvider(u.auth.secret), header: u.auth.header, format: u.auth.format, ref: describeRef(u.auth.secret) })
-  }
+  const providers = new Map<string, SecretCredential>()
+  for (const u of opts.config.upstreams.values()) if (u.auth.type === 'secret') providers.set(u.name, secretCredential(u.auth))
   if (providers.size === 0) return
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
     const p = target !== null ? providers.get(target.server.name) : undefined
     if (p === undefined || request.identity === null) return
     if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
-    let value: string
+    let headers: Record<string, string>
     const done = startStage(request, 'secret')
     try {
-      value = await p.provider.get()
+      headers = await p.headers()
       done()
     } catch (err) {
       done()
       request.log.error({ server: target!.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
       throw new CredentialError(target!.server.name)
     }
-    request.upstreamAuth = { headers: { [p.header]: p.format.replace('{secret}', value) } }
+    request.upstreamAuth = { headers }
   })
 }
 

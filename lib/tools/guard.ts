@@ -9,8 +9,7 @@ import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../config.js'
 import { principalKey, type Identity } from '../identity.js'
 import { localTime } from '../cedar/time.js'
-import { createSecretProvider } from '../secrets.js'
-import { mintingFetch } from '../tokens/fetch.js'
+import { ownFetch } from '../credentials/index.js'
 import { nameSet, type Finding, type ScanContext, type ToolScanner } from './scanner.js'
 import { contentHash, definitionHash, pinnedPart, type NewTools, type PinStore } from './pins.js'
 import { ToolJudge } from './judge.js'
@@ -449,19 +448,6 @@ export class ToolGuard {
   }
 
   #fetchFor (server: UpstreamConfig): typeof fetch | undefined {
-    const auth = server.auth
-    switch (auth.type) {
-      case 'none': return fetch
-      case 'ephemeral': return mintingFetch(this.#app.tokens.minter, server.resource, { agentId: 'mcp-warden', userId: null })
-      case 'secret': {
-        const provider = createSecretProvider(auth.secret)
-        return async (input, init = {}) => {
-          const headers = new Headers(init.headers)
-          headers.set(auth.header, auth.format.replace('{secret}', await provider.get()))
-          return await fetch(input, { ...init, headers })
-        }
-      }
-      case 'exchange': return undefined
-    }
+    return ownFetch(server, () => this.#app.tokens.minter)
   }
 }
