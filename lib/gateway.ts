@@ -83,5 +83,12 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     await bridged.close()
     throw err
   }
+  // SIGHUP re-reads what can change while the gateway runs: the policy set and the signing keys.
+  const onHup = (): void => {
+    void app.cedar.reload()
+    app.tokens.reload()
+  }
+  process.on('SIGHUP', onHup)
+  app.addHook('onClose', async () => { process.off('SIGHUP', onHup) })
   return app
 }

@@ -23,6 +23,7 @@ import type { GatewayConfig, StdioConfig, UpstreamConfig } from './config.js'
 import { createUpstreamVerifier, checkNodeRequest, type UpstreamVerifier } from './upstream.js'
 import { KeyRing, ensureKeys } from './tokens/keys.js'
 import { readBody, sendError } from './http-body.js'
+import { watchAndReload } from './reload.js'
 
 interface Pair {
   readonly http: StreamableHTTPServerTransport
@@ -75,7 +76,7 @@ export class StdioBridge {
   #verifier: UpstreamVerifier
   #server: Server | undefined
   #sweep: NodeJS.Timeout | undefined
-  #keysTimer: NodeJS.Timeout | undefined
+  #keysWatch: { close: () => void } | undefined
   #url = ''
   readonly #maxBody: number
   /** Processes spawned so far (for tests and metrics). */
@@ -89,10 +90,15 @@ export class StdioBridge {
     ensureKeys(config.tokens.keysDir)
     this.#ring = new KeyRing(config.tokens.keysDir, config.tokens.ttlSeconds)
     this.#verifier = this.#makeVerifier(config)
-    this.#keysTimer = setInterval(() => {
-      try { if (this.#ring.reload()) { void this.#verifier.close(); this.#verifier = this.#makeVerifier(config) } } catch { /* keep the keys we have */ }
-    }, 30_000)
-    this.#keysTimer.unref()
+    // The gateway's signing keys, re-read as the gateway re-reads them: on a change, and every 30 s.
+    this.#keysWatch = watchAndReload({
+      paths: [config.tokens.keysDir],
+      debounceMs: 0,
+      everyMs: 30_000,
+      reload: () => {
+        try { if (this.#ring.reload()) { void this.#verifier.close(); this.#verifier = this.#makeVerifier(config) } } catch { /* keep the keys we have */ }
+      }
+    })
   }
 
   #makeVerifier (config: GatewayConfig): UpstreamVerifier {
@@ -222,7 +228,7 @@ export class StdioBridge {
 
   async close (): Promise<void> {
     if (this.#sweep !== undefined) clearInterval(this.#sweep)
-    if (this.#keysTimer !== undefined) clearInterval(this.#keysTimer)
+    this.#keysWatch?.close()
     await Promise.allSettled([...this.#pairs].map(async ([id, pair]) => { await this.#end(id, pair) }))
     await this.#verifier.close()
     if (this.#server !== undefined) {

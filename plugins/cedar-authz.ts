@@ -8,16 +8,16 @@
  * /unsubscribe → read_resource; prompts/get → get_prompt; everything else (initialize,
  * ping, lists, notifications, responses, GET streams, DELETE) → connect on the Server.
  *
- * The policy set reloads on SIGHUP and, with authorization.watch, when a policy file or
- * the schema changes. A new set is validated before it replaces the old one; a bad set
+ * The policy set reloads with app.cedar.reload() (buildGateway calls it on SIGHUP) and, with
+ * authorization.watch, when a policy file or the schema changes. A new set is validated before it replaces the old one; a bad set
  * is refused with the validator's message and the old set stays.
  */
-import { watch, type FSWatcher } from 'node:fs'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { AccessDeniedError, ConfigError, refusal, UnknownToolError } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
+import { watchAndReload } from '../lib/reload.js'
 import {
   CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
@@ -114,30 +114,14 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
   })
   app.addHook('onClose', async () => { unsubscribe() })
 
-  const onHup = (): void => { void reload() }
-  process.on('SIGHUP', onHup)
-  const watchers: FSWatcher[] = []
   if (watchFiles) {
-    let timer: NodeJS.Timeout | undefined
-    const changed = (): void => {
-      clearTimeout(timer)
-      timer = setTimeout(() => { void reload() }, 150)
-      timer.unref()
-    }
-    for (const path of [policies, schema]) {
-      try {
-        const w = watch(path, { persistent: false }, changed)
-        w.on('error', (err) => { app.log.warn({ err, path }, 'cannot watch Cedar files; SIGHUP still reloads') })
-        watchers.push(w)
-      } catch (err) {
-        app.log.warn({ err, path }, 'cannot watch Cedar files; SIGHUP still reloads')
-      }
-    }
+    const watching = watchAndReload({
+      paths: [policies, schema],
+      reload,
+      onWatchError: (err, path) => { app.log.warn({ err, path }, 'cannot watch Cedar files; SIGHUP still reloads') }
+    })
+    app.addHook('onClose', async () => { watching.close() })
   }
-  app.addHook('onClose', async () => {
-    process.off('SIGHUP', onHup)
-    for (const w of watchers) w.close()
-  })
 
   app.addHook('preHandler', async (request) => {
     if (request.mcpTarget === null || request.identity === null) return

@@ -5,10 +5,9 @@
  * forwarded (fail closed). Also serves the signer's public keys at /.well-known/jwks.json.
  *
  * Keys live in tokens.keysDir (created, 0600, on first start; shared by replicas) and are
- * re-read on SIGHUP, when the folder changes, and every 30 s, so `mcp-warden keys rotate`
+ * re-read when the folder changes, every 30 s, and on SIGHUP (wired by buildGateway), so `mcp-warden keys rotate`
  * takes effect without a restart.
  */
-import { watch, type FSWatcher } from 'node:fs'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
@@ -17,12 +16,13 @@ import { KeyRing } from '../lib/tokens/keys.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { TokenMinter, type MintedToken } from '../lib/tokens/minter.js'
 import { startStage } from '../lib/timing.js'
+import { watchAndReload } from '../lib/reload.js'
 import type {} from './cedar-authz.js'
 import type {} from './mcp-proxy.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    tokens: { readonly minter: TokenMinter, readonly keys: KeyRing }
+    tokens: { readonly minter: TokenMinter, readonly keys: KeyRing, /** Re-reads the signing keys (the folder is also watched, and re-read every 30 s). */ readonly reload: () => void }
   }
   interface FastifyRequest {
     /** The claims of the token minted for this request's upstream call. */
@@ -43,9 +43,6 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
     throw new ConfigError(`tokens.keysDir: cannot use ${tokens.keysDir} for the signing keys: ${(err as Error).message}`)
   }
   const minter = new TokenMinter(keys, { issuer: tokens.issuer, ttlSeconds: tokens.ttlSeconds })
-  app.decorate('tokens', { minter, keys })
-  app.decorateRequest('upstreamToken', null)
-
   const reload = (): void => {
     try {
       if (keys.reload()) app.log.info({ kid: keys.current().kid }, 'signing keys reloaded')
@@ -53,19 +50,12 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
       app.log.error({ error: (err as Error).message }, 'signing keys could not be reloaded; the previous keys stay in use')
     }
   }
-  const timer = setInterval(reload, 30_000)
-  timer.unref()
-  process.on('SIGHUP', reload)
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(tokens.keysDir, { persistent: false }, () => { reload() })
-    watcher.on('error', () => {})
-  } catch { /* the timer and SIGHUP still reload */ }
-  app.addHook('onClose', async () => {
-    clearInterval(timer)
-    process.off('SIGHUP', reload)
-    watcher?.close()
-  })
+  app.decorate('tokens', { minter, keys, reload })
+  app.decorateRequest('upstreamToken', null)
+
+  // The folder is watched and re-read every 30 s (the interval and SIGHUP still reload where it cannot be watched).
+  const watching = watchAndReload({ paths: [tokens.keysDir], reload, debounceMs: 0, everyMs: 30_000 })
+  app.addHook('onClose', async () => { watching.close() })
 
   app.get('/.well-known/jwks.json', async (_request, reply) => {
     void reply.header('cache-control', 'public, max-age=30')
