@@ -19,7 +19,8 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
-import { ConfigError, ResourceNotFoundError, refusal, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
+import { ConfigError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
+import { envelopeVersion, isModernVersion, PROTOCOL_VERSION_META_KEY } from '../lib/jsonrpc.js'
 import type { Identity } from '../lib/identity.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner } from '../lib/tools/scanner.js'
 import { FilePinStore, type PinStore } from '../lib/tools/pins.js'
@@ -46,6 +47,8 @@ export interface ToolFilterOptions {
 }
 
 const LIST_METHODS = new Set(['tools/list', 'resources/list', 'resources/templates/list', 'prompts/list'])
+/** JSON-RPC codes of the gateway's own refusals (errors.md): a caller listing refused with one of them falls back to nothing. */
+const GATEWAY_REFUSALS: ReadonlySet<number> = new Set([RpcCode.headerMismatch, RpcCode.unauthorized, RpcCode.accessDenied, RpcCode.rateLimited, RpcCode.invalidRequest, RpcCode.parseError])
 
 async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promise<void> {
   const { config } = opts
@@ -87,9 +90,15 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     const deadline = Date.now() + CALLER_LIST.timeoutMs
     const cursors = new Set<string>()
     let cursor: string | undefined
+    // The list is asked for in the caller's protocol era: a 2026-07-28-era caller's envelope and
+    // routing header go with it (otherwise the gateway would refuse its own list, and the call
+    // would be decided on something other than what the caller is listed).
+    const envelope = request.mcp !== null ? envelopeVersion(request.mcp) : undefined
+    const modern = envelope !== undefined && isModernVersion(envelope)
     for (let page = 1; page <= CALLER_LIST.maxPages && Date.now() < deadline; page++) {
       const id = `mcp-warden-list-${page}`
       const version = request.headers['mcp-protocol-version']
+      const params: Record<string, unknown> = { ...(cursor !== undefined ? { cursor } : {}), ...(modern ? { _meta: { [PROTOCOL_VERSION_META_KEY]: envelope } } : {}) }
       const res = await app.inject({
         payloadAsStream: true,
         method: 'POST',
@@ -100,9 +109,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           [INTERNAL_IDENTITY_HEADER]: app.mcpInternalIdentity.issue(identity),
           ...(request.headers.authorization !== undefined ? { authorization: request.headers.authorization } : {}),
           ...(session !== undefined ? { 'mcp-session-id': session } : {}),
-          ...(typeof version === 'string' ? { 'mcp-protocol-version': version } : {})
+          ...(typeof version === 'string' ? { 'mcp-protocol-version': version } : {}),
+          ...(modern ? { 'mcp-method': method } : {})
         },
-        payload: JSON.stringify({ jsonrpc: '2.0', id, method, params: cursor !== undefined ? { cursor } : {} })
+        payload: JSON.stringify({ jsonrpc: '2.0', id, method, params })
       })
       let answer: Record<string, unknown> | undefined
       const body = res.stream()
@@ -167,7 +177,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // list of its own. Exchange upstreams have no credential of the gateway's: nothing decides
       // there but the caller's own list.
       const canRead = server.auth.type !== 'exchange'
-      if (entry === undefined && !guard.hasOwnList(caller, server.name) && canRead) {
+      // A listing the gateway's own chain refused (the caller's headers, its policy, its budget)
+      // is no reason to decide on anything else: only an upstream that could not answer is.
+      const refusedByGateway = listed?.ok === false && listed.status !== undefined && listed.status < 500 && listed.error !== undefined && GATEWAY_REFUSALS.has(listed.error.code)
+      if (entry === undefined && !guard.hasOwnList(caller, server.name) && canRead && !refusedByGateway) {
         if (c.stale || (!c.own.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
         entry = c.own.get(m.tool!)
       }

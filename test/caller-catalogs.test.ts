@@ -227,3 +227,22 @@ t.test('/mcp with unprefixed upstreams: one agent\'s lists never move another ag
   t.match(await alice({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'send_email', arguments: {} } }), { error: { code: -32602 } }, 'once two upstreams offer alice the name, it is routed to neither')
   t.equal(zz.received.length + mail.received.length, n, 'nothing forwarded')
 })
+
+t.test('a call in the 2026-07-28 era is decided on what the caller is listed, in that era too', async t => {
+  const up = await startScriptedUpstream(perCallerUpstream(who => who === 'bob' ? [] : [tool('admin_report')]))
+  t.teardown(async () => { await up.close() })
+  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'ephemeral' } } } })
+  t.teardown(async () => { await gw.close() })
+  const V = '2026-07-28'
+  const n = up.received.length
+  const res = await request(gw.url('s'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('s'), sub: 'bob', agentId: 'bob' })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': V, 'mcp-method': 'tools/call', 'mcp-name': 'admin_report' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'admin_report', arguments: {}, _meta: { 'io.modelcontextprotocol/protocolVersion': V } } })
+  })
+  t.match(await res.body.json(), { error: { code: -32602, message: 'Unknown tool: admin_report' } }, 'a tool listed to others but not to bob is refused')
+  t.same(up.received.slice(n).map(r => `${String(r.body?.method)}:${subOf(r)}`), ['tools/list:bob'], 'the gateway listed as bob, in his era, and forwarded no call (nor read the list as itself)')
+  const listing = up.received.slice(n)[0]!
+  t.equal(listing.headers['mcp-method'], 'tools/list', 'with the era\'s routing header')
+  t.match(listing.body?.params, { _meta: { 'io.modelcontextprotocol/protocolVersion': V } }, 'and its envelope')
+})
