@@ -128,3 +128,10 @@ t.test('a string longer than 64 KiB quarantines the tool unread', async t => {
   t.same(findings.map(f => f.rule), ['too-long-to-scan'])
   t.equal(findings[0]!.path, 'description')
 })
+
+t.test('a definition whose strings add up to more than 256 KiB quarantines the tool unread', async t => {
+  const properties = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`p${i}`, { type: 'string', description: 'You must aB '.repeat(5_000) }]))
+  const findings = scanner.scan({ name: 'a', description: 'ok', inputSchema: { type: 'object', properties } })
+  t.same(findings.map(f => f.rule), ['too-long-to-scan'])
+  t.match(findings[0]!.excerpt, /characters of text in one definition/)
+})

@@ -388,6 +388,21 @@ export class ToolGuard {
     const admitted = new Set<string>()
     for (const name of names) if (c.tools.has(name) || (room-- > 0)) admitted.add(name)
     const ctx = this.#scanContext(server, names)
+    // The rules run here, one definition after another, giving the event loop a turn every few
+    // milliseconds: a list of many large definitions costs CPU, not a stalled gateway. The
+    // reviews below then find each definition's findings cached.
+    let slice = performance.now()
+    for (const tool of tools) {
+      if (typeof tool?.name !== 'string' || !admitted.has(tool.name)) continue
+      const key = `${server}/${tool.name}\n${definitionHash(tool)}`
+      if (this.#findings.has(key)) continue
+      if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
+      this.#findings.set(key, this.#scanner.scan(tool, ctx))
+      if (performance.now() - slice > 10) {
+        await new Promise(resolve => setImmediate(resolve))
+        slice = performance.now()
+      }
+    }
     const reviewed = await Promise.all(tools.map(async tool => typeof tool?.name === 'string' ? await this.review(server, tool, ctx, !admitted.has(tool.name), newTools) : undefined))
     for (const [i, tool] of tools.entries()) {
       if (typeof tool?.name !== 'string') continue

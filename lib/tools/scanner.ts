@@ -48,6 +48,8 @@ export interface ToolLike {
 
 /** The longest string of a definition that is scanned; a longer one quarantines the tool unread. */
 export const MAX_SCANNED = 65_536
+/** The most text of one definition, all its strings together, that is scanned. */
+export const MAX_SCANNED_TOTAL = 262_144
 
 export const DEFAULT_RULES_FILE = join(PACKAGE_ROOT, 'rules', 'tool-scan.json')
 
@@ -148,6 +150,12 @@ export class ToolScanner {
     const tooLong = all.find(t => t.text.length > MAX_SCANNED)
     if (tooLong !== undefined) {
       return [{ rule: 'too-long-to-scan', path: tooLong.path, excerpt: show(`${tooLong.text.slice(0, 40)}... (${tooLong.text.length} characters)`), description: `a string longer than ${MAX_SCANNED} characters, which no tool definition needs` }]
+    }
+    // Likewise a definition whose text adds up to more than MAX_SCANNED_TOTAL (many long strings).
+    let total = 0
+    for (const t of all) total += t.text.length
+    if (total > MAX_SCANNED_TOTAL) {
+      return [{ rule: 'too-long-to-scan', path: '', excerpt: `${total} characters of text in one definition`, description: `a definition with more than ${MAX_SCANNED_TOTAL} characters of text, which no tool needs` }]
     }
     const texts = all.map(t => ({ ...t, readings: undefined as ReturnType<typeof readings> | undefined }))
     const params = new Set([...strings(tool.inputSchema, '', '')].filter(x => x.key === 'propertyName').map(x => x.text.toLowerCase()))
