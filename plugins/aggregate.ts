@@ -193,7 +193,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       for (const i of items) {
         const key = `${principal}\n${i.name}`
         const previous = which.get(key)
-        if (which.size >= 100_000) which.clear()
+        // Bounded, and never by forgetting: past the bound new names are not learned (and so not routed).
+        if (previous === undefined && which.size >= 100_000) continue
         which.set(key, count.get(i.name) === 1 && (previous === undefined || previous === server.name) ? server.name : NOBODY)
       }
     }
@@ -252,9 +253,10 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
         for (const r of items) {
           const key = `${principalKey(identity)}\n${r.uri}`
           const previous = resourceOwners.get(key)
-          if (resourceOwners.size >= 100_000) resourceOwners.clear()
+          if (previous === undefined && resourceOwners.size >= 100_000) { seen.set(r.uri, 2); continue }
+          // A URI two upstreams offered stays nobody's, also when a later list has only one of them.
           if (seen.get(r.uri) === 1 && (previous === undefined || previous === s.name)) resourceOwners.set(key, s.name)
-          else { resourceOwners.delete(key); seen.set(r.uri, 2) }
+          else { resourceOwners.set(key, NOBODY); seen.set(r.uri, 2) }
         }
       }
       return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
@@ -265,7 +267,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
     })
     server.setRequestHandler(ReadResourceRequestSchema, async (req) => {
       const owner = resourceOwners.get(`${principalKey(identity)}\n${req.params.uri}`)
-      if (owner === undefined) throw new McpError(RpcCode.invalidParams, `Unknown resource: ${req.params.uri} (list resources first)`)
+      if (owner === undefined || owner === NOBODY) throw new McpError(RpcCode.invalidParams, `Unknown resource: ${req.params.uri} (list resources first)`)
       return await call(identity, authorization, owner, 'resources/read', { ...req.params }) as never
     })
     return server

@@ -306,6 +306,10 @@ t.test('prompts, resources and the initialize instructions are scanned like tool
   await t.rejects(client.getPrompt({ name: 'HELPER' }), { code: -32602 }, 'a name in another case is held too')
   await t.rejects(client.readResource({ uri: 'FILE:///evil.md#x' }), { code: -32602 }, 'a URI in another case, with a fragment, too')
   await t.rejects(client.readResource({ uri: 'notes://42' }), { code: -32602 }, 'and a URI the quarantined template makes')
+  for (const uri of ['file:///%65vil.md', 'file://localhost/evil.md', 'file:///x/../evil.md', 'file:////evil.md?v=1', 'file:/evil.md']) {
+    await t.rejects(client.readResource({ uri }), { code: -32602 }, `the same resource spelled ${uri}`)
+  }
+  await t.rejects(client.getPrompt({ name: '\uFF48\uFF45\uFF4C\uFF50\uFF45\uFF52' }), { code: -32602 }, 'the prompt name in fullwidth letters')
   t.same(up.received.slice(m).map(r => r.body?.method), [], 'nothing forwarded')
 
   // A fresh gateway asked for the poisoned prompt and resource before any list.

@@ -41,8 +41,30 @@ interface CallerCatalog {
   readonly pages: string[]
 }
 
-/** A URI as held items are keyed: lower case, without its fragment. */
-const normalUri = (uri: string): string => uri.split('#')[0]!.toLowerCase()
+/** A URI as held items are keyed: decoded, lower case, without fragment or query, dot segments and repeated slashes resolved. */
+const normalUri = (uri: string): string => {
+  let u = uri.trim().normalize('NFKC')
+  // Percent-encoding decoded (repeatedly: %2565 is %65 is e), fragment and query dropped.
+  for (let i = 0; i < 3 && /%[0-9a-f]{2}/i.test(u); i++) {
+    try { u = decodeURIComponent(u) } catch { break }
+  }
+  u = u.split('#')[0]!.split('?')[0]!.toLowerCase()
+  // file://localhost/x and file:/x are file:///x; dot segments and repeated slashes resolved.
+  u = u.replace(/^file:\/\/localhost\//, 'file:///').replace(/^file:\/(?!\/)/, 'file:///')
+  const m = /^([a-z][a-z0-9+.-]*:\/\/[^/]*)(\/.*)?$/.exec(u)
+  if (m !== null) {
+    const segments: string[] = []
+    for (const seg of (m[2] ?? '').split('/')) {
+      if (seg === '' || seg === '.') continue
+      if (seg === '..') segments.pop()
+      else segments.push(seg)
+    }
+    u = segments.length > 0 ? `${m[1]!}/${segments.join('/')}` : m[1]!
+  }
+  return u
+}
+/** A prompt name as held items are keyed: NFKC (fullwidth letters read as ASCII), lower case, trimmed. */
+const normalName = (name: string): string => name.normalize('NFKC').trim().toLowerCase()
 
 /** How listing the tools as a caller ended: `ok` once the upstream answered every page. */
 export type ListAsCaller = { ok: true } | { ok: false, why: string, status?: number, error?: { code: number, message: string, data?: unknown } }
@@ -260,7 +282,7 @@ export class ToolGuard {
     if (kind !== 'instructions') this.#listedKinds.add(`${server}\n${kind}`)
     // Held from then on (until a restart), whatever another list says: a clean definition listed
     // to one caller must not release the poisoned one listed to another.
-    if (findings.length > 0 && kind === 'prompt' && typeof item.name === 'string') this.#hold(`${server}\nprompt\n${item.name.toLowerCase()}`)
+    if (findings.length > 0 && kind === 'prompt' && typeof item.name === 'string') this.#hold(`${server}\nprompt\n${normalName(item.name)}`)
     if (findings.length > 0 && kind === 'resource' && typeof item.uri === 'string') this.#hold(`${server}\nresource\n${normalUri(item.uri)}`)
     if (findings.length > 0 && kind === 'resource' && typeof item.uriTemplate === 'string') this.#hold(`${server}\ntemplate\n${normalUri(item.uriTemplate.split('{')[0]!)}`)
     return findings.length === 0
@@ -276,7 +298,7 @@ export class ToolGuard {
    * case; or under the literal start of a quarantined URI template) was quarantined in a list.
    */
   isHeld (server: string, kind: 'prompt' | 'resource', target: string): boolean {
-    if (kind === 'prompt') return this.#heldItems.has(`${server}\nprompt\n${target.toLowerCase()}`)
+    if (kind === 'prompt') return this.#heldItems.has(`${server}\nprompt\n${normalName(target)}`)
     const uri = normalUri(target)
     if (this.#heldItems.has(`${server}\nresource\n${uri}`)) return true
     const prefix = `${server}\ntemplate\n`
