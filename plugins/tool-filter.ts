@@ -197,12 +197,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       }
       // Decided on the tool's review now, not as it was when listed: a pin that changed since (a
       // rug pull seen in another caller's list, an approval) or a judge's verdict that came in
-      // applies at once. The review is cached; its pin check is a lookup when nothing changed.
-      if (entry !== undefined && !entry.review.quarantined) {
-        entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
-      } else if (entry?.review.pending === true) {
-        entry = { tool: entry.tool, review: await guard.review(server.name, entry.tool) }
-      }
+      // applies at once.
+      if (entry !== undefined) entry = { tool: entry.tool, review: await guard.currentReview(server.name, entry) }
       done()
       if (entry === undefined) refuse(m.tool!, 'the upstream did not list this tool to this caller')
       if (entry!.review.quarantined) refuse(m.tool!, entry!.review.reason)

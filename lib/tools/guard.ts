@@ -26,9 +26,11 @@ export interface ToolReview {
   readonly findings: readonly Finding[]
   /** Held back only until the judge's verdict is in (toolScan.judge). */
   readonly pending?: boolean
+  /** The pin store's generation the review was made at: a review of an older one may be out of date. */
+  readonly pinGeneration?: number
 }
 
-interface CatalogEntry { readonly tool: Tool, readonly review: ToolReview }
+export interface CatalogEntry { readonly tool: Tool, readonly review: ToolReview }
 
 /** What one caller (agent, user, session) has been listed by one upstream: pages by their hash. */
 interface CallerCatalog {
@@ -199,7 +201,7 @@ export class ToolGuard {
       this.#announced.add(key)
       this.#app.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
     }
-    return { hash, quarantined: reason !== 'ok', reason, findings, ...(waiting ? { pending: true } : {}) }
+    return { hash, quarantined: reason !== 'ok', reason, findings, pinGeneration: this.#pins.generation, ...(waiting ? { pending: true } : {}) }
   }
 
   /**
@@ -309,6 +311,17 @@ export class ToolGuard {
   /** Whether any list of this kind (prompts, resources) of this upstream has been reviewed. */
   hasListed (server: string, kind: 'prompt' | 'resource'): boolean {
     return this.#listedKinds.has(`${server}\n${kind}`)
+  }
+
+  /**
+   * A listed tool's review as it stands now: reviewed again only when it may have changed since
+   * (a pin changed anywhere, or the judge's verdict was pending); otherwise the review made when it
+   * was listed, at no cost on the call's path.
+   */
+  async currentReview (server: string, entry: CatalogEntry): Promise<ToolReview> {
+    const review = entry.review
+    if (review.pending === true || (!review.quarantined && review.pinGeneration !== this.#pins.generation)) return await this.review(server, entry.tool)
+    return review
   }
 
   /** The key of one caller's catalog of one upstream: agent, user and upstream session. */
