@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
@@ -122,7 +122,8 @@ t.test('tokens the gateway minted for upstreams are not bearer tokens', async t 
   t.match(asSubject.json, { error: 'invalid_grant' })
 })
 
-t.test('failed token requests spend the per-address budget of failed authentications; beyond it: 429 slow_down, nothing issued', async t => {
+/** A gateway whose STS policies allow tool:echo and whose address budget is 3 failures a minute. */
+async function budgetedGateway (t: Test): Promise<TestGateway> {
   const g = await startGateway({
     issuer,
     upstreams: { echo: { url: up.url } },
@@ -132,6 +133,11 @@ t.test('failed token requests spend the per-address budget of failed authenticat
     }
   })
   t.teardown(() => g.close())
+  return g
+}
+
+t.test('failed token requests spend the per-address budget of failed authentications; beyond it: 429 slow_down, nothing issued', async t => {
+  const g = await budgetedGateway(t)
   const post = async (params: Record<string, string>, contentType = 'application/x-www-form-urlencoded') => {
     const res = await request(`${g.base}/oauth/token`, { method: 'POST', headers: { 'content-type': contentType }, body: contentType.includes('json') ? JSON.stringify(params) : new URLSearchParams(params).toString() })
     return { status: res.statusCode, headers: res.headers, json: await res.body.json() as Record<string, any> }
@@ -162,15 +168,7 @@ t.test('failed token requests spend the per-address budget of failed authenticat
 })
 
 t.test('token requests aborted mid-upload spend the per-address budget', async t => {
-  const g = await startGateway({
-    issuer,
-    upstreams: { echo: { url: up.url } },
-    extra: {
-      authorization: { schema: ALLOW_ALL.schema, policies: new URL('./fixtures/cedar/sts', import.meta.url).pathname, watch: false },
-      rateLimit: { max: 100, unauthenticated: { max: 3, timeWindow: '1 minute' } }
-    }
-  })
-  t.teardown(() => g.close())
+  const g = await budgetedGateway(t)
   const partial = `grant_type=${encodeURIComponent(GRANT)}&subject_token=${agentToken().slice(0, 40)}`
   for (let i = 0; i < 3; i++) await abortedUpload(`${g.base}/oauth/token`, { 'content-type': 'application/x-www-form-urlencoded' }, partial)
   const form = new URLSearchParams({ grant_type: GRANT, subject_token: agentToken(), subject_token_type: AT, resource: g.resource('echo'), scope: 'tool:echo' }).toString()
