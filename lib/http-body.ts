@@ -1,7 +1,11 @@
-/** Small helpers of the gateway's own HTTP hosts (the stdio bridge, the demo servers, test and bench fixtures). */
+/**
+ * HTTP bodies of the gateway's own small hosts (the stdio bridge, the demo servers): reading a
+ * request body under a size limit, and writing a JSON-RPC error body.
+ * `freePort` moved to lib/free-port.ts; it is re-exported here so its importers need not change.
+ */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { createServer } from 'node:net'
-import type { AddressInfo } from 'node:net'
+
+export { freePort } from './free-port.js'
 
 /** Reads a request body, refusing more than `limit` bytes. */
 export async function readBody (req: IncomingMessage, limit = 4 * 1024 * 1024): Promise<Buffer> {
@@ -19,13 +23,4 @@ export async function readBody (req: IncomingMessage, limit = 4 * 1024 * 1024): 
 export function sendError (res: ServerResponse, status: number, code: number, message: string): void {
   res.writeHead(status, { 'content-type': 'application/json' })
   res.end(JSON.stringify({ jsonrpc: '2.0', id: null, error: { code, message } }))
-}
-
-/** A TCP port that is free on `host` right now. */
-export async function freePort (host = '127.0.0.1'): Promise<number> {
-  const probe = createServer()
-  await new Promise<void>((resolve, reject) => { probe.once('error', reject); probe.listen(0, host, () => { resolve() }) })
-  const { port } = probe.address() as AddressInfo
-  await new Promise<void>(resolve => probe.close(() => { resolve() }))
-  return port
 }
