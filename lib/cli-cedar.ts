@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
 import { loadConfig, type GatewayConfig } from './config.js'
-import { compilePolicySet, CedarEngine, readPolicySource, requestEntities, type AuthzRequest, type CedarAction } from './cedar/engine.js'
+import { compilePolicySet, CedarEngine, readPolicySource, requestEntities, type AuthzRequest } from './cedar/engine.js'
 import { runCedarTests } from './cedar/run-tests.js'
 import { listUpstreamTools, schemaWithToolActions } from './cedar/schema-gen.js'
 import { localTime } from './cedar/time.js'
@@ -17,6 +17,7 @@ import { KeyRing } from './tokens/keys.js'
 import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
 import { startStdioBridges } from './stdio-bridge.js'
+import { targetRequest, type TargetKind } from './mcp-methods.js'
 
 export interface Io { out: (line: string) => void, err: (line: string) => void }
 
@@ -126,14 +127,12 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
       }
       const now = str('at') !== undefined ? new Date(str('at')!) : new Date()
       if (Number.isNaN(now.getTime())) throw new CedarUsageError('--at must be an ISO date-time, e.g. 2026-11-26T10:00:00+09:00')
-      const action: CedarAction = str('tool') !== undefined ? 'call_tool' : str('uri') !== undefined ? 'read_resource' : str('prompt') !== undefined ? 'get_prompt' : 'connect'
-      const method = str('method') ?? { call_tool: 'tools/call', read_resource: 'resources/read', get_prompt: 'prompts/get', connect: 'tools/list' }[action]
+      const kind: TargetKind | undefined = str('tool') !== undefined ? 'tool' : str('uri') !== undefined ? 'resource' : str('prompt') !== undefined ? 'prompt' : undefined
+      const target = kind !== undefined ? targetRequest(kind, str(kind === 'resource' ? 'uri' : kind)!) : { action: 'connect' as const, method: 'tools/list' }
       const request: AuthzRequest = {
-        identity, server, action, method, now,
-        ...(str('tool') !== undefined ? { tool: str('tool')! } : {}),
-        ...(args !== undefined ? { arguments: args } : {}),
-        ...(str('uri') !== undefined ? { uri: str('uri')! } : {}),
-        ...(str('prompt') !== undefined ? { prompt: str('prompt')! } : {})
+        identity, server, now, ...target,
+        ...(str('method') !== undefined ? { method: str('method')! } : {}),
+        ...(args !== undefined ? { arguments: args } : {})
       }
       const engine = new CedarEngine(compilePolicySet(readPolicySource(schemaFile, policiesDir)), cfg.authorization.timezone)
       const decision = engine.authorize(request)
@@ -143,9 +142,9 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
         const { principal, resource } = requestEntities(request)
         const t = localTime(now, engine.timezone)
         io.out(`decision: ${decision.outcome}`)
-        io.out(`request: ${principal.type}::${JSON.stringify(principal.id)} ${action} ${resource.type}::${JSON.stringify(resource.id)}`)
+        io.out(`request: ${principal.type}::${JSON.stringify(principal.id)} ${request.action} ${resource.type}::${JSON.stringify(resource.id)}`)
         io.out(`agent: roles [${identity.roles.join(', ')}], department ${identity.department ?? '(none)'}, scopes [${identity.scopes.join(', ')}]`)
-        io.out(`context: ${now.toISOString()} = ${String(t.localHour).padStart(2, '0')}h, weekday ${t.localWeekday} in ${engine.timezone}; method ${method}`)
+        io.out(`context: ${now.toISOString()} = ${String(t.localHour).padStart(2, '0')}h, weekday ${t.localWeekday} in ${engine.timezone}; method ${request.method}`)
         io.out(`determining policies: ${decision.policies.length > 0 ? decision.policies.join(', ') : '(none: no policy applies, so the default is deny)'}`)
         for (const a of decision.advice) io.out(`advice: ${a}`)
         io.out(`reason: ${decision.reason}`)

@@ -7,45 +7,84 @@
  * is what is forwarded.
  */
 import sjson from 'secure-json-parse'
+import { methodSpec } from './mcp-methods.js'
 import { BatchError, HeaderMismatchError, InvalidMessageError, ParseError } from './errors.js'
 
 export type JsonRpcId = string | number
 
-export interface McpMessage {
-  readonly kind: 'request' | 'notification' | 'response'
+interface MessageBase {
   /** The request id; null for notifications. */
   readonly id: JsonRpcId | null
-  /** The method; null for responses. */
-  readonly method: string | null
   readonly params: Readonly<Record<string, unknown>> | undefined
-  /** tools/call: the tool name and its arguments. */
-  readonly tool?: string
-  readonly arguments?: Readonly<Record<string, unknown>>
-  /** resources/read, resources/subscribe, resources/unsubscribe: the resource URI. */
-  readonly uri?: string
-  /** prompts/get: the prompt name. */
-  readonly prompt?: string
   /** The parsed message. */
   readonly message: Readonly<Record<string, unknown>>
   /** The bytes as received. */
   readonly raw: Buffer
 }
 
+/** A request or notification of a method that acts on one tool (tools/call). */
+export interface ToolCallMessage extends MessageBase {
+  readonly kind: 'request' | 'notification'
+  readonly target: 'tool'
+  readonly method: 'tools/call'
+  readonly tool: string
+  readonly arguments?: Readonly<Record<string, unknown>>
+  readonly uri?: undefined
+  readonly prompt?: undefined
+}
+
+/** A request or notification of a method that acts on one resource (resources/read, …). */
+export interface ResourceMessage extends MessageBase {
+  readonly kind: 'request' | 'notification'
+  readonly target: 'resource'
+  readonly method: 'resources/read' | 'resources/subscribe' | 'resources/unsubscribe'
+  readonly uri: string
+  readonly tool?: undefined
+  readonly arguments?: undefined
+  readonly prompt?: undefined
+}
+
+/** A request or notification of a method that acts on one prompt (prompts/get). */
+export interface PromptMessage extends MessageBase {
+  readonly kind: 'request' | 'notification'
+  readonly target: 'prompt'
+  readonly method: 'prompts/get'
+  readonly prompt: string
+  readonly tool?: undefined
+  readonly arguments?: undefined
+  readonly uri?: undefined
+}
+
+/** A request or notification of any other method (lists, initialize, notifications, unknown methods). */
+export interface MethodMessage extends MessageBase {
+  readonly kind: 'request' | 'notification'
+  readonly target: null
+  readonly method: string
+  readonly tool?: undefined
+  readonly arguments?: undefined
+  readonly uri?: undefined
+  readonly prompt?: undefined
+}
+
+/** A response (a client answering a server's request). */
+export interface ResponseMessage extends MessageBase {
+  readonly kind: 'response'
+  readonly id: JsonRpcId
+  readonly target: null
+  readonly method: null
+  readonly params: undefined
+  readonly tool?: undefined
+  readonly arguments?: undefined
+  readonly uri?: undefined
+  readonly prompt?: undefined
+}
+
 /**
- * The method names of the MCP specification (requests and notifications, both directions):
- * the bounded set metric labels are drawn from (anything else is `other`).
+ * One classified MCP message, discriminated by `target` (the kind of thing its method acts on,
+ * from the method table of lib/mcp-methods.ts) and `kind`: `m.target === 'tool'` makes `m.tool`
+ * a string, `m.kind === 'response'` makes `m.method` null.
  */
-export const MCP_METHODS: ReadonlySet<string> = new Set([
-  'initialize', 'ping', 'completion/complete', 'logging/setLevel',
-  'tools/list', 'tools/call', 'resources/list', 'resources/templates/list', 'resources/read',
-  'resources/subscribe', 'resources/unsubscribe', 'prompts/list', 'prompts/get',
-  'sampling/createMessage', 'elicitation/create', 'roots/list',
-  'tasks/get', 'tasks/result', 'tasks/list', 'tasks/cancel',
-  'notifications/initialized', 'notifications/cancelled', 'notifications/progress', 'notifications/message',
-  'notifications/resources/updated', 'notifications/resources/list_changed', 'notifications/tools/list_changed',
-  'notifications/prompts/list_changed', 'notifications/roots/list_changed', 'notifications/elicitation/complete',
-  'notifications/tasks/status'
-])
+export type McpMessage = ToolCallMessage | ResourceMessage | PromptMessage | MethodMessage | ResponseMessage
 
 /** True when a Content-Type names no charset or UTF-8: the only encoding a body is checked as. */
 export function utf8Charset (contentType: string | undefined): boolean {
@@ -199,9 +238,9 @@ function requireString (params: Record<string, unknown> | undefined, key: string
   return v
 }
 
-function requireName (params: Record<string, unknown> | undefined, method: string): string {
-  const v = requireString(params, 'name', method)
-  if (NAME_BREAK.test(v)) throw new InvalidMessageError(`${method} params.name must not contain whitespace or control characters, not ${JSON.stringify(v.slice(0, 64))}`)
+function requireName (params: Record<string, unknown> | undefined, key: string, method: string): string {
+  const v = requireString(params, key, method)
+  if (NAME_BREAK.test(v)) throw new InvalidMessageError(`${method} params.${key} must not contain whitespace or control characters, not ${JSON.stringify(v.slice(0, 64))}`)
   return v
 }
 
@@ -264,22 +303,21 @@ function classify (raw: Buffer, maxKeys: number, maxValues: number, seeId: (id: 
     if (Object.hasOwn(data, 'result') || Object.hasOwn(data, 'error')) {
       throw new InvalidMessageError('a message cannot have both "method" and "result"/"error"')
     }
-    const base = { kind: hasId ? 'request' : 'notification', id: hasId ? id as JsonRpcId : null, method, params, message: data, raw } as const
-    switch (method) {
-      case 'tools/call': {
-        const tool = requireName(params, method)
+    const base = { kind: hasId ? 'request' : 'notification', id: hasId ? id as JsonRpcId : null, params, message: data, raw } as const
+    const target = methodSpec(method).target
+    switch (target?.kind) {
+      case 'tool': {
+        const tool = requireName(params, target.param, method)
         const args = params?.arguments
-        if (args !== undefined && !isObject(args)) throw new InvalidMessageError('tools/call params.arguments must be an object')
-        return { ...base, tool, ...(args !== undefined ? { arguments: args } : {}) }
+        if (args !== undefined && !isObject(args)) throw new InvalidMessageError(`${method} params.arguments must be an object`)
+        return { ...base, target: 'tool', method: method as ToolCallMessage['method'], tool, ...(args !== undefined ? { arguments: args } : {}) }
       }
-      case 'resources/read':
-      case 'resources/subscribe':
-      case 'resources/unsubscribe':
-        return { ...base, uri: requireString(params, 'uri', method) }
-      case 'prompts/get':
-        return { ...base, prompt: requireName(params, method) }
+      case 'resource':
+        return { ...base, target: 'resource', method: method as ResourceMessage['method'], uri: requireString(params, target.param, method) }
+      case 'prompt':
+        return { ...base, target: 'prompt', method: method as PromptMessage['method'], prompt: requireName(params, target.param, method) }
       default:
-        return base
+        return { ...base, target: null, method }
     }
   }
 
@@ -288,7 +326,7 @@ function classify (raw: Buffer, maxKeys: number, maxValues: number, seeId: (id: 
   const hasError = Object.hasOwn(data, 'error')
   if (hasResult === hasError) throw new InvalidMessageError('a response has exactly one of "result" and "error"')
   if (hasError && !isObject(data.error)) throw new InvalidMessageError('"error" must be an object')
-  return { kind: 'response', id: id as JsonRpcId, method: null, params: undefined, message: data, raw }
+  return { kind: 'response', id: id as JsonRpcId, target: null, method: null, params: undefined, message: data, raw }
 }
 
 /**
@@ -324,9 +362,6 @@ export function envelopeVersion (message: McpMessage): string | undefined {
   return typeof v === 'string' ? v : undefined
 }
 
-/** Methods whose target (tool, resource, prompt) the `Mcp-Name` header carries. */
-const NAMED_METHODS = new Set(['tools/call', 'resources/read', 'prompts/get'])
-
 /**
  * The protocol era of a POSTed message, checked before any policy reads it. A message whose
  * envelope names a 2026-07-28-era version must say so in `MCP-Protocol-Version` and carry
@@ -342,7 +377,7 @@ export function checkEra (message: McpMessage, headers: { version?: string, meth
       if (header === undefined || header === '') throw new HeaderMismatchError('MCP-Protocol-Version', `it is required in protocol version ${claimed.slice(0, 20)}, which the body's _meta names`)
       if (header !== claimed) throw new HeaderMismatchError('MCP-Protocol-Version', `the header says "${header.slice(0, 20)}", the body's _meta "${claimed.slice(0, 20)}"`)
       if (headers.method === undefined) throw new HeaderMismatchError('Mcp-Method', `it is required in protocol version ${claimed.slice(0, 20)}`)
-      if (headers.name === undefined && NAMED_METHODS.has(message.method ?? '')) throw new HeaderMismatchError('Mcp-Name', `it is required for ${message.method ?? ''} in protocol version ${claimed.slice(0, 20)}`)
+      if (headers.name === undefined && message.method !== null && methodSpec(message.method).target?.nameHeader === true) throw new HeaderMismatchError('Mcp-Name', `it is required for ${message.method ?? ''} in protocol version ${claimed.slice(0, 20)}`)
     } else if (header !== undefined && isModernVersion(header)) {
       throw new HeaderMismatchError('MCP-Protocol-Version', `the header says "${header.slice(0, 20)}", but the body has no _meta["${PROTOCOL_VERSION_META_KEY}"]${claimed !== undefined ? ` of that era (it says "${claimed.slice(0, 20)}")` : ''}`)
     }

@@ -10,6 +10,7 @@ import type { CedarEngine } from './cedar/engine.js'
 import { audiences, checkTokenTimes, identityFromClaims, type Identity } from './identity.js'
 import type { TokenMinter } from './tokens/minter.js'
 import { parseScope } from './scope.js'
+import { targetRequest } from './mcp-methods.js'
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token'
@@ -131,8 +132,7 @@ async function exchangeFor (subject: { claims: Record<string, unknown>, identity
     const decision = deps.engine.authorize({
       identity: subject.identity,
       server,
-      method: kind === 'tool' ? 'tools/call' : kind === 'resource' ? 'resources/read' : 'prompts/get',
-      ...(kind === 'tool' ? { action: 'call_tool', tool: name } : kind === 'resource' ? { action: 'read_resource', uri: name } : { action: 'get_prompt', prompt: name })
+      ...targetRequest(kind, name)
     })
     if (!decision.allowed) throw new StsError('invalid_scope', `${scope} on ${server.name} is not allowed for this subject: ${decision.reason}`)
   }

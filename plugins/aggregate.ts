@@ -30,6 +30,7 @@ import { VERSION } from '../lib/version.js'
 import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
 import type {} from './store.js'
+import { methodSpec } from '../lib/mcp-methods.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -161,7 +162,8 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
   }
 
   /** A list method on every upstream the agent can reach, following pages; unreachable ones contribute nothing. */
-  async function listAll<T> (identity: Identity, authorization: string | undefined, method: string, key: string): Promise<Array<{ server: UpstreamConfig, items: T[] }>> {
+  async function listAll<T> (identity: Identity, authorization: string | undefined, method: string): Promise<Array<{ server: UpstreamConfig, items: T[] }>> {
+    const key = methodSpec(method).list?.key ?? 'items'
     return await Promise.all(upstreams.map(async server => {
       const items: T[] = []
       let cursor: string | undefined
@@ -210,7 +212,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       instructions: 'Every MCP server behind this gateway as one: tool and prompt names are <server>__<name>.'
     })
     server.setRequestHandler(ListToolsRequestSchema, async () => {
-      const lists = await listAll<{ name: string }>(identity, authorization, 'tools/list', 'tools')
+      const lists = await listAll<{ name: string }>(identity, authorization, 'tools/list')
       rememberBare(bareOwners.tools, identity, lists)
       const { items, collisions } = names.merge(lists)
       if (collisions.length > 0) app.log.warn({ collisions }, 'aggregate: tool names exposed by more than one upstream are left out')
@@ -234,7 +236,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       return {}
     })
     server.setRequestHandler(ListPromptsRequestSchema, async () => {
-      const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list', 'prompts')
+      const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list')
       rememberBare(bareOwners.prompts, identity, lists)
       return { prompts: names.merge(lists).items as never }
     })
@@ -244,7 +246,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       return await call(identity, authorization, target.server, 'prompts/get', { ...req.params, name: target.name }) as never
     })
     server.setRequestHandler(ListResourcesRequestSchema, async () => {
-      const lists = await listAll<{ uri: string }>(identity, authorization, 'resources/list', 'resources')
+      const lists = await listAll<{ uri: string }>(identity, authorization, 'resources/list')
       const seen = new Map<string, number>()
       for (const { items } of lists) for (const r of items) seen.set(r.uri, (seen.get(r.uri) ?? 0) + 1)
       // A URI that two upstreams list belongs to neither: it is left out, and a read of it is
@@ -262,7 +264,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
     })
     server.setRequestHandler(ListResourceTemplatesRequestSchema, async () => {
-      const lists = await listAll<{ uriTemplate: string }>(identity, authorization, 'resources/templates/list', 'resourceTemplates')
+      const lists = await listAll<{ uriTemplate: string }>(identity, authorization, 'resources/templates/list')
       return { resourceTemplates: lists.flatMap(l => l.items) as never }
     })
     server.setRequestHandler(ReadResourceRequestSchema, async (req) => {

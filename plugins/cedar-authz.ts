@@ -18,6 +18,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { AccessDeniedError, ConfigError, refusal, UnknownToolError } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
+import { methodSpec } from '../lib/mcp-methods.js'
 import {
   CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
@@ -54,17 +55,15 @@ export function authzRequestFor (request: FastifyRequest): AuthzRequest {
   const m = request.mcp
   if (m === null) return { identity, server, action: 'connect', method: request.method }
   if (m.kind === 'response') return { identity, server, action: 'connect', method: 'response' }
-  switch (m.method) {
-    case 'tools/call':
-      return { identity, server, action: 'call_tool', method: m.method, tool: m.tool!, ...(m.arguments !== undefined ? { arguments: m.arguments } : {}) }
-    case 'resources/read':
-    case 'resources/subscribe':
-    case 'resources/unsubscribe':
-      return { identity, server, action: 'read_resource', method: m.method, uri: m.uri! }
-    case 'prompts/get':
-      return { identity, server, action: 'get_prompt', method: m.method, prompt: m.prompt! }
+  switch (m.target) {
+    case 'tool':
+      return { identity, server, action: 'call_tool', method: m.method, tool: m.tool, ...(m.arguments !== undefined ? { arguments: m.arguments } : {}) }
+    case 'resource':
+      return { identity, server, action: 'read_resource', method: m.method, uri: m.uri }
+    case 'prompt':
+      return { identity, server, action: 'get_prompt', method: m.method, prompt: m.prompt }
     default:
-      return { identity, server, action: 'connect', method: m.method! }
+      return { identity, server, action: methodSpec(m.method).action, method: m.method }
   }
 }
 

@@ -8,7 +8,7 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { stagesOf } from '../lib/timing.js'
-import { MCP_METHODS } from '../lib/jsonrpc.js'
+import { MCP_METHODS } from '../lib/mcp-methods.js'
 
 const HTTP_METHODS = new Set(['GET', 'POST', 'DELETE'])
 import type {} from './cedar-authz.js'

@@ -130,10 +130,10 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
     const done = startStage(request, 'ratelimit')
     try {
       const m = request.mcp
-      const limit = m?.method === 'tools/call' ? toolLimit(limits, request.mcpTarget.server.name, m.tool!) : undefined
-      if (limit !== undefined) {
+      const limit = m?.target === 'tool' ? toolLimit(limits, request.mcpTarget.server.name, m.tool) : undefined
+      if (limit !== undefined && m?.target === 'tool') {
         toolLimitOf.set(request, limit)
-        await apply(perTool, request, reply, `calls of tool ${m!.tool!} by this agent`)
+        await apply(perTool, request, reply, `calls of tool ${m.tool} by this agent`)
       }
     } finally {
       done()

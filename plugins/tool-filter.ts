@@ -21,6 +21,7 @@ import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import { ConfigError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
 import { envelopeVersion, isModernVersion, PROTOCOL_VERSION_META_KEY } from '../lib/jsonrpc.js'
+import { CALL_METHOD_OF, LIST_METHODS_OF, LISTS, methodSpec, targetRequest } from '../lib/mcp-methods.js'
 import type { Identity } from '../lib/identity.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner } from '../lib/tools/scanner.js'
 import { FilePinStore, type PinStore } from '../lib/tools/pins.js'
@@ -46,7 +47,6 @@ export interface ToolFilterOptions {
   pins?: PinStore
 }
 
-const LIST_METHODS = new Set(['tools/list', 'resources/list', 'resources/templates/list', 'prompts/list'])
 /** JSON-RPC codes of the gateway's own refusals (errors.md): a caller listing refused with one of them falls back to nothing. */
 const GATEWAY_REFUSALS: ReadonlySet<number> = new Set([RpcCode.headerMismatch, RpcCode.unauthorized, RpcCode.accessDenied, RpcCode.rateLimited, RpcCode.invalidRequest, RpcCode.parseError])
 
@@ -141,7 +141,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   }
 
   /** A call of a tool this caller may not call: `Unknown tool`, whatever the reason (the audit record has it). */
-  const refuse = (name: string, reason: string): never => { throw refusal(new UnknownToolError(name), { reason }) }
+  function refuse (name: string, reason: string): never { throw refusal(new UnknownToolError(name), { reason }) }
 
   app.addHook('preHandler', async (request, reply) => {
     const target = request.mcpTarget
@@ -150,7 +150,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
     const server = target.server
     const m = request.mcp
 
-    if (m?.method === 'tools/call') {
+    if (m?.target === 'tool') {
       const done = startStage(request, 'filter')
       const c = guard.catalog(server.name)
       const session = request.headers['mcp-session-id'] as string | undefined
@@ -158,7 +158,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // The tool as the upstream listed it to this caller. A name it was not listed (or a list
       // the upstream said changed) makes the gateway list the tools as the caller first, at most
       // once per REFRESH_MS, so calls of made-up names cannot make it hammer the upstream.
-      let entry = guard.listedTool(caller, server.name, m.tool!)
+      let entry = guard.listedTool(caller, server.name, m.tool)
       let listed: ListAsCaller | undefined
       if (entry === undefined) {
         // A listing as this caller already under way (a call beside this one started it) is
@@ -170,7 +170,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           listings.set(caller, listing)
           listed = await listing
         }
-        entry = guard.listedTool(caller, server.name, m.tool!)
+        entry = guard.listedTool(caller, server.name, m.tool)
       }
       // A caller the gateway could not list as (its policy does not let it list, or the list
       // failed): the gateway's own read of the upstream decides, as it would for a caller with no
@@ -181,8 +181,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       // is no reason to decide on anything else: only an upstream that could not answer is.
       const refusedByGateway = listed?.ok === false && listed.status !== undefined && listed.status < 500 && listed.error !== undefined && GATEWAY_REFUSALS.has(listed.error.code)
       if (entry === undefined && !guard.hasOwnList(caller, server.name) && canRead && !refusedByGateway) {
-        if (c.stale || (!c.own.has(m.tool!) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
-        entry = c.own.get(m.tool!)
+        if (c.stale || (!c.own.has(m.tool) && Date.now() - (c.readAt ?? 0) >= REFRESH_MS)) await guard.refresh(server)
+        entry = c.own.get(m.tool)
       }
       if (entry === undefined && listed?.ok === false && !canRead) {
         done()
@@ -193,39 +193,40 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           request.mcpOutcome = { outcome: (listed.status ?? 200) >= 500 ? 'error' : 'deny', reason }
           return await reply.code(listed.status ?? 200).type('application/json; charset=utf-8').send({ jsonrpc: '2.0', id: m.id ?? null, error: listed.error })
         }
-        refuse(m.tool!, reason)
+        refuse(m.tool, reason)
       }
       // Decided on the tool's review now, not as it was when listed: a pin that changed since (a
       // rug pull seen in another caller's list, an approval) or a judge's verdict that came in
       // applies at once.
       if (entry !== undefined) entry = { tool: entry.tool, review: await guard.currentReview(server.name, entry) }
       done()
-      if (entry === undefined) refuse(m.tool!, 'the upstream did not list this tool to this caller')
-      if (entry!.review.quarantined) refuse(m.tool!, entry!.review.reason)
+      if (entry === undefined) refuse(m.tool, 'the upstream did not list this tool to this caller')
+      if (entry.review.quarantined) refuse(m.tool, entry.review.reason)
     }
 
     // A prompt or resource asked for before any list of its kind was reviewed: the gateway lists
     // them as the caller first (at most once per REFRESH_MS per upstream and kind), so what the
     // list would have held back is held back here too.
-    if ((m?.method === 'prompts/get' || m?.method === 'resources/read') && m.kind === 'request') {
-      const kind = m.method === 'prompts/get' ? 'prompt' : 'resource'
+    const served = (m?.target === 'prompt' || m?.target === 'resource') && m.method === CALL_METHOD_OF[m.target] ? m : null
+    if (served !== null && served.kind === 'request') {
+      const kind = served.target
       const key = `${server.name}\n${kind}`
       if (!guard.hasListed(server.name, kind) && Date.now() - (kindListedAt.get(key) ?? 0) >= REFRESH_MS) {
         kindListedAt.set(key, Date.now())
         const session = request.headers['mcp-session-id'] as string | undefined
-        await listPages(request, identity, server, session, kind === 'prompt' ? 'prompts/list' : 'resources/list')
-        if (kind === 'resource') await listPages(request, identity, server, session, 'resources/templates/list')
+        for (const method of LIST_METHODS_OF[kind]) await listPages(request, identity, server, session, method)
       }
     }
     // A prompt or resource whose listed text was quarantined is not served either.
-    if ((m?.method === 'prompts/get' && m.prompt !== undefined && guard.isHeld(server.name, 'prompt', m.prompt)) ||
-        (m?.method === 'resources/read' && m.uri !== undefined && guard.isHeld(server.name, 'resource', m.uri))) {
-      const what = m.method === 'prompts/get' ? `prompt ${m.prompt!}` : `resource ${m.uri!}`
-      const reason = `quarantined: the ${what} was listed with text the tool scanner flags`
-      throw refusal(m.method === 'prompts/get' ? new UnknownPromptError(m.prompt!) : new ResourceNotFoundError(m.uri!), { reason })
+    if (served !== null) {
+      const name = served.target === 'prompt' ? served.prompt : served.uri
+      if (guard.isHeld(server.name, served.target, name)) {
+        const reason = `quarantined: the ${served.target} ${name} was listed with text the tool scanner flags`
+        throw refusal(served.target === 'prompt' ? new UnknownPromptError(name) : new ResourceNotFoundError(name), { reason })
+      }
     }
 
-    if (m !== null && m.kind === 'request' && LIST_METHODS.has(m.method!) && m.id !== null) request.mcpListAnswer = { id: m.id }
+    if (m !== null && m.kind === 'request' && methodSpec(m.method).list !== undefined && m.id !== null) request.mcpListAnswer = { id: m.id }
     request.mcpResponseTransform = async (message) => {
       if (message.method === 'notifications/tools/list_changed') {
         guard.listChanged(server.name)
@@ -247,7 +248,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
           return { ...message, result: { ...rest, ...(info !== undefined ? { serverInfo: keptInfo } : {}) } }
         }
       }
-      if (!('tools' in r) && !('resources' in r) && !('resourceTemplates' in r) && !('prompts' in r)) return message
+      if (!LISTS.some(l => l.key in r)) return message
       const done = startStage(request, 'filter')
       const scope = guard.decisionScope(identity, server)
       const result = { ...r }
@@ -256,17 +257,14 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         const continued = m?.method === 'tools/list' && typeof m.params?.cursor === 'string'
         result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string', guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined), continued)
       }
-      if ('resources' in result) {
-        result.resources = items<Record<string, unknown>>(result.resources)
-          .filter(x => typeof x.uri === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uri }, '', scope) && guard.passesScan(server.name, 'resource', x))
-      }
-      if ('resourceTemplates' in result) {
-        result.resourceTemplates = items<Record<string, unknown>>(result.resourceTemplates)
-          .filter(x => typeof x.uriTemplate === 'string' && guard.visible(identity, server, { action: 'read_resource', method: 'resources/read', uri: x.uriTemplate }, '', scope) && guard.passesScan(server.name, 'resource', x))
-      }
-      if ('prompts' in result) {
-        result.prompts = items<Record<string, unknown>>(result.prompts)
-          .filter(x => typeof x.name === 'string' && guard.visible(identity, server, { action: 'get_prompt', method: 'prompts/get', prompt: x.name }, '', scope) && guard.passesScan(server.name, 'prompt', x))
+      // Resources, resource templates and prompts: each item is decided as a call of it would be.
+      for (const list of LISTS) {
+        const kind = list.kind
+        if (kind === 'tool' || !(list.key in result)) continue
+        result[list.key] = items<Record<string, unknown>>(result[list.key]).filter(x => {
+          const name = x[list.itemKey]
+          return typeof name === 'string' && guard.visible(identity, server, targetRequest(kind, name), '', scope) && guard.passesScan(server.name, kind, x)
+        })
       }
       done()
       return { ...message, result }

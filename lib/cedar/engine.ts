@@ -98,7 +98,8 @@ export function replaceCedarInstance (error: string): boolean {
   return health.healthy
 }
 
-export type CedarAction = 'connect' | 'call_tool' | 'read_resource' | 'get_prompt'
+import type { CedarAction } from '../mcp-methods.js'
+export type { CedarAction }
 
 export interface AuthzRequest {
   identity: Identity

@@ -12,6 +12,7 @@
  */
 import { createHash } from 'node:crypto'
 import { canonicalize } from 'json-canonicalize'
+import { methodSpec, scopeFor } from '../mcp-methods.js'
 
 export interface MessageBinding {
   readonly scope: string
@@ -26,16 +27,10 @@ export function canonicalHash (value: unknown): string {
 }
 
 function scopeOf (method: string, params: unknown): string {
-  const p = isObject(params) ? params : {}
-  const str = (k: string): string => typeof p[k] === 'string' ? p[k] : ''
-  switch (method) {
-    case 'tools/call': return `tool:${str('name')}`
-    case 'resources/read':
-    case 'resources/subscribe':
-    case 'resources/unsubscribe': return `resource:${str('uri')}`
-    case 'prompts/get': return `prompt:${str('name')}`
-    default: return `mcp:${method}`
-  }
+  const target = methodSpec(method).target
+  if (target === undefined) return scopeFor(method, undefined)
+  const v = isObject(params) ? params[target.param] : undefined
+  return scopeFor(method, typeof v === 'string' ? v : '')
 }
 
 /**

@@ -17,6 +17,7 @@ import type { AuthzRequest } from '../cedar/engine.js'
 import { listUpstreamTools } from '../cedar/schema-gen.js'
 import type {} from '../../plugins/cedar-authz.js'
 import type {} from '../../plugins/ephemeral-token.js'
+import { targetRequest } from '../mcp-methods.js'
 
 export interface ToolReview {
   readonly hash: string
@@ -242,7 +243,7 @@ export class ToolGuard {
     if (caller !== undefined) this.#listedTo(caller, server.name, pageHash)
     const visible = tools.filter(t => {
       const review = reviews.get(t.name)
-      return review !== undefined && !review.quarantined && this.visible(identity, server, { action: 'call_tool', method: 'tools/call', tool: t.name }, review.hash, scope)
+      return review !== undefined && !review.quarantined && this.visible(identity, server, targetRequest('tool', t.name), review.hash, scope)
     })
     // One name, two definitions in one list: which one a client keeps is anyone's guess, so
     // neither is shown (record() quarantined the name).
