@@ -301,7 +301,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
         request.mcpOutcome = { outcome: 'allow', reason: 'answered by the aggregated endpoint; each upstream call is audited on its server route' }
         const server = buildServer(request.identity!, request.headers.authorization)
         // SSE answers: progress and log messages of an upstream call are relayed before the result.
-        const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined })
+        const transport = new StreamableHTTPServerTransport({})
         reply.hijack()
         reply.raw.on('close', () => { void transport.close(); void server.close() })
         await server.connect(transport)

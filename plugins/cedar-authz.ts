@@ -48,6 +48,12 @@ export interface CedarAuthzOptions {
   config: GatewayConfig
 }
 
+/** The same request without the call's arguments: what a caller that may not see the tool is decided on. */
+function withoutArguments (r: AuthzRequest): AuthzRequest {
+  const { arguments: _arguments, ...rest } = r
+  return rest
+}
+
 /** The Cedar request for an MCP message on a server route. */
 export function authzRequestFor (request: FastifyRequest): AuthzRequest {
   const identity = request.identity!
@@ -133,7 +139,7 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     // A tool the caller may not even see (denied without arguments too) is answered like a
     // tool that does not exist, so its existence is not revealed.
     if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' &&
-        (authzRequest.arguments === undefined || !engine.authorize({ ...authzRequest, arguments: undefined }).allowed)) {
+        (authzRequest.arguments === undefined || !engine.authorize(withoutArguments(authzRequest)).allowed)) {
       throw refusal(new UnknownToolError(authzRequest.tool!), { reason: `hidden: ${decision.reason}` })
     }
     throw refusal(new AccessDeniedError(decision.reason), {

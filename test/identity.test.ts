@@ -14,8 +14,7 @@ t.before(async () => {
   up = await startRecordingUpstream()
   gw = await startGateway({
     issuer,
-    upstreams: { db: { url: up.url }, api: { url: up.url } },
-    identity: undefined
+    upstreams: { db: { url: up.url }, api: { url: up.url } }
   })
 })
 t.teardown(async () => { await gw.close(); await up.close() })

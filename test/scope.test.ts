@@ -102,7 +102,8 @@ t.test('scope smuggling at the STS: an approval scope hidden behind any separato
     await client.connect(new StreamableHTTPClientTransport(new URL(g.url('db')), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
     try {
       const r = await client.callTool({ name: 'database_drop', arguments: { table } })
-      return { text: (r.content as Array<{ text: string }>)[0]?.text }
+      const text = (r.content as Array<{ text: string }>)[0]?.text
+      return text !== undefined ? { text } : {}
     } catch (err) {
       return { error: { code: (err as { code: number }).code, message: (err as Error).message } }
     } finally {

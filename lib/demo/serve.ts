@@ -19,7 +19,7 @@ export interface ServeOptions {
    * Called for every request before the MCP transport sees it, with the parsed body.
    * Returning a response status and message refuses the request.
    */
-  guard?: (req: IncomingMessage, body: unknown, raw: Buffer) => Promise<Refusal | undefined> | Refusal | undefined
+  guard?: ((req: IncomingMessage, body: unknown, raw: Buffer) => Promise<Refusal | undefined> | Refusal | undefined) | undefined
   /** Answer POSTs with JSON instead of an SSE stream. */
   json?: boolean
   /** Makes streams resumable (`Last-Event-ID`): one store per session. */

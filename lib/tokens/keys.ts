@@ -151,7 +151,7 @@ export class KeyRing {
 
   /** The public keys a verifier needs at `now`: the current one, pending ones, and retired ones still in their window. */
   jwks (now = Date.now()): { keys: JsonWebKey[] } {
-    const keys = this.#keys.filter((k, i) => {
+    const keys = this.#keys.filter((_k, i) => {
       const next = this.#keys[i + 1]
       return next === undefined || next.activates > now || next.activates + retentionSeconds(this.ttlSeconds) * 1000 > now
     })

@@ -90,7 +90,7 @@ interface Catalog {
   stale: boolean
   /** When the gateway last read the list itself (ms since the epoch). */
   readAt?: number
-  refreshing?: Promise<void>
+  refreshing?: Promise<void> | undefined
 }
 
 
