@@ -46,7 +46,9 @@ const table = (rows, cols) => [
 const toolScanFile = [join(resultsDir, 'tool-scan.json'), join(root, 'bench/results/tool-scan.json')].find(f => existsSync(f))
 const ts = r.micro['tool-scan'] ?? (toolScanFile !== undefined ? JSON.parse(readFileSync(toolScanFile, 'utf8')) : undefined)
 const list = (items) => items.length === 0 ? 'none' : items.map(x => `\n  - ${x.replaceAll('|', '\\|')}`).join('')
-const toolScanSection = ts === undefined ? '' : `
+const toolScanSection = ts === undefined
+  ? ''
+  : `
 ## Tool review: the scanner on the corpus
 
 \`npm run bench:tool-scan\` on ${ts.date}: the rules (rules/tool-scan.json) on ${ts.rates.realTools} tools recorded from ${ts.rates.servers} real MCP

@@ -46,7 +46,7 @@ t.test('db: a real SQLite database; database_query is read-only', async t => {
   const c = await agent('db')
   const rows = JSON.parse(text(await c.callTool({ name: 'database_query', arguments: { sql: 'SELECT name FROM customers WHERE tier = ? ORDER BY id', params: ['gold'] } })))
   t.same(rows, [{ name: 'Ada Lovelace' }, { name: 'Grace Hopper' }])
-  const write = await c.callTool({ name: 'database_query', arguments: { sql: "DELETE FROM customers" } })
+  const write = await c.callTool({ name: 'database_query', arguments: { sql: 'DELETE FROM customers' } })
   t.equal(write.isError, true)
   t.match(text(write), /read-only/)
   const inserted = await c.callTool({ name: 'database_insert', arguments: { table: 'orders', values: { customer_id: 2, amount: 9.5, status: 'new' } } })

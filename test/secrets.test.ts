@@ -90,7 +90,6 @@ t.test('through the gateway: injected upstream, redacted everywhere, fail closed
   t.equal(await post('bearer'), 200)
   t.equal(up.received.at(-1)!.headers.authorization, 'Bearer env-secret-93a1', 'the default format for Authorization is Bearer')
 
-
   const everything = [...gw.log, ...gw.audit.map(r => JSON.stringify(r)), ...responses].join('\n')
   for (const secret of ['vault-key-7d41e2', 'env-secret-93a1', vault.rootToken]) {
     t.notOk(everything.includes(secret), `${secret.slice(0, 9)}… appears in no log line, audit record or response`)

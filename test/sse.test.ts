@@ -34,7 +34,7 @@ t.test('the HTML standard\'s line ends, BOM, comments and fields, as a hostile u
     ['a leading BOM', `\ufeffdata: ${m}\n\n`],
     ['no space after the colon', `data:${m}\n\n`],
     ['a comment and an unknown field first', `: keep-alive\nfoo: bar\ndata: ${m}\n\n`],
-    ['data over two lines', `data: {"jsonrpc":"2.0","id":1,\ndata: "result":{"tools":[]}}\n\n`],
+    ['data over two lines', 'data: {"jsonrpc":"2.0","id":1,\ndata: "result":{"tools":[]}}\n\n'],
     ['one byte per chunk', `data: ${m}\r\n\r\n`]
   ]
   for (const [what, stream] of vectors) {
@@ -51,7 +51,7 @@ t.test('sseTransform: rewrites messages, keeps ids and event names, drops what i
   t.match(out, /^id: 1\nevent: message\ndata: \{"jsonrpc":"2.0","method":"notifications\/message","params":\{"data":"café"\}\}\n\n/)
   t.notMatch(out, /not json/, 'an event that is not a JSON-RPC message is not passed on')
   t.match(out, /data: \{"jsonrpc":"2.0","id":7,"result":\{"ok":false\}\}\n\n$/)
-  const cr = Readable.from([`data: {"jsonrpc":"2.0","id":2,"result":{}}\r\r`]).pipe(sseTransform(m => ({ ...m, seen: true })))
+  const cr = Readable.from(['data: {"jsonrpc":"2.0","id":2,"result":{}}\r\r']).pipe(sseTransform(m => ({ ...m, seen: true })))
   let crOut = ''
   for await (const c of cr) crOut += (c as Buffer).toString()
   t.equal(crOut, 'data: {"jsonrpc":"2.0","id":2,"result":{},"seen":true}\n\n', 'bare-CR events are rewritten too (never passed through unread)')

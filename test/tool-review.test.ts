@@ -15,7 +15,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
-import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { startRecordingUpstream } from './fixtures/upstream.js'
 import { startScriptedUpstream } from './fixtures/scripted-upstream.js'
 
 const require = createRequire(import.meta.url)
@@ -232,7 +232,7 @@ t.test('newTools: quarantine pins every tool of the first list, all its pages; o
     return names.sort()
   }
   const firstList = await list()
-  t.same(firstList, ["alpha", "beta", "delta", "epsilon", "gamma"], "every tool of the first list, both pages, is pinned and listed")
+  t.same(firstList, ['alpha', 'beta', 'delta', 'epsilon', 'gamma'], 'every tool of the first list, both pages, is pinned and listed')
   pages = [['alpha', 'beta', 'gamma', 'zeta'].map(def), ['delta', 'epsilon'].map(def)]
   t.same(await list(), ['alpha', 'beta', 'delta', 'epsilon', 'gamma'], 'a later name waits for approval')
   t.ok(gw.log.some(l => l.includes('"tool":"zeta"') && l.includes('toolScan.newTools: quarantine')), 'the log says why')

@@ -32,7 +32,6 @@ function mcpServer () {
 
 if (role === 'upstream') {
   // argv: upstream <gateway issuer> <gateway JWKS URL>; the audience is this server's own URL.
-  let verifier
   const upstream = createServer((req, res) => {
     const chunks = []
     req.on('data', c => chunks.push(c))
@@ -52,7 +51,7 @@ if (role === 'upstream') {
     })
   })
   await new Promise(resolve => upstream.listen(0, '127.0.0.1', resolve))
-  verifier = createUpstreamVerifier({ issuer: arg1, audience: `http://127.0.0.1:${upstream.address().port}/mcp`, jwksUri: arg2 })
+  const verifier = createUpstreamVerifier({ issuer: arg1, audience: `http://127.0.0.1:${upstream.address().port}/mcp`, jwksUri: arg2 })
   process.on('message', (msg) => { if (msg === 'stop') { upstream.closeAllConnections(); upstream.close(); process.exit(0) } })
   process.send({ ready: true, port: upstream.address().port })
 } else {
