@@ -10,9 +10,9 @@ app.addHook('onClose', bridged.close)
 const config = bridged.config
 await app.register(metricsPlugin, { config })         // GET /metrics (Prometheus), Server-Timing
 await app.register(auditPlugin, { config })           // an audit record for every decision
-await app.register(storePlugin, { config })           // app.store: memory or Redis (503 while Redis is down)
+await app.register(storePlugin, { config })           // app.mcpWarden.store: memory or Redis (503 while Redis is down)
 await app.register(identityPlugin, { config })        // request.identity, 401 + WWW-Authenticate (registers the request context: Origin, server lookup, JSON-RPC parsing)
-await app.register(cedarAuthzPlugin, { config })      // request.decision, app.cedar.authorize(...)
+await app.register(cedarAuthzPlugin, { config })      // request.decision, app.mcpWarden.cedar.authorize(...)
 await app.register(toolFilterPlugin, { config })      // filtered lists, scanner, pins
 await app.register(rateLimitPlugin, { config })       // rateLimit: 429 + Retry-After
 await app.register(ephemeralTokenPlugin, { config })  // per-message upstream token, /.well-known/jwks.json

@@ -10,7 +10,7 @@ import type { GatewayStore } from './stores/types.js'
 import store from '../plugins/store.js'
 import rateLimit from '../plugins/rate-limit.js'
 import aggregate from '../plugins/aggregate.js'
-import { startStdioBridges, type StdioBridge } from './stdio-bridge.js'
+import { startStdioBridges } from './stdio-bridge.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
@@ -22,13 +22,8 @@ import toolFilter from '../plugins/tool-filter.js'
 import tokenExchange from '../plugins/token-exchange.js'
 import upstreamSecret from '../plugins/upstream-secret.js'
 import health from '../plugins/health.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** The local bridges of the stdio upstreams, by upstream name. */
-    stdioBridges: ReadonlyMap<string, StdioBridge>
-  }
-}
+import { provide } from '../plugins/decorations.js'
+import { createGatewayTokens, type GatewayTokens } from './tokens/gateway-tokens.js'
 
 export interface GatewayOptions {
   /** Fastify's logger option; default: pino at config.logLevel with secrets redacted. */
@@ -59,20 +54,23 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   const bridged = await startStdioBridges(config, app.log)
   app.addHook('onClose', async () => { await bridged.close() })
   config = bridged.config
-  app.decorate('stdioBridges', bridged.bridges)
+  provide(app, 'stdioBridges', bridged.bridges)
 
   // A plugin that refuses its options fails here: close what the earlier ones opened
   // (stdio bridges, the store's connection), so a refused boot leaves nothing running.
+  let tokens: GatewayTokens
   try {
+    // The signing keys, handed to every plugin that uses them.
+    tokens = createGatewayTokens(config.tokens, app.log)
     await app.register(metrics, { config })
     await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
     await app.register(mcpContext, { config })
     await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
-    await app.register(identity, { config })
+    await app.register(identity, { config, tokens })
     await app.register(cedarAuthz, { config })
-    await app.register(toolFilter, { config })
+    await app.register(toolFilter, { config, tokens })
     await app.register(rateLimit, { config })
-    await app.register(ephemeralToken, { config })
+    await app.register(ephemeralToken, { config, tokens })
     await app.register(tokenExchange, { config })
     await app.register(upstreamSecret, { config })
     await app.register(mcpProxy, { config })
@@ -85,8 +83,8 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   }
   // SIGHUP re-reads what can change while the gateway runs: the policy set and the signing keys.
   const onHup = (): void => {
-    void app.cedar.reload()
-    app.tokens.reload()
+    void app.mcpWarden.cedar.reload()
+    tokens.reload()
   }
   process.on('SIGHUP', onHup)
   app.addHook('onClose', async () => { process.off('SIGHUP', onHup) })

@@ -186,13 +186,12 @@ export class StdioBridge {
     const stdio = new StdioClientTransport({ command: line.command, args: line.args, env: childEnv(this.#stdio), ...(this.#stdio.cwd !== undefined ? { cwd: this.#stdio.cwd } : {}), stderr: 'pipe' })
     let stderrTail = ''
     stdio.stderr?.on('data', (d: Buffer) => { stderrTail = (stderrTail + d.toString('utf8')).slice(-2000) })
-    let pair: Pair | undefined
+    // The session is initialized (and the callback called) only after `p` is set below.
     const http: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
-      onsessioninitialized: (id) => { this.#pairs.set(id, pair!) }
+      onsessioninitialized: (id) => { this.#pairs.set(id, p) }
     })
-    pair = { http, stdio, lastUsed: Date.now(), pending: new Set(), progress: new Map() }
-    const p = pair
+    const p: Pair = { http, stdio, lastUsed: Date.now(), pending: new Set(), progress: new Map() }
     http.onmessage = (message) => { void stdio.send(message).catch(() => {}) }
     http.onclose = () => {
       // DELETE from the client, or the bridge closing: the process ends with its session.

@@ -22,6 +22,8 @@ export class StsError extends Error {
   override name = 'StsError'
   /** The verified subject, when the refusal came after it was verified (for the audit). */
   subject?: Identity
+  // `error` is the OAuth error code (RFC 6749 §5.2), not a callback's error argument.
+  // eslint-disable-next-line n/handle-callback-err
   constructor (readonly error: StsErrorCode, description: string) { super(description) }
 }
 

@@ -29,15 +29,8 @@ import { sseMessages } from '../lib/sse.js'
 import { VERSION } from '../lib/version.js'
 import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
-import type {} from './store.js'
 import { methodSpec } from '../lib/mcp-methods.js'
-
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** Marks the aggregated endpoint. */
-    mcpAggregate?: boolean
-  }
-}
+import type {} from './decorations.js'
 
 export interface AggregateOptions {
   config: GatewayConfig
@@ -84,7 +77,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
       headers: {
         'content-type': 'application/json',
         accept: 'application/json, text/event-stream',
-        [INTERNAL_IDENTITY_HEADER]: app.mcpInternalIdentity.issue(identity),
+        [INTERNAL_IDENTITY_HEADER]: app.mcpWarden.internalIdentity.issue(identity),
         ...(authorization !== undefined ? { authorization } : {}),
         ...(session?.id !== undefined ? { 'mcp-session-id': session.id } : {}),
         ...(session !== undefined ? { 'mcp-protocol-version': session.version } : {})
@@ -287,7 +280,7 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
         void reply.header('allow', 'POST')
         throw new MethodNotAllowedError(`${request.method} (the aggregated endpoint is stateless: POST only)`)
       }
-      request.identity = await app.mcpAuthenticate(request, reply, resource, metadataUrl)
+      request.identity = await app.mcpWarden.authenticate(request, reply, resource, metadataUrl)
     })
 
     scope.route({

@@ -7,52 +7,7 @@ import fp from 'fastify-plugin'
 import { pino, type DestinationStream } from 'pino'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import type {} from './cedar-authz.js'
-import type {} from './ephemeral-token.js'
-import type {} from './aggregate.js'
-
-export interface AuditRecord {
-  time: string
-  requestId: string
-  decisionId: string | null
-  agentId: string | null
-  userId: string | null
-  server: string | null
-  httpMethod: string
-  method: string | null
-  rpcId: string | number | null
-  tool?: string
-  uri?: string
-  prompt?: string
-  /** The jti of the ephemeral token minted for the upstream, if one was. */
-  upstreamTokenId?: string
-  /**
-   * Records that are not one MCP request: a grant or refusal of the token endpoint
-   * (`token-exchange`, with `resource`, `scope`, `actor`), a request an upstream sent the agent
-   * on a stream (`upstream-request`: sampling, elicitation, …).
-   */
-  event?: 'token-exchange' | 'upstream-request'
-  resource?: string
-  scope?: string
-  actor?: string | null
-  outcome: 'allow' | 'deny' | 'error'
-  reason: string
-  policies: string[]
-  policyVersion: string | null
-  status: number
-  durationMs: number
-}
-
-/** Where audit records go: one JSON line each, built from the fields above only. */
-export interface AuditSink {
-  write (record: AuditRecord): void
-}
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    audit: AuditSink
-  }
-}
+import { provide, provided, type AuditRecord, type AuditSink } from './decorations.js'
 
 export interface AuditOptions {
   config: GatewayConfig
@@ -81,11 +36,11 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(m?.tool !== undefined ? { tool: m.tool } : {}),
     ...(m?.uri !== undefined ? { uri: m.uri } : {}),
     ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
-    ...(request.upstreamToken != null ? { upstreamTokenId: request.upstreamToken.jti } : {}),
+    ...(request.mcpUpstreamToken != null ? { upstreamTokenId: request.mcpUpstreamToken.jti } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
     policies: request.decision !== null ? [...request.decision.policies] : [],
-    policyVersion: request.decision?.policyVersion ?? (request.server.hasDecorator('cedar') ? request.server.cedar.version : null),
+    policyVersion: request.decision?.policyVersion ?? (provided(request.server, 'cedar')?.version ?? null),
     status,
     durationMs: Math.round(durationMs * 1000) / 1000
   }
@@ -96,7 +51,7 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
     ? pino.destination({ dest: 1, sync: false })
     : pino.destination({ dest: opts.config.audit.destination, mkdir: true, sync: false }))
   const sink: AuditSink = { write (record) { dest.write(JSON.stringify(record) + '\n') } }
-  app.decorate('audit', sink)
+  provide(app, 'audit', sink)
 
   type Tracked = FastifyRequest & { [written]?: true, [started]?: number }
   function write (request: Tracked, status: number, aborted: boolean): void {

@@ -8,7 +8,7 @@
  * /unsubscribe → read_resource; prompts/get → get_prompt; everything else (initialize,
  * ping, lists, notifications, responses, GET streams, DELETE) → connect on the Server.
  *
- * The policy set reloads with app.cedar.reload() (buildGateway calls it on SIGHUP) and, with
+ * The policy set reloads with app.mcpWarden.cedar.reload() (buildGateway calls it on SIGHUP) and, with
  * authorization.watch, when a policy file or the schema changes. A new set is validated before it replaces the old one; a bad set
  * is refused with the validator's message and the old set stays.
  */
@@ -20,29 +20,9 @@ import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
 import { methodSpec } from '../lib/mcp-methods.js'
 import {
-  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
+  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest
 } from '../lib/cedar/engine.js'
-
-export type ReloadResult = { ok: true, version: string } | { ok: false, error: string, version: string }
-
-export interface CedarApi {
-  /** Decides one request with the current policy set. */
-  authorize (request: AuthzRequest): Decision
-  /** Version (hash) of the current policy set. */
-  readonly version: string
-  readonly engine: CedarEngine
-  /** Reads, validates and swaps in the policy set from disk; keeps the old one on error. */
-  reload (): Promise<ReloadResult>
-}
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    cedar: CedarApi
-  }
-  interface FastifyRequest {
-    decision: Decision | null
-  }
-}
+import { provide, type ReloadResult } from './decorations.js'
 
 export interface CedarAuthzOptions {
   config: GatewayConfig
@@ -103,7 +83,7 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     return await reloading
   }
 
-  app.decorate('cedar', {
+  provide(app, 'cedar', {
     authorize: (r: AuthzRequest) => engine.authorize(r),
     get version () { return engine.version },
     get engine () { return engine },

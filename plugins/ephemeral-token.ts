@@ -11,50 +11,27 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { ConfigError, CredentialError } from '../lib/errors.js'
-import { KeyRing } from '../lib/tokens/keys.js'
+import { CredentialError } from '../lib/errors.js'
 import { messageBinding } from '../lib/tokens/binding.js'
-import { TokenMinter, type MintedToken } from '../lib/tokens/minter.js'
+import { createGatewayTokens, type GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
-import type {} from './cedar-authz.js'
-import type {} from './mcp-proxy.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    tokens: { readonly minter: TokenMinter, readonly keys: KeyRing, /** Re-reads the signing keys (the folder is also watched, and re-read every 30 s). */ readonly reload: () => void }
-  }
-  interface FastifyRequest {
-    /** The claims of the token minted for this request's upstream call. */
-    upstreamToken: MintedToken['claims'] | null
-  }
-}
+import { provide } from './decorations.js'
 
 export interface EphemeralTokenOptions {
   config: GatewayConfig
+  /** The gateway's signing keys and minter (buildGateway creates them); default: opened from config.tokens. */
+  tokens?: GatewayTokens
 }
 
 async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions): Promise<void> {
-  const { tokens } = opts.config
-  let keys: KeyRing
-  try {
-    keys = new KeyRing(tokens.keysDir, tokens.ttlSeconds)
-  } catch (err) {
-    throw new ConfigError(`tokens.keysDir: cannot use ${tokens.keysDir} for the signing keys: ${(err as Error).message}`)
-  }
-  const minter = new TokenMinter(keys, { issuer: tokens.issuer, ttlSeconds: tokens.ttlSeconds })
-  const reload = (): void => {
-    try {
-      if (keys.reload()) app.log.info({ kid: keys.current().kid }, 'signing keys reloaded')
-    } catch (err) {
-      app.log.error({ error: (err as Error).message }, 'signing keys could not be reloaded; the previous keys stay in use')
-    }
-  }
-  app.decorate('tokens', { minter, keys, reload })
-  app.decorateRequest('upstreamToken', null)
+  const tokens = opts.tokens ?? createGatewayTokens(opts.config.tokens, app.log)
+  const { minter, keys, reload } = tokens
+  provide(app, 'tokens', tokens)
+  app.decorateRequest('mcpUpstreamToken', null)
 
   // The folder is watched and re-read every 30 s (the interval and SIGHUP still reload where it cannot be watched).
-  const watching = watchAndReload({ paths: [tokens.keysDir], reload, debounceMs: 0, everyMs: 30_000 })
+  const watching = watchAndReload({ paths: [opts.config.tokens.keysDir], reload, debounceMs: 0, everyMs: 30_000 })
   app.addHook('onClose', async () => { watching.close() })
 
   app.get('/.well-known/jwks.json', async (_request, reply) => {
@@ -70,7 +47,7 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
     try {
       const binding = messageBinding(request.method, request.mcp?.message)
       const minted = minter.mint(request.identity, target.server.resource, binding)
-      request.upstreamToken = minted.claims
+      request.mcpUpstreamToken = minted.claims
       request.upstreamAuth = { headers: { authorization: `Bearer ${minted.token}` } }
     } catch (err) {
       request.log.error({ error: (err as Error).message, server: target.server.name }, 'minting an ephemeral token failed')

@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type { GatewayStore } from '../lib/stores/types.js'
 import { engineHealth } from '../lib/cedar/engine.js'
-import type {} from './store.js'
+import type {} from './decorations.js'
 
 export interface HealthOptions {
   config: GatewayConfig
@@ -19,7 +19,7 @@ async function health (app: FastifyInstance, opts: HealthOptions): Promise<void>
   let store: GatewayStore | undefined
   let cedar = false
   app.addHook('onReady', async () => {
-    if (app.hasPlugin('mcp-warden-store')) store = app.store
+    if (app.hasPlugin('mcp-warden-store')) store = app.mcpWarden.store
     cedar = app.hasPlugin('mcp-warden-cedar-authz')
   })
 

@@ -11,7 +11,7 @@
  * With `rateLimit` configured, failed authentications spend a budget per client address
  * (`rateLimit.unauthenticated`, per replica): an address that spent it gets 429 with
  * `Retry-After` before its token is even read, for the rest of the window. The budget is a
- * decoration (`mcpAuthFailures`) so that every endpoint that authenticates a client spends the
+ * decoration (`app.mcpWarden.authFailures`) so that every endpoint that authenticates a client spends the
  * same one: the token endpoint, and the rate limiter for requests aborted before anyone was
  * authenticated. An outside request carrying the header of the gateway's own in-process
  * requests is a failed authentication like any other: the header never skips the budget.
@@ -27,58 +27,19 @@ import { AddressBudget } from '../lib/address-budget.js'
 import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
 import { audiences, checkTokenTimes, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
-
-declare module 'fastify' {
-  interface FastifyRequest {
-    identity: Identity | null
-    /** True for the gateway's own in-process requests (a handle it issued, consumed): not an agent's request of its own. */
-    mcpInternal: boolean
-    mcpWardenJwtVerify: <T = Record<string, unknown>>() => Promise<T>
-  }
-  interface FastifyInstance {
-    /**
-     * Verifies the agent token of a request for a resource (its `aud`), or throws the 401
-     * with `WWW-Authenticate` pointing at `metadataUrl`. Used by routes other than
-     * `/servers/:name/mcp` (the aggregated endpoint).
-     */
-    mcpAuthenticate: (request: FastifyRequest, reply: import('fastify').FastifyReply, resource: string, metadataUrl: string) => Promise<Identity>
-    /**
-     * In-process requests made on behalf of an already verified agent (the aggregated
-     * endpoint calling a server route): `issue` returns a single-use random handle, valid
-     * for 30 s, to send as the `x-mcp-warden-internal` header instead of re-verifying a token.
-     */
-    mcpInternalIdentity: { issue: (identity: Identity) => string }
-    /**
-     * Failed authentications per client address (`rateLimit.unauthenticated`, per replica),
-     * shared by every endpoint that authenticates a client; null without `rateLimit`.
-     */
-    mcpAuthFailures: AuthFailureBudget | null
-    /**
-     * Resolves once the authentication of a request has finished (verified, refused, or none
-     * under way): `request.identity` is then final. For hooks that may run while it is under
-     * way, such as onRequestAbort.
-     */
-    mcpIdentitySettled: (request: FastifyRequest) => Promise<void>
-  }
-}
-
-export interface AuthFailureBudget {
-  /** Failures an address may have per window. */
-  readonly max: number
-  /** Seconds the request's address must still wait before it may try again (0: it may try). */
-  blockedFor: (request: FastifyRequest) => number
-  /**
-   * Records one failed authentication of the request's address, at most once per request;
-   * returns the seconds to wait when this failure went past the budget, else 0.
-   */
-  fail: (request: FastifyRequest) => number
-}
+import { provide, provided, type AuthFailureBudget } from './decorations.js'
+import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 
 /** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */
 export const INTERNAL_IDENTITY_HEADER = 'x-mcp-warden-internal'
 
 export interface IdentityOptions {
   config: GatewayConfig
+  /**
+   * The gateway's signing keys, so that tokens the gateway issued (its token endpoint) verify;
+   * buildGateway passes them. Default: those of the ephemeral-token plugin, once registered.
+   */
+  tokens?: GatewayTokens
 }
 
 const reasons: Record<string, string> = {
@@ -122,8 +83,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   }
   const extraAudiences = id.audiences
   const gatewayIssuer = config.tokens.issuer
-  // The key ring is the ephemeral-token plugin's; it is looked up when a token needs it.
-  const keyFor = createKeySelector(id, gatewayIssuer, () => app.hasDecorator('tokens') ? app.tokens.keys.jwks() : undefined)
+  const keyFor = createKeySelector(id, gatewayIssuer, () => (opts.tokens ?? provided(app, 'tokens'))?.keys.jwks())
 
   await app.register(fastifyJwt, {
     secret: async (_request: FastifyRequest, token: { header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown } }) => await keyFor(token.header, token.payload),
@@ -145,7 +105,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   app.decorateRequest('mcpInternal', false)
 
   const internal = new Map<string, { identity: Identity, until: number }>()
-  app.decorate('mcpInternalIdentity', {
+  provide(app, 'internalIdentity', {
     issue (identity: Identity): string {
       const now = Date.now()
       if (internal.size > 1000) for (const [k, v] of internal) if (v.until < now) internal.delete(k)
@@ -171,7 +131,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
           return failures.fail(request.ip)
         }
       }
-  app.decorate('mcpAuthFailures', budget)
+  provide(app, 'authFailures', budget)
   const refuseAddress = (reply: FastifyReply, seconds: number): never => {
     reply.removeHeader('www-authenticate')
     void reply.header('retry-after', String(seconds))
@@ -180,7 +140,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
 
   // Authentications under way, so that a hook running meanwhile can wait for their outcome.
   const pending = new WeakMap<FastifyRequest, Promise<void>>()
-  app.decorate('mcpIdentitySettled', async (request: FastifyRequest) => { await pending.get(request) })
+  provide(app, 'identitySettled', async (request: FastifyRequest) => { await pending.get(request) })
 
   /**
    * One authentication attempt of a request, under the address budget: refused with 429 before
@@ -245,7 +205,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       throw err
     }
   }
-  app.decorate('mcpAuthenticate', authenticate)
+  provide(app, 'authenticate', authenticate)
 
   app.addHook('onRequest', async (request, reply) => {
     const target = request.mcpTarget

@@ -11,40 +11,14 @@
  */
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { metadataUrl, resourceUrl, type GatewayConfig, type UpstreamConfig } from '../lib/config.js'
+import { metadataUrl, resourceUrl, type GatewayConfig } from '../lib/config.js'
 import {
   BodyTooLargeError, HeaderMismatchError, HostForbiddenError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   PluginMissingError, type WardenError
 } from '../lib/errors.js'
 import { startStage } from '../lib/timing.js'
-import { checkEra, parseMcpMessage, rpcError, type JsonRpcId, type McpMessage } from '../lib/jsonrpc.js'
-
-export interface McpTarget {
-  readonly server: UpstreamConfig
-  /** RFC 8707 resource URL of this route: the `aud` an agent token must carry. */
-  readonly resource: string
-  /** RFC 9728 metadata URL of this route. */
-  readonly metadataUrl: string
-}
-
-export interface McpOutcome {
-  outcome: 'allow' | 'deny' | 'error'
-  reason: string
-}
-
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** Marks a route as an MCP endpoint: the mcp-warden pipeline runs on it. */
-    mcp?: boolean
-    /** A route of the MCP path that refuses every request (405): audited like the MCP routes. */
-    mcpRefusal?: boolean
-  }
-  interface FastifyRequest {
-    mcpTarget: McpTarget | null
-    mcp: McpMessage | null
-    mcpOutcome: McpOutcome | null
-  }
-}
+import { checkEra, parseMcpMessage, rpcError, type JsonRpcId } from '../lib/jsonrpc.js'
+import type { McpTarget } from './decorations.js'
 
 export interface McpContextOptions {
   config: GatewayConfig

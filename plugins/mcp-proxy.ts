@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
-import { rpcError, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
+import { rpcError, utf8Charset } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
@@ -22,30 +22,7 @@ import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
 import { MemorySessionStore } from '../lib/stores/memory.js'
 import { createMcpErrorHandler } from './mcp-context.js'
-import type {} from './store.js'
-import type { AuditSink } from './audit.js'
-
-export interface UpstreamAuth {
-  /** Headers that authenticate the gateway to the upstream for this one message. */
-  readonly headers: Readonly<Record<string, string>>
-}
-
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** Set by the upstream-credential plugins; null means the upstream gets no credential. */
-    upstreamAuth: UpstreamAuth | null
-    /**
-     * Set by plugins that rewrite or watch the upstream's JSON-RPC messages (tool-filter):
-     * applied to a JSON answer, or to each message of an SSE stream, as it passes.
-     */
-    mcpResponseTransform: MessageTransform | null
-    /**
-     * Set by the tool filter for a list request (tools/list, resources/list, …): its answer is
-     * forwarded only once read whole and filtered, and only with exactly this id.
-     */
-    mcpListAnswer: { readonly id: JsonRpcId } | null
-  }
-}
+import { provided, type AuditSink } from './decorations.js'
 
 export interface McpProxyOptions {
   config: GatewayConfig
@@ -103,8 +80,8 @@ function upstreamError (err: unknown, server: string): Error {
 
 async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<void> {
   const { config } = opts
-  const own = opts.sessions === undefined && !app.hasDecorator('store') ? new MemorySessionStore() : undefined
-  const sessions = opts.sessions ?? own ?? app.store.sessions
+  const own = opts.sessions === undefined && provided(app, 'store') === undefined ? new MemorySessionStore() : undefined
+  const sessions = opts.sessions ?? own ?? app.mcpWarden.store.sessions
   if (own !== undefined) app.addHook('onClose', async () => { await own.close() })
   const ttl = config.limits.sessionTtlSeconds
   const upstreams = new Map<string, Upstream>()
@@ -139,7 +116,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
   // with the plugin to register, instead of answering every call with 503.
   let audit: AuditSink | undefined
   app.addHook('onReady', async () => {
-    if (app.hasPlugin('mcp-warden-audit')) audit = app.audit
+    if (app.hasPlugin('mcp-warden-audit')) audit = app.mcpWarden.audit
     const missing: string[] = []
     for (const u of config.upstreams.values()) {
       const need = CREDENTIAL_PLUGINS[u.auth.type]

@@ -9,16 +9,9 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { stagesOf } from '../lib/timing.js'
 import { MCP_METHODS } from '../lib/mcp-methods.js'
+import { provide } from './decorations.js'
 
 const HTTP_METHODS = new Set(['GET', 'POST', 'DELETE'])
-import type {} from './cedar-authz.js'
-import type {} from './mcp-context.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    metrics: Registry
-  }
-}
 
 export interface MetricsOptions {
   config: GatewayConfig
@@ -36,7 +29,7 @@ async function metrics (app: FastifyInstance, opts: MetricsOptions): Promise<voi
   })
   const requests = new Counter({ name: 'mcp_warden_requests_total', help: 'MCP requests by server, method and outcome', labelNames: ['server', 'method', 'outcome', 'status'], registers: [registry] })
   const decisions = new Counter({ name: 'mcp_warden_decisions_total', help: 'Cedar decisions by outcome', labelNames: ['outcome'], registers: [registry] })
-  app.decorate('metrics', registry)
+  provide(app, 'metrics', registry)
 
   if (opts.config.serverTiming) {
     app.addHook('onSend', async (request, reply, payload) => {

@@ -24,8 +24,7 @@ import type { GatewayConfig, RateLimitConfig } from '../lib/config.js'
 import { RateLimitedError, StoreUnavailableError } from '../lib/errors.js'
 import { budgetKey } from '../lib/identity.js'
 import { startStage } from '../lib/timing.js'
-import type {} from './store.js'
-import type {} from './cedar-authz.js'
+import type {} from './decorations.js'
 
 export interface RateLimitOptions {
   config: GatewayConfig
@@ -46,7 +45,7 @@ export function toolLimit (limits: RateLimitConfig, server: string, tool: string
 async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
   const limits = opts.config.rateLimit
   if (limits === undefined) return
-  const redis = app.store.rateLimitRedis
+  const redis = app.mcpWarden.store.rateLimitRedis
   await app.register(rateLimitPlugin, {
     global: false,
     ...(redis !== undefined ? { redis: redis as never, nameSpace: 'mcpw:ratelimit:' } : {}),
@@ -114,13 +113,13 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
   // address's budget of failed authentications does.
   app.addHook('onRequestAbort', async (request) => {
     if (!mcpRoute(request)) return
-    await app.mcpIdentitySettled(request)
+    await app.mcpWarden.identitySettled(request)
     if (counted.has(request)) return
     counted.add(request)
     if (agentRequest(request)) {
       try { await perAgent(request) } catch { /* the store is down: nothing was forwarded anyway */ }
     } else if (request.identity === null) {
-      app.mcpAuthFailures?.fail(request)
+      app.mcpWarden.authFailures?.fail(request)
     }
   })
 

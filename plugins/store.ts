@@ -1,5 +1,5 @@
 /**
- * store: the gateway's shared state (DESIGN.md §10), as `app.store`.
+ * store: the gateway's shared state (DESIGN.md §10), as `app.mcpWarden.store`.
  *
  * With `store: redis://…`, an MCP request (server routes and `/mcp`) that arrives while Redis
  * is unreachable is refused at once with 503 (JSON-RPC -32014), before identity or any other
@@ -11,13 +11,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { StoreUnavailableError } from '../lib/errors.js'
 import { createStore, RedisStore } from '../lib/stores/index.js'
 import type { GatewayStore } from '../lib/stores/types.js'
-import type {} from './aggregate.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    store: GatewayStore
-  }
-}
+import { provide } from './decorations.js'
 
 export interface StoreOptions {
   config: GatewayConfig
@@ -27,7 +21,7 @@ export interface StoreOptions {
 
 async function store (app: FastifyInstance, opts: StoreOptions): Promise<void> {
   const s = opts.store ?? createStore(opts.config)
-  app.decorate('store', s)
+  provide(app, 'store', s)
   if (opts.store === undefined) app.addHook('onClose', async () => { await s.close() })
   if (s.kind === 'memory') return
   // The operational log says when the store is lost and when it is back (transitions only).

@@ -8,7 +8,7 @@
  * unreachable one a 503; nothing is forwarded either way.
  *
  * The token endpoint authenticates its client by the subject token in the body, so its failed
- * authentications spend the same per-address budget as the MCP routes' (`mcpAuthFailures`):
+ * authentications spend the same per-address budget as the MCP routes' (`app.mcpWarden.authFailures`):
  * every refusal before a subject token was verified, every subject or actor token that is not
  * valid (`invalid_grant`), and every upload aborted before its body was read. An address that
  * spent it is answered 429 with `Retry-After` and `{"error":"slow_down"}` before its body is read.
@@ -23,10 +23,7 @@ import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { startStage } from '../lib/timing.js'
-import type {} from './cedar-authz.js'
-import type {} from './ephemeral-token.js'
-import type {} from './mcp-proxy.js'
-import type {} from './audit.js'
+import { provided } from './decorations.js'
 
 export interface TokenExchangeOptions {
   config: GatewayConfig
@@ -34,18 +31,18 @@ export interface TokenExchangeOptions {
 
 async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions): Promise<void> {
   const { config } = opts
-  const verify = createBearerVerifier(config.identity, config.tokens.issuer, () => app.tokens.keys.jwks())
+  const verify = createBearerVerifier(config.identity, config.tokens.issuer, () => app.mcpWarden.tokens.keys.jwks())
 
   await app.register(async function sts (scope) {
     await scope.register(formbody, { bodyLimit: 64 * 1024 })
-    const budget = app.mcpAuthFailures
+    const budget = app.mcpWarden.authFailures
     // Requests answered (or refused for their address): an abort after that spends nothing more.
     const answered = new WeakSet<FastifyRequest>()
     const started = new WeakMap<FastifyRequest, number>()
     type Params = Record<string, string | string[] | undefined>
     const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
     const record = (request: FastifyRequest, params: Params, outcome: 'allow' | 'deny', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
-      app.audit.write({
+      app.mcpWarden.audit.write({
         time: new Date().toISOString(),
         requestId: request.id,
         decisionId: null,
@@ -62,7 +59,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
         outcome,
         reason,
         policies: [],
-        policyVersion: app.cedar.version,
+        policyVersion: app.mcpWarden.cedar.version,
         status,
         durationMs: Math.round((performance.now() - (started.get(request) ?? performance.now())) * 1000) / 1000
       })
@@ -106,7 +103,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
       }
       const p = params as Params
       try {
-        const granted = await exchangeToken(p as Record<string, string | string[]>, { config, verify, engine: app.cedar.engine, minter: app.tokens.minter })
+        const granted = await exchangeToken(p as Record<string, string | string[]>, { config, verify, engine: app.mcpWarden.cedar.engine, minter: app.mcpWarden.tokens.minter })
         const claims = JSON.parse(Buffer.from(granted.access_token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
         const act = claims.act as { sub?: unknown } | undefined
         record(request, p, 'allow', `issued for ${String(claims.aud)} with scope ${granted.scope}`, 200, { agentId: String(claims.sub), userId: typeof claims[config.identity.claims.userId] === 'string' ? claims[config.identity.claims.userId] as string : null, actor: typeof act?.sub === 'string' ? act.sub : null })
@@ -125,7 +122,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
 
   // The client side: one ExchangeClient (and cache) per exchange upstream.
   const clients = new Map<string, ExchangeClient>()
-  for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, app.hasDecorator('store') ? app.store.tokens : undefined))
+  for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, provided(app, 'store')?.tokens))
   if (clients.size === 0) return
 
   app.addHook('preHandler', async (request) => {

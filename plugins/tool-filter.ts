@@ -29,22 +29,20 @@ import { CALLER_LIST, REFRESH_MS, ToolGuard, type ListAsCaller } from '../lib/to
 import { startStage } from '../lib/timing.js'
 import { sseMessages } from '../lib/sse.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
-import type {} from './cedar-authz.js'
-import type {} from './ephemeral-token.js'
-import type {} from './mcp-proxy.js'
+import { provide, provided } from './decorations.js'
+import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 
 export { ToolGuard, MAX_TOOLS_PER_UPSTREAM, type ToolReview } from '../lib/tools/guard.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    toolGuard: ToolGuard
-  }
-}
 
 export interface ToolFilterOptions {
   config: GatewayConfig
   /** Pin store (default: the gateway store's, else the file at toolScan.pins). */
   pins?: PinStore
+  /**
+   * The gateway's minter, for its own reads of ephemeral upstreams' lists; buildGateway passes
+   * it. Default: that of the ephemeral-token plugin, once registered.
+   */
+  tokens?: GatewayTokens
 }
 
 /** JSON-RPC codes of the gateway's own refusals (errors.md): a caller listing refused with one of them falls back to nothing. */
@@ -60,12 +58,20 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   }
   let pins: PinStore
   try {
-    pins = opts.pins ?? (app.hasDecorator('store') ? app.store.pins : new FilePinStore(config.toolScan.pins))
+    pins = opts.pins ?? (provided(app, 'store')?.pins ?? new FilePinStore(config.toolScan.pins))
   } catch (err) {
     throw new ConfigError(`toolScan.pins: cannot use ${config.toolScan.pins}: ${(err as Error).message}`)
   }
-  const guard = new ToolGuard(app, config, scanner, pins)
-  app.decorate('toolGuard', guard)
+  const guard = new ToolGuard({
+    log: app.log,
+    cedar: () => app.mcpWarden.cedar,
+    minter: () => {
+      const tokens = opts.tokens ?? provided(app, 'tokens')
+      if (tokens === undefined) throw new Error('the ephemeral-token plugin is not registered')
+      return tokens.minter
+    }
+  }, config, scanner, pins)
+  provide(app, 'toolGuard', guard)
 
   /**
    * Lists the upstream's tools as this caller: tools/list requests (every page) through the
@@ -106,7 +112,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         headers: {
           'content-type': 'application/json',
           accept: 'application/json, text/event-stream',
-          [INTERNAL_IDENTITY_HEADER]: app.mcpInternalIdentity.issue(identity),
+          [INTERNAL_IDENTITY_HEADER]: app.mcpWarden.internalIdentity.issue(identity),
           ...(request.headers.authorization !== undefined ? { authorization: request.headers.authorization } : {}),
           ...(session !== undefined ? { 'mcp-session-id': session } : {}),
           ...(typeof version === 'string' ? { 'mcp-protocol-version': version } : {}),

@@ -9,8 +9,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
 import { secretCredential, type SecretCredential } from '../lib/credentials/index.js'
 import { startStage } from '../lib/timing.js'
-import type {} from './cedar-authz.js'
-import type {} from './mcp-proxy.js'
+import type {} from './decorations.js'
 
 export interface UpstreamSecretOptions {
   config: GatewayConfig

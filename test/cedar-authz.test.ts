@@ -144,28 +144,28 @@ t.test('reload: a bad policy set is refused and the old one stays; a good one re
     const text = await res.body.text()
     return text.includes('-32003') ? 'deny' : res.statusCode === 200 ? 'allow' : `status ${res.statusCode}`
   }
-  const v1 = gw.app.cedar.version
+  const v1 = gw.app.mcpWarden.cedar.version
   t.equal(await ping(), 'allow')
 
   writeFileSync(join(dir, 'broken.cedar'), '@id("broken") forbid (principal, action, resource) when { resource.nope };')
-  const refused = await gw.app.cedar.reload()
+  const refused = await gw.app.mcpWarden.cedar.reload()
   t.match(refused, { ok: false, error: /nope/, version: v1 })
-  t.equal(gw.app.cedar.version, v1, 'the old set stays')
+  t.equal(gw.app.mcpWarden.cedar.version, v1, 'the old set stays')
   t.equal(await ping(), 'allow')
   t.ok(gw.log.some(l => l.includes('Cedar policy set refused') && l.includes('nope')), 'the refusal is logged with the validator\'s message')
 
   writeFileSync(join(dir, 'broken.cedar'), '@id("no-initialize") @advice("initialize is closed for maintenance") forbid (principal, action == Mcp::Action::"connect", resource) when { context.method == "initialize" };')
-  for (let i = 0; i < 100 && gw.app.cedar.version === v1; i++) await new Promise(resolve => setTimeout(resolve, 30))
-  t.not(gw.app.cedar.version, v1, 'the file watch reloaded the new set')
+  for (let i = 0; i < 100 && gw.app.mcpWarden.cedar.version === v1; i++) await new Promise(resolve => setTimeout(resolve, 30))
+  t.not(gw.app.mcpWarden.cedar.version, v1, 'the file watch reloaded the new set')
   t.equal(await ping(), 'deny')
-  t.equal(gw.audit.at(-1)?.policyVersion, gw.app.cedar.version, 'the audit names the new version')
+  t.equal(gw.audit.at(-1)?.policyVersion, gw.app.mcpWarden.cedar.version, 'the audit names the new version')
 
-  const v2 = gw.app.cedar.version
+  const v2 = gw.app.mcpWarden.cedar.version
   const { rmSync } = await import('node:fs')
   rmSync(join(dir, 'broken.cedar'))
   process.emit('SIGHUP')
-  for (let i = 0; i < 100 && gw.app.cedar.version === v2; i++) await new Promise(resolve => setTimeout(resolve, 30))
-  t.equal(gw.app.cedar.version, v1, 'SIGHUP (or the watch) restored the first set')
+  for (let i = 0; i < 100 && gw.app.mcpWarden.cedar.version === v2; i++) await new Promise(resolve => setTimeout(resolve, 30))
+  t.equal(gw.app.mcpWarden.cedar.version, v1, 'SIGHUP (or the watch) restored the first set')
   t.equal(await ping(), 'allow')
 })
 

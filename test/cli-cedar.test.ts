@@ -122,7 +122,7 @@ t.test('schema: per-tool actions from the upstreams, then argument-level policie
   cpSync(join(ROOT, 'cedar/examples/arguments.cedar'), join(policies, '40-arguments.cedar'))
   t.equal((await run('validate', '--schema', schemaFile, '--policies', policies)).code, 0, 'the example policies validate against the generated schema')
   t.equal((await run('validate', '--policies', policies)).code, 1, 'and not against the base schema')
-  t.match(await gw.app.cedar.reload(), { ok: true }, 'the running gateway takes the new schema and policies')
+  t.match(await gw.app.mcpWarden.cedar.reload(), { ok: true }, 'the running gateway takes the new schema and policies')
 
   const token = demo.token({ agentId: 'reader-bot', roles: ['readonly'], department: 'analytics' })
   const connect = async (server: string) => {

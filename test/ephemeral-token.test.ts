@@ -91,11 +91,11 @@ t.test('JWKS route and rotation: old tokens stay valid until they expire', async
   const oldKid = jwks.keys[0]!.kid
 
   const body = { jsonrpc: '2.0', id: 1, method: 'ping' }
-  const before = gw.app.tokens.minter.mint({ agentId: 'a', userId: null }, 'https://echo.internal/mcp', messageBinding('POST', body))
+  const before = gw.app.mcpWarden.tokens.minter.mint({ agentId: 'a', userId: null }, 'https://echo.internal/mcp', messageBinding('POST', body))
   t.equal(before.kid, oldKid)
   rotateKeys(gw.config.tokens.keysDir, gw.config.tokens.ttlSeconds, 0)
   process.emit('SIGHUP')
-  const after = gw.app.tokens.minter.mint({ agentId: 'a', userId: null }, 'https://echo.internal/mcp', messageBinding('POST', body))
+  const after = gw.app.mcpWarden.tokens.minter.mint({ agentId: 'a', userId: null }, 'https://echo.internal/mcp', messageBinding('POST', body))
   t.not(after.kid, oldKid, 'new tokens are signed with the new key')
   const published = (await (await request(`${gw.base}/.well-known/jwks.json`)).body.json() as { keys: Array<{ kid: string }> }).keys.map(k => k.kid)
   t.same(published.sort(), [oldKid, after.kid].sort(), 'both keys are published')
@@ -108,7 +108,7 @@ t.test('JWKS route and rotation: old tokens stay valid until they expire', async
 t.test('no credential, nothing forwarded: a failing minter, a missing credential plugin', async t => {
   const token = issuer.sign({ aud: gw.resource('echo') })
   const init = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } })
-  const minter = gw.app.tokens.minter
+  const minter = gw.app.mcpWarden.tokens.minter
   const original = minter.mint.bind(minter)
   minter.mint = () => { throw new Error('signing key unreadable') }
   t.teardown(() => { minter.mint = original })

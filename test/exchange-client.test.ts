@@ -118,7 +118,7 @@ t.test('with store: redis://…, replicas share the exchanged tokens', async t =
     await startGateway({ issuer, upstreams: { shared: { url: up.url, resource: 'https://shared.internal/mcp', auth } }, extra: { store: redis.url } })
   ]
   t.teardown(async () => { for (const r of replicas) await r.close(); await redis.close() })
-  for (const r of replicas) await r.app.store.ready()
+  for (const r of replicas) await r.app.mcpWarden.store.ready()
   // One session, opened through the first replica; the second replica serves the same session.
   const sendTo = async (g: TestGateway, body: unknown, session?: string): Promise<{ status: number, session: string | undefined }> => {
     const res = await request(g.url('shared'), {

@@ -93,7 +93,7 @@ t.test('the aggregated endpoint shows exactly the union of the per-server lists,
 })
 
 t.test('one process per session, an explicit environment, ended with the session', async t => {
-  const bridge = gw.app.stdioBridges.get('fixture')!
+  const bridge = gw.app.mcpWarden.stdioBridges.get('fixture')!
   const before = bridge.spawned
   const a = await connect('fixture')
   const b = await connect('fixture')
@@ -138,7 +138,7 @@ t.test('an idle session ends, with its process', async t => {
 })
 
 t.test('the bridge takes only the gateway\'s tokens for that server', async t => {
-  const bridge = gw.app.stdioBridges.get('fixture')!
+  const bridge = gw.app.mcpWarden.stdioBridges.get('fixture')!
   const spawnedBefore = bridge.spawned
   const res = await request(bridge.url, {
     method: 'POST',

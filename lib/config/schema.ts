@@ -180,27 +180,26 @@ export function fail (field: string, problem: string): never {
 }
 
 function firstSchemaError (schema: TSchema, value: unknown): string | undefined {
-  for (const e of Value.Errors(schema, value)) {
-    const field = fieldName(e.path)
-    const sch = e.schema as { properties?: object, anyOf?: Array<{ const?: unknown }> }
-    if (e.message === 'Unexpected property') {
-      return `${field}: unknown key (allowed here: ${Object.keys(sch.properties ?? {}).join(', ')})`
-    }
-    if (Array.isArray(sch.anyOf) && sch.anyOf.every(o => o.const !== undefined)) {
-      return `${field}: must be one of ${sch.anyOf.map(o => JSON.stringify(o.const)).join(', ')}`
-    }
-    if (Array.isArray(sch.anyOf) && e.value === undefined) return `${field}: expected required property`
-    if (typeof (sch as { hint?: unknown }).hint === 'string') return `${field}: must be ${(sch as { hint: string }).hint}`
-    if (Array.isArray(sch.anyOf)) {
-      // A union of a string and an object (a secret reference): explain with the member that fits the value's shape.
-      const member = (sch.anyOf as Array<{ type?: string }>).find(o => o.type === (typeof e.value === 'object' && e.value !== null ? 'object' : typeof e.value))
-      const inner = member !== undefined ? firstSchemaError(member as TSchema, e.value) : undefined
-      if (inner !== undefined) return inner.startsWith('(top level)') ? `${field}${inner.slice('(top level)'.length)}` : `${field}.${inner}`
-      return `${field}: must be "env:NAME", "file:PATH" or { vault: { address, token or appRole, path, field } }`
-    }
-    return `${field}: ${e.message.toLowerCase()}`
+  const e = Value.Errors(schema, value).First()
+  if (e === undefined) return undefined
+  const field = fieldName(e.path)
+  const sch = e.schema as { properties?: object, anyOf?: Array<{ const?: unknown }> }
+  if (e.message === 'Unexpected property') {
+    return `${field}: unknown key (allowed here: ${Object.keys(sch.properties ?? {}).join(', ')})`
   }
-  return undefined
+  if (Array.isArray(sch.anyOf) && sch.anyOf.every(o => o.const !== undefined)) {
+    return `${field}: must be one of ${sch.anyOf.map(o => JSON.stringify(o.const)).join(', ')}`
+  }
+  if (Array.isArray(sch.anyOf) && e.value === undefined) return `${field}: expected required property`
+  if (typeof (sch as { hint?: unknown }).hint === 'string') return `${field}: must be ${(sch as { hint: string }).hint}`
+  if (Array.isArray(sch.anyOf)) {
+    // A union of a string and an object (a secret reference): explain with the member that fits the value's shape.
+    const member = (sch.anyOf as Array<{ type?: string }>).find(o => o.type === (typeof e.value === 'object' && e.value !== null ? 'object' : typeof e.value))
+    const inner = member !== undefined ? firstSchemaError(member as TSchema, e.value) : undefined
+    if (inner !== undefined) return inner.startsWith('(top level)') ? `${field}${inner.slice('(top level)'.length)}` : `${field}.${inner}`
+    return `${field}: must be "env:NAME", "file:PATH" or { vault: { address, token or appRole, path, field } }`
+  }
+  return `${field}: ${e.message.toLowerCase()}`
 }
 
 /**

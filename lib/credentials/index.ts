@@ -11,6 +11,11 @@ import { createSecretProvider, describeRef } from '../secrets.js'
 import { mintingFetch } from '../tokens/fetch.js'
 import type { TokenMinter } from '../tokens/minter.js'
 
+/** What a credential provider gives the proxy for one message: headers that authenticate the gateway to the upstream. */
+export interface UpstreamAuth {
+  readonly headers: Readonly<Record<string, string>>
+}
+
 type SecretAuth = Extract<UpstreamConfig['auth'], { type: 'secret' }>
 
 /** The header a `secret` upstream takes, with the secret read (cached by the provider) when asked. */

@@ -133,11 +133,13 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     throw err
   }
   for (const u of config.upstreams.values()) {
-    verifiers.set(u.name, u.auth.type !== 'ephemeral' ? null : createUpstreamVerifier({
-      issuer: config.tokens.issuer,
-      audience: u.resource,
-      jwksUri: `${config.publicUrl}/.well-known/jwks.json`
-    }))
+    verifiers.set(u.name, u.auth.type !== 'ephemeral'
+      ? null
+      : createUpstreamVerifier({
+        issuer: config.tokens.issuer,
+        audience: u.resource,
+        jwksUri: `${config.publicUrl}/.well-known/jwks.json`
+      }))
   }
 
   const audience = [...[...config.upstreams.keys()].map(name => resourceUrl(config, name)), `${config.publicUrl}/mcp`]

@@ -4,7 +4,7 @@
  * and decides what a caller may see and call. The tool-filter plugin calls it from its hooks.
  */
 import { createHash } from 'node:crypto'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../config.js'
 import { principalKey, type Identity } from '../identity.js'
@@ -13,10 +13,9 @@ import { ownFetch } from '../credentials/index.js'
 import { nameSet, type Finding, type ScanContext, type ToolScanner } from './scanner.js'
 import { contentHash, definitionHash, pinnedPart, type NewTools, type PinStore } from './pins.js'
 import { ToolJudge } from './judge.js'
-import type { AuthzRequest } from '../cedar/engine.js'
+import type { AuthzRequest, Decision } from '../cedar/engine.js'
+import type { TokenMinter } from '../tokens/minter.js'
 import { listUpstreamTools } from '../cedar/schema-gen.js'
-import type {} from '../../plugins/cedar-authz.js'
-import type {} from '../../plugins/ephemeral-token.js'
 import { targetRequest } from '../mcp-methods.js'
 
 export interface ToolReview {
@@ -93,8 +92,6 @@ interface Catalog {
   refreshing?: Promise<void> | undefined
 }
 
-
-
 const MAX_DECISIONS = 50_000
 /** The most tool names one upstream may have scanned, pinned and remembered. */
 export const MAX_TOOLS_PER_UPSTREAM = 10_000
@@ -103,15 +100,23 @@ export const REFRESH_MS = 5000
 /** How long the pages of an upstream's first list count as that first list. */
 const FIRST_LIST_MS = 60_000
 
-
 /** The gateway's view of each upstream's tools: reviews (scan + pin) and visibility decisions. */
+/** What the guard needs from the gateway around it. */
+export interface GuardDeps {
+  readonly log: FastifyBaseLogger
+  /** The current policy set: its decisions, version and time zone. */
+  readonly cedar: () => { authorize (request: AuthzRequest): Decision, readonly version: string, readonly engine: { readonly timezone: string } }
+  /** The minter of the gateway's own credential for ephemeral upstreams (asked when a read needs it). */
+  readonly minter: () => TokenMinter
+}
+
 export class ToolGuard {
   readonly #catalogs = new Map<string, Catalog>()
   readonly #findings = new Map<string, readonly Finding[]>()
   readonly #pages = new Map<string, Set<string>>()
   readonly #announced = new Set<string>()
   readonly #decisions = new Map<string, boolean>()
-  readonly #app: FastifyInstance
+  readonly #deps: GuardDeps
   readonly #scanner: ToolScanner
   readonly #pins: PinStore
   readonly #config: GatewayConfig
@@ -138,8 +143,8 @@ export class ToolGuard {
   /** Bumped by an upstream's notifications/tools/list_changed. */
   readonly #generations = new Map<string, number>()
 
-  constructor (app: FastifyInstance, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
-    this.#app = app
+  constructor (deps: GuardDeps, config: GatewayConfig, scanner: ToolScanner, pins: PinStore) {
+    this.#deps = deps
     this.#config = config
     this.#scanner = scanner
     this.#pins = pins
@@ -200,7 +205,7 @@ export class ToolGuard {
     if (reason !== 'ok' && !waiting && !this.#announced.has(key)) {
       if (this.#announced.size >= MAX_DECISIONS) this.#announced.clear()
       this.#announced.add(key)
-      this.#app.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
+      this.#deps.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
     }
     return { hash, quarantined: reason !== 'ok', reason, findings, pinGeneration: this.#pins.generation, ...(waiting ? { pending: true } : {}) }
   }
@@ -280,7 +285,7 @@ export class ToolGuard {
       if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
       findings = this.#scanner.scan({ ...item, name: typeof item.name === 'string' ? item.name : kind }, { ownTools: nameSet(this.catalog(server).tools.keys()) })
       this.#findings.set(key, findings)
-      if (findings.length > 0) this.#app.log.warn({ server, [kind]: typeof item.name === 'string' ? item.name : undefined, hash, findings }, kind === 'instructions' ? 'upstream instructions removed' : `${kind} quarantined`)
+      if (findings.length > 0) this.#deps.log.warn({ server, [kind]: typeof item.name === 'string' ? item.name : undefined, hash, findings }, kind === 'instructions' ? 'upstream instructions removed' : `${kind} quarantined`)
     }
     if (kind !== 'instructions') this.#listedKinds.add(`${server}\n${kind}`)
     // Held from then on (until a restart), whatever another list says: a clean definition listed
@@ -446,7 +451,7 @@ export class ToolGuard {
       if ((counts.get(tool.name) ?? 0) > 1) {
         // A clean and a poisoned definition under one name: both are quarantined together.
         review = { ...review, quarantined: true, reason: 'the upstream listed this name more than once in one list' }
-        if (!out.has(tool.name)) this.#app.log.warn({ server, tool: tool.name }, 'tool quarantined: its name appears more than once in one list')
+        if (!out.has(tool.name)) this.#deps.log.warn({ server, tool: tool.name }, 'tool quarantined: its name appears more than once in one list')
       }
       if (out.get(tool.name)?.quarantined === true) continue
       c.tools.set(tool.name, { tool, review })
@@ -461,14 +466,14 @@ export class ToolGuard {
    * attributes, the policy version and the local hour (policies read context.localHour).
    */
   decisionScope (identity: Identity, server: UpstreamConfig): string {
-    const cedar = this.#app.cedar
+    const cedar = this.#deps.cedar()
     const { localHour, localWeekday } = localTime(new Date(), cedar.engine.timezone)
     return `${JSON.stringify([identity.issuer, identity.agentId, identity.userId, identity.roles, identity.department, identity.scopes, identity.delegated])}\n${cedar.version}\n${localWeekday}:${localHour}\n${server.name}`
   }
 
   /** Whether Cedar would let this caller call the tool (list-time context), cached per decision scope and tool definition. */
   visible (identity: Identity, server: UpstreamConfig, r: Omit<AuthzRequest, 'identity' | 'server'>, hash = '', scope = this.decisionScope(identity, server)): boolean {
-    const cedar = this.#app.cedar
+    const cedar = this.#deps.cedar()
     const key = `${scope}\n${r.action}:${r.tool ?? r.uri ?? r.prompt ?? ''}\n${hash}`
     let allowed = this.#decisions.get(key)
     if (allowed === undefined) {
@@ -492,13 +497,13 @@ export class ToolGuard {
         const reviews = await this.record(server.name, tools)
         c.own = new Map(tools.filter(t => typeof t?.name === 'string' && reviews.has(t.name)).map(t => [t.name, { tool: t, review: reviews.get(t.name)! }]))
       } catch (err) {
-        this.#app.log.warn({ server: server.name, error: (err as Error).message }, 'could not read the upstream\'s tool list')
+        this.#deps.log.warn({ server: server.name, error: (err as Error).message }, 'could not read the upstream\'s tool list')
       }
     })().finally(() => { c.refreshing = undefined })
     await c.refreshing
   }
 
   #fetchFor (server: UpstreamConfig): typeof fetch | undefined {
-    return ownFetch(server, () => this.#app.tokens.minter)
+    return ownFetch(server, this.#deps.minter)
   }
 }

@@ -64,7 +64,7 @@ export function loadRules (files: readonly string[], disabled: readonly string[]
         throw new Error(`${file}: rule ${JSON.stringify(r.id)} needs an id and a kind (${KINDS.join(', ')})`)
       }
       if ((r.kind === 'regex' || r.kind === 'chars') && typeof r.pattern === 'string') {
-        try { new RegExp(r.pattern, `${r.flags ?? ''}u`) } catch (err) { throw new Error(`${file}: rule ${r.id}: ${(err as Error).message}`) }
+        try { RegExp(r.pattern, `${r.flags ?? ''}u`) } catch (err) { throw new Error(`${file}: rule ${r.id}: ${(err as Error).message}`) }
       } else if (r.kind === 'regex' || r.kind === 'chars') {
         throw new Error(`${file}: rule ${r.id} needs a pattern`)
       }
