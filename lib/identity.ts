@@ -2,13 +2,13 @@
  * Agent identity: from verified JWT claims to the principal the gateway decides on,
  * and the issuer key sources (a PEM public key or a remote JWKS).
  */
-import { createPublicKey, KeyObject, type JsonWebKey, type webcrypto } from 'node:crypto'
-import { createRemoteJWKSet, errors as joseErrors } from 'jose'
+import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
 import { scopesOfClaims } from './scope.js'
 import { jsonValueProblem } from './jsonrpc.js'
+import { NoMatchingKeyError, remoteJwks } from './jwks.js'
 
 export interface Identity {
   /** `agentId` claim (name configurable), falling back to `sub`. */
@@ -110,36 +110,76 @@ export function audiences (claims: Record<string, unknown>): string[] {
 
 export interface JwtHeader { alg?: unknown, kid?: unknown }
 
+/** The claims every bearer token must carry. */
+export const REQUIRED_CLAIMS = ['iss', 'exp', 'aud'] as const
+
+/** The code of an Authorization header that is not "Bearer <token>". */
+export const BAD_AUTHORIZATION = 'MCPW_BAD_AUTHORIZATION_HEADER'
+
 /**
- * A key resolver for a remote JWKS: fetched with a timeout, cached, refetched on an
- * unknown `kid` at most once per cooldown (so random kids cannot make the gateway
- * hammer the issuer). Returns the PEM text of the matching key.
+ * The reasons a token is refused, by fast-jwt's error code (the verifier) and the gateway's own.
+ * Each becomes the 401's `error_description`.
+ */
+const TOKEN_ERROR_REASONS: Readonly<Record<string, string>> = {
+  FAST_JWT_EXPIRED: 'the token has expired',
+  FAST_JWT_INACTIVE: 'the token is not valid yet (nbf)',
+  FAST_JWT_MISSING_SIGNATURE: 'unsigned tokens (alg "none") are never accepted',
+  FAST_JWT_INVALID_ALGORITHM: 'the token\'s algorithm is not accepted',
+  FAST_JWT_INVALID_KEY: 'the token\'s algorithm does not fit the issuer\'s key',
+  FAST_JWT_INVALID_SIGNATURE: 'the token\'s signature is invalid',
+  FAST_JWT_VERIFY_ERROR: 'the token\'s signature is invalid',
+  FAST_JWT_MALFORMED: 'the token is not a well-formed JWT',
+  FAST_JWT_INVALID_TYPE: 'the token is not a well-formed JWT',
+  FAST_JWT_INVALID_PAYLOAD: 'the token is not a well-formed JWT',
+  [BAD_AUTHORIZATION]: 'the Authorization header must be "Bearer <token>"',
+  FAST_JWT_MISSING_REQUIRED_CLAIM: `the token lacks a required claim (${REQUIRED_CLAIMS.join(', ')} are required)`,
+  // allowedIss is the one claim value the verifier is given to check (the audience is checked per route).
+  FAST_JWT_INVALID_CLAIM_VALUE: 'the token\'s issuer is not accepted',
+  FAST_JWT_INVALID_CLAIM_TYPE: 'a claim of the token has the wrong type (exp, nbf and iat are numbers)',
+  FAST_JWT_INVALID_CRIT_HEADER: 'the token names a critical header extension that is not supported'
+}
+
+/** The refusal of a token verification error: TokenInvalidError (401) or KeysUnavailableError (503), by code. */
+export function tokenError (err: unknown): Error {
+  if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) return err
+  const code = (err as { code?: unknown } | null)?.code
+  const known = typeof code === 'string' ? TOKEN_ERROR_REASONS[code] : undefined
+  return new TokenInvalidError(known ?? 'the token could not be verified')
+}
+
+/** What the verifier checks besides the key: the algorithms, the issuers, the clock tolerance, the required claims. */
+export function verifierOptions (config: IdentityConfig, gatewayIssuer: string): { algorithms: Algorithm[], allowedIss: string[], clockTolerance: number, requiredClaims: string[] } {
+  return {
+    algorithms: [...new Set([...config.algorithms, 'EdDSA'])] as Algorithm[],
+    allowedIss: [...new Set([config.issuer, gatewayIssuer])],
+    clockTolerance: config.clockToleranceSeconds * 1000,
+    requiredClaims: [...REQUIRED_CLAIMS]
+  }
+}
+
+/**
+ * A key resolver for a remote JWKS (lib/jwks.ts): fetched with a timeout, cached, refetched on an
+ * unknown `kid` at most once per cooldown. Returns the PEM text of the matching key.
  * A token whose kid matches no key → TokenInvalidError (401); the JWKS unreachable or
  * unusable → KeysUnavailableError (503). Either way nothing is forwarded.
  */
 export function remoteKeyResolver (jwksUri: string, algorithms: readonly string[], options: { timeoutMs?: number, cooldownMs?: number } = {}): (header: JwtHeader) => Promise<string> {
-  const jwks = createRemoteJWKSet(new URL(jwksUri), {
-    timeoutDuration: options.timeoutMs ?? 5000,
-    cooldownDuration: options.cooldownMs ?? 30_000,
-    cacheMaxAge: 10 * 60_000
-  })
-  const pems = new WeakMap<object, string>()
+  const keyFor = remoteJwks(jwksUri, options)
+  const pems = new WeakMap<KeyObject, string>()
   return async function resolveKey (header: JwtHeader): Promise<string> {
     if (typeof header.alg !== 'string' || !algorithms.includes(header.alg)) {
       throw new TokenInvalidError(`algorithm "${String(header.alg)}" is not accepted (accepted: ${algorithms.join(', ')})`)
     }
-    let key: webcrypto.CryptoKey
+    let key: KeyObject
     try {
-      key = await jwks({ alg: header.alg, ...(typeof header.kid === 'string' ? { kid: header.kid } : {}) })
+      key = await keyFor(header.alg, typeof header.kid === 'string' ? header.kid : undefined)
     } catch (err) {
-      if (err instanceof joseErrors.JWKSNoMatchingKey || err instanceof joseErrors.JWKSMultipleMatchingKeys) {
-        throw new TokenInvalidError('no signing key of the issuer matches the token\'s "kid" and "alg"')
-      }
+      if (err instanceof NoMatchingKeyError) throw new TokenInvalidError(err.message)
       throw new KeysUnavailableError()
     }
     let pem = pems.get(key)
     if (pem === undefined) {
-      pem = KeyObject.from(key).export({ type: 'spki', format: 'pem' }).toString()
+      pem = key.export({ type: 'spki', format: 'pem' }).toString()
       pems.set(key, pem)
     }
     return pem
@@ -150,12 +190,16 @@ export function remoteKeyResolver (jwksUri: string, algorithms: readonly string[
  * Chooses the verification key of a bearer token: the identity provider's for its tokens
  * (algorithm in the allow-list), the gateway's own key ring for access tokens its token
  * exchange issued (typ "at+jwt", EdDSA). Tokens the gateway minted for upstreams are
- * never accepted as bearer tokens.
+ * never accepted as bearer tokens. A token without a required claim is refused here, by name.
  */
-export function createKeySelector (config: IdentityConfig, gatewayIssuer: string, gatewayJwks: () => { keys: JsonWebKey[] } | undefined): (header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown }) => Promise<string> {
+export function createKeySelector (config: IdentityConfig, gatewayIssuer: string, gatewayJwks: () => { keys: JsonWebKey[] } | undefined): (header: JwtHeader & { typ?: unknown }, payload: Record<string, unknown>) => Promise<string> {
   const resolveKey = config.jwksUri !== undefined ? remoteKeyResolver(config.jwksUri, config.algorithms) : null
   const gatewayPems = new Map<string, string>()
   return async function keyFor (header, payload) {
+    for (const claim of REQUIRED_CLAIMS) {
+      if (payload[claim] === undefined) throw new TokenInvalidError(`the token lacks the required "${claim}" claim`)
+    }
+    if (payload.iss !== config.issuer && payload.iss !== gatewayIssuer) throw new TokenInvalidError(TOKEN_ERROR_REASONS.FAST_JWT_INVALID_CLAIM_VALUE!)
     if (payload.iss === gatewayIssuer && gatewayIssuer !== config.issuer) {
       if (header.typ !== 'at+jwt') throw new TokenInvalidError('tokens the gateway minted for upstreams are not accepted here')
       if (header.alg !== 'EdDSA' || typeof header.kid !== 'string') throw new TokenInvalidError('the token\'s algorithm is not accepted')
@@ -176,36 +220,28 @@ export function createKeySelector (config: IdentityConfig, gatewayIssuer: string
 }
 
 /**
- * A verifier of bearer tokens outside a request (the token endpoint's subject and actor
- * tokens): signature, `iss`, `exp`, `nbf`, required claims. The audience is the caller's to check.
+ * The verifier of bearer tokens: signature (the key of {@link createKeySelector}), `iss`, `exp`,
+ * `nbf`, required claims ({@link verifierOptions}), errors by {@link tokenError}. The identity
+ * plugin, the token endpoint, the CLI and the bench all verify with it. The audience is the
+ * caller's to check.
  */
 export function createBearerVerifier (config: IdentityConfig, gatewayIssuer: string, gatewayJwks: () => { keys: JsonWebKey[] } | undefined): (token: string) => Promise<Record<string, unknown>> {
   const keyFor = createKeySelector(config, gatewayIssuer, gatewayJwks)
+  const options = verifierOptions(config, gatewayIssuer)
   const decode = createDecoder({ complete: true })
   const verifiers = new Map<string, (token: string) => unknown>()
   return async (token) => {
     try {
-      const { header, payload } = decode(token) as { header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown } }
+      const { header, payload } = decode(token) as { header: JwtHeader & { typ?: unknown }, payload: Record<string, unknown> }
       const pem = await keyFor(header, payload)
       let verify = verifiers.get(pem)
       if (verify === undefined) {
-        verify = createVerifier({
-          key: pem,
-          algorithms: [...new Set([...config.algorithms, 'EdDSA'])] as Algorithm[],
-          allowedIss: [...new Set([config.issuer, gatewayIssuer])],
-          clockTolerance: config.clockToleranceSeconds * 1000,
-          requiredClaims: ['iss', 'exp', 'aud']
-        })
+        verify = createVerifier({ key: pem, ...options })
         verifiers.set(pem, verify)
       }
       return verify(token) as Record<string, unknown>
     } catch (err) {
-      if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) throw err
-      const e = err as { code?: string, message?: string }
-      if (e.code === 'FAST_JWT_EXPIRED') throw new TokenInvalidError('the token has expired')
-      if (e.code === 'FAST_JWT_INACTIVE') throw new TokenInvalidError('the token is not valid yet (nbf)')
-      if (e.code === 'FAST_JWT_MALFORMED' || e.code === 'FAST_JWT_INVALID_TYPE') throw new TokenInvalidError('the token is not a well-formed JWT')
-      throw new TokenInvalidError(e.message ?? 'the token could not be verified')
+      throw tokenError(err)
     }
   }
 }

@@ -39,7 +39,7 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(request.mcpUpstreamToken != null ? { upstreamTokenId: request.mcpUpstreamToken.jti } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
-    policies: request.decision !== null ? [...request.decision.policies] : [],
+    policies: [...(request.decision?.policies ?? [])],
     policyVersion: request.decision?.policyVersion ?? (provided(request.server, 'cedar')?.version ?? null),
     status,
     durationMs: Math.round(durationMs * 1000) / 1000

@@ -158,8 +158,6 @@ declare module 'fastify' {
     identity: Identity | null
     /** identity: true for the gateway's own in-process requests (a handle it issued, consumed). */
     mcpInternal: boolean
-    /** identity: the namespaced @fastify/jwt verifier. */
-    mcpWardenJwtVerify: <T = Record<string, unknown>>() => Promise<T>
     /** mcp-context: the server route's upstream. */
     mcpTarget: McpTarget | null
     /** mcp-context: the one JSON-RPC message of a POST. */

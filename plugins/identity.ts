@@ -17,7 +17,6 @@
  * requests is a failed authentication like any other: the header never skips the budget.
  */
 import fp from 'fastify-plugin'
-import fastifyJwt from '@fastify/jwt'
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
@@ -25,7 +24,7 @@ import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { AddressBudget } from '../lib/address-budget.js'
 import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
-import { audiences, checkTokenTimes, createKeySelector, identityFromClaims, type Identity, type JwtHeader } from '../lib/identity.js'
+import { audiences, BAD_AUTHORIZATION, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
 import { provide, provided, type AuthFailureBudget } from './decorations.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
@@ -42,34 +41,6 @@ export interface IdentityOptions {
   tokens?: GatewayTokens
 }
 
-const reasons: Record<string, string> = {
-  FST_JWT_AUTHORIZATION_TOKEN_EXPIRED: 'the token has expired',
-  FAST_JWT_EXPIRED: 'the token has expired',
-  FAST_JWT_INACTIVE: 'the token is not valid yet (nbf)',
-  FST_JWT_AUTHORIZATION_TOKEN_UNSIGNED: 'unsigned tokens (alg "none") are never accepted',
-  FAST_JWT_MISSING_SIGNATURE: 'unsigned tokens (alg "none") are never accepted',
-  FAST_JWT_INVALID_ALGORITHM: 'the token\'s algorithm is not accepted',
-  FAST_JWT_INVALID_KEY: 'the token\'s algorithm does not fit the issuer\'s key',
-  FAST_JWT_MALFORMED: 'the token is not a well-formed JWT',
-  FAST_JWT_INVALID_TYPE: 'the token is not a well-formed JWT',
-  FST_JWT_BAD_REQUEST: 'the Authorization header must be "Bearer <token>"',
-  FAST_JWT_MISSING_REQUIRED_CLAIM: 'the token lacks a required claim (iss, exp and aud are required)'
-}
-
-function toTokenError (err: unknown): Error {
-  if (err instanceof TokenInvalidError || err instanceof KeysUnavailableError) return err
-  const e = err as { code?: string, message?: string }
-  const known = e.code !== undefined ? reasons[e.code] : undefined
-  if (known !== undefined) return new TokenInvalidError(known)
-  const msg = e.message ?? ''
-  if (/\biss\b/.test(msg)) return new TokenInvalidError('the token\'s issuer is not accepted')
-  if (/signature/i.test(msg)) return new TokenInvalidError('the token\'s signature is invalid')
-  const missing = /The (\w+) claim is required/.exec(msg)
-  if (missing !== null) return new TokenInvalidError(`the token lacks the required "${missing[1]!}" claim`)
-  if (/malformed|not a valid|decod/i.test(msg)) return new TokenInvalidError(reasons.FAST_JWT_MALFORMED!)
-  return new TokenInvalidError('the token could not be verified')
-}
-
 const quote = (s: string): string => s.replace(/["\\\r\n]/g, ' ')
 
 async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<void> {
@@ -83,23 +54,8 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   }
   const extraAudiences = id.audiences
   const gatewayIssuer = config.tokens.issuer
-  const keyFor = createKeySelector(id, gatewayIssuer, () => (opts.tokens ?? provided(app, 'tokens'))?.keys.jwks())
-
-  await app.register(fastifyJwt, {
-    secret: async (_request: FastifyRequest, token: { header: JwtHeader & { typ?: unknown }, payload: { iss?: unknown } }) => await keyFor(token.header, token.payload),
-    namespace: 'mcpWarden',
-    jwtVerify: 'mcpWardenJwtVerify',
-    jwtDecode: 'mcpWardenJwtDecode',
-    jwtSign: 'mcpWardenJwtSign',
-    decode: { complete: true },
-    verify: {
-      algorithms: [...new Set([...id.algorithms, 'EdDSA'])],
-      allowedIss: [...new Set([id.issuer, gatewayIssuer])],
-      clockTolerance: id.clockToleranceSeconds * 1000,
-      requiredClaims: ['iss', 'exp', 'aud']
-    },
-    messages: { authorizationTokenInvalid: (err: Error) => err.message }
-  } as Parameters<typeof fastifyJwt>[1])
+  // The one verifier of bearer tokens (lib/identity.ts), as the token endpoint and the CLI use it.
+  const verifyBearer = createBearerVerifier(id, gatewayIssuer, () => (opts.tokens ?? provided(app, 'tokens'))?.keys.jwks())
 
   app.decorateRequest('identity', null)
   app.decorateRequest('mcpInternal', false)
@@ -181,10 +137,13 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     let claims: Record<string, unknown>
     const done = startStage(request, 'identity')
     try {
-      claims = await request.mcpWardenJwtVerify()
+      // "Bearer <token>", one space, one token (RFC 6750 §2.1).
+      const token = /^Bearer (\S+)$/i.exec(header)?.[1]
+      if (token === undefined) throw tokenError({ code: BAD_AUTHORIZATION })
+      claims = await verifyBearer(token)
     } catch (err) {
       done()
-      const e = toTokenError(err)
+      const e = tokenError(err)
       if (e instanceof TokenInvalidError) {
         reply.header('www-authenticate', `${challenge}, error="invalid_token", error_description="${quote(e.message)}"`)
       }
