@@ -10,7 +10,7 @@ import { compilePolicySet, CedarEngine, readPolicySource, requestEntities, type 
 import { runCedarTests } from './cedar/run-tests.js'
 import { listUpstreamTools, schemaWithToolActions } from './cedar/schema-gen.js'
 import { localTime } from './cedar/time.js'
-import { demoConfig } from './demo/index.js'
+import { demoConfig } from './demo/config.js'
 import { identityFromClaims, verifyAgentToken } from './identity.js'
 import { PACKAGE_ROOT } from './version.js'
 import { KeyRing } from './tokens/keys.js'

@@ -8,7 +8,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { loadConfig, resourceUrl, type GatewayConfig } from './config.js'
 import { signAgentToken } from './dev-tokens.js'
 import { buildGateway } from './gateway.js'
-import { startDemo, type Demo } from './demo/index.js'
+import type { Demo, DemoOptions } from './demo/index.js'
 import { VERSION } from './version.js'
 import { resolve as resolvePath } from 'node:path'
 import { KeyRing, rotateKeys } from './tokens/keys.js'
@@ -116,6 +116,22 @@ export interface Running {
   close (): Promise<void>
 }
 
+/** The libraries the embedded demo's servers use, and only they: optional peer dependencies. */
+const DEMO_LIBRARIES = ['sql.js', 'zod']
+
+/**
+ * Loads the embedded demo on demand, so that a host of the library never loads it; without its
+ * libraries installed, says which to install.
+ */
+async function loadDemo (options: DemoOptions): Promise<Demo> {
+  const missing = DEMO_LIBRARIES.filter(name => {
+    try { import.meta.resolve(name); return false } catch { return true }
+  })
+  if (missing.length > 0) throw new UsageError(`the embedded demo needs ${missing.join(' and ')} (npm install ${missing.join(' ')}); to run a gateway of your own, start it with --config FILE`)
+  const { startDemo } = await import('./demo/index.js')
+  return await startDemo(options)
+}
+
 /** Starts the gateway (and the demo when no config is given). Resolves once it listens. */
 export async function start (args: string[], io: Io = defaultIo): Promise<Running | undefined> {
   const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' } })
@@ -131,7 +147,7 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
       config = Object.freeze({ ...config, listen: Object.freeze({ host: hostArg ?? config.listen.host, port: portArg ?? config.listen.port }) })
     }
   } else {
-    demo = await startDemo({
+    demo = await loadDemo({
       ...(str(values['data-dir']) !== undefined ? { dataDir: str(values['data-dir'])! } : {}),
       ...(hostArg !== undefined ? { host: hostArg } : {}),
       ...(portArg !== undefined ? { port: portArg } : {})

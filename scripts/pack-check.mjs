@@ -2,7 +2,8 @@
 // empty folder, then
 //   1. a consumer TypeScript project (strict, skipLibCheck: false) compiles against the packed
 //      .d.ts files: the README's own-host example and the package's other entry points;
-//   2. `npx mcp-warden start --port <free>` starts the embedded demo from there, /healthz
+//   2. without the demo's optional libraries, `npx mcp-warden start` says which to install; with
+//      them, `npx mcp-warden start --port <free>` starts the embedded demo from there, /healthz
 //      answers, and `npx mcp-warden client … list` lists tools with a token the banner printed.
 // Run: npm run test:pack   (CI runs it after npm test). Exit code 1 on the first failure.
 import { execFileSync, spawn } from 'node:child_process'
@@ -62,6 +63,21 @@ try {
   } catch (err) {
     fail(`the consumer project does not compile:\n${err.stdout}${err.stderr}`)
   }
+
+  // The demo's libraries are optional peer dependencies: a library user does not get them, and
+  // the demo says what to install instead of failing on an import.
+  step('npx mcp-warden start without the demo\'s libraries: says which to install')
+  let refusal = ''
+  try {
+    run('npx', ['--no-install', 'mcp-warden', 'start', '--port', '0', '--data-dir', join(work, 'demo')], app)
+    fail('the demo started without sql.js installed')
+  } catch (err) {
+    if (process.exitCode === 1) throw err
+    refusal = `${err.stdout ?? ''}${err.stderr ?? ''}`
+  }
+  if (!refusal.includes('npm install sql.js')) fail(`without sql.js the demo should say to install it; it said:\n${refusal}`)
+  step(`npm install sql.js@${devTypes['sql.js']} zod@${devTypes.zod} (the demo's libraries)`)
+  run('npm', ['install', '--no-audit', '--no-fund', `sql.js@${devTypes['sql.js']}`, `zod@${devTypes.zod}`], app)
 
   const port = await freePort()
   step(`npx mcp-warden start --port ${port} (from the consumer folder)`)
