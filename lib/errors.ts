@@ -35,7 +35,7 @@ export interface WardenError extends Error {
   /** What the audit record says, where it says more than the message an agent is shown. */
   reason?: string
   /** The audit outcome, where it is not what the status says (a refusal because the policy engine failed is an error). */
-  outcome?: 'deny' | 'error'
+  outcome?: 'allow' | 'deny' | 'error'
 }
 
 type Ctor = FastifyErrorConstructor & { prototype: WardenError }
@@ -94,6 +94,8 @@ export const SessionNotFoundError = define('MCPW_ERR_SESSION_UNKNOWN',
   'Session not found: start a new session with an initialize request', 404, RpcCode.unauthorized)
 
 // --- upstream --------------------------------------------------------------------
+export const UpstreamStatusError = define('MCPW_ERR_UPSTREAM_STATUS',
+  'MCP server "%s" answered HTTP %s', 502, RpcCode.upstreamUnavailable)
 export const UpstreamUnavailableError = define('MCPW_ERR_UPSTREAM_UNAVAILABLE',
   'MCP server "%s" is unreachable', 502, RpcCode.upstreamUnavailable)
 export const UpstreamTimeoutError = define('MCPW_ERR_UPSTREAM_TIMEOUT',
@@ -124,7 +126,7 @@ export const UnknownPromptError = define('MCPW_ERR_PROMPT_UNKNOWN', 'Unknown pro
 export const ResourceNotFoundError = define('MCPW_ERR_RESOURCE_UNKNOWN', 'Resource not found: %s', 200, RpcCode.invalidParams)
 
 /** A refusal with its audit reason, JSON-RPC data and, where it differs, its HTTP status. */
-export function refusal<E extends Error> (error: E, extra: { reason?: string, data?: unknown, statusCode?: number, outcome?: 'deny' | 'error' }): E {
+export function refusal<E extends Error> (error: E, extra: { reason?: string, data?: unknown, statusCode?: number, outcome?: 'allow' | 'deny' | 'error' }): E {
   const e = error as unknown as WardenError
   if (extra.reason !== undefined) e.reason = extra.reason
   if (extra.outcome !== undefined) e.outcome = extra.outcome

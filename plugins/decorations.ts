@@ -194,6 +194,18 @@ export function provide<K extends keyof McpWarden> (app: FastifyInstance, key: K
   ns[key] = value
 }
 
+/** The request fields a stage writes for the proxy, which every plugin that writes one declares. */
+export type SharedRequestField = 'upstreamAuth' | 'mcpResponseTransform' | 'mcpListAnswer'
+
+/**
+ * Declares request fields several plugins write (the credential plugins and the proxy
+ * `upstreamAuth`, the tool filter and the proxy the response fields): the first plugin
+ * registered declares them, the others find them declared.
+ */
+export function declareShared (app: FastifyInstance, ...names: SharedRequestField[]): void {
+  for (const name of names) if (!app.hasRequestDecorator(name)) app.decorateRequest(name, null)
+}
+
 /** A member of `app.mcpWarden`, or undefined while the plugin that provides it is not registered. */
 export function provided<K extends keyof McpWarden> (app: FastifyInstance, key: K): McpWarden[K] | undefined {
   return app.hasDecorator('mcpWarden') ? (app.mcpWarden as Partial<McpWarden>)[key] : undefined

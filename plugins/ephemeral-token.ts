@@ -16,7 +16,7 @@ import { messageBinding } from '../lib/tokens/binding.js'
 import { createGatewayTokens, type GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
-import { provide } from './decorations.js'
+import { declareShared, provide } from './decorations.js'
 
 export interface EphemeralTokenOptions {
   config: GatewayConfig
@@ -29,6 +29,7 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
   const { minter, keys, reload } = tokens
   provide(app, 'tokens', tokens)
   app.decorateRequest('mcpUpstreamToken', null)
+  declareShared(app, 'upstreamAuth')
 
   // The folder is watched and re-read every 30 s (the interval and SIGHUP still reload where it cannot be watched).
   const watching = watchAndReload({ paths: [opts.config.tokens.keysDir], reload, debounceMs: 0, everyMs: 30_000 })

@@ -11,18 +11,18 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
-import { rpcError, utf8Charset } from '../lib/jsonrpc.js'
+import { utf8Charset } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
-  CredentialError, MediaTypeError, MethodNotAllowedError, PluginMissingError, SessionLimitError, RpcCode, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamTimeoutError, UpstreamUnavailableError
+  CredentialError, MediaTypeError, MethodNotAllowedError, PluginMissingError, SessionLimitError, UpstreamAnswerError, UpstreamTooLargeError, SessionNotFoundError, UpstreamProtocolError, UpstreamRejectedError, UpstreamStatusError, UpstreamTimeoutError, UpstreamUnavailableError, refusal
 } from '../lib/errors.js'
 import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
 import { MemorySessionStore } from '../lib/stores/memory.js'
 import { createMcpErrorHandler } from './mcp-context.js'
-import { provided, type AuditSink } from './decorations.js'
+import { declareShared, provided, type AuditSink } from './decorations.js'
 
 export interface McpProxyOptions {
   config: GatewayConfig
@@ -80,6 +80,7 @@ function upstreamError (err: unknown, server: string): Error {
 
 async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<void> {
   const { config } = opts
+  if (app.hasRoute({ method: 'POST', url: '/servers/:name/mcp' })) throw new Error('mcp-warden-proxy is registered twice: /servers/:name/mcp is routed already')
   const own = opts.sessions === undefined && provided(app, 'store') === undefined ? new MemorySessionStore() : undefined
   const sessions = opts.sessions ?? own ?? app.mcpWarden.store.sessions
   if (own !== undefined) app.addHook('onClose', async () => { await own.close() })
@@ -108,9 +109,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     }
   })
 
-  app.decorateRequest('upstreamAuth', null)
-  app.decorateRequest('mcpResponseTransform', null)
-  app.decorateRequest('mcpListAnswer', null)
+  declareShared(app, 'upstreamAuth', 'mcpResponseTransform', 'mcpListAnswer')
 
   // Each upstream's credential comes from a plugin; a host that left it out fails ready()
   // with the plugin to register, instead of answering every call with 503.
@@ -257,6 +256,10 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       request.log.warn({ server: name, status, contentType: res.headers['content-type'], why }, 'upstream answer refused')
       throw new UpstreamAnswerError(name, why)
     }
+    // The upstream's own error status, with the gateway's JSON-RPC error instead of its body: the
+    // message was forwarded (an allow), the status goes back (a 404 still ends a session).
+    const upstreamStatus = (code: number): Error =>
+      refusal(new UpstreamStatusError(name, String(code)), { statusCode: code >= 400 ? code : 502, outcome: 'allow', reason: 'forwarded' })
     const copyHeaders = (): void => {
       for (const h of FORWARD_RESPONSE) {
         const v = res.headers[h]
@@ -279,8 +282,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
         // Not a list: the status goes back (a 404 still ends a session), the body does not.
         res.body.destroy()
         copyHeaders()
-        return await reply.code(status).type('application/json; charset=utf-8')
-          .send(rpcError(listAnswer.id, RpcCode.upstreamUnavailable, `MCP server "${name}" answered HTTP ${status}`))
+        throw upstreamStatus(status)
       }
       if (mediaType === 'application/json') {
         const message = parseAnswer(await readLimited(res.body, limit, name), refuse)
@@ -338,8 +340,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     }
     if (!ok) {
       copyHeaders()
-      return await reply.code(status).type('application/json; charset=utf-8')
-        .send(rpcError(request.mcp?.id ?? null, RpcCode.upstreamUnavailable, `MCP server "${name}" answered HTTP ${status}`))
+      throw upstreamStatus(status)
     }
     if (request.mcp?.kind === 'request' && status !== 202) {
       refuse(mediaType === 'application/json' ? 'the body is not one JSON-RPC message' : `content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)

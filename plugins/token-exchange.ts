@@ -23,7 +23,7 @@ import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { startStage } from '../lib/timing.js'
-import { provided } from './decorations.js'
+import { declareShared, provided } from './decorations.js'
 
 export interface TokenExchangeOptions {
   config: GatewayConfig
@@ -124,6 +124,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
   const clients = new Map<string, ExchangeClient>()
   for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, provided(app, 'store')?.tokens))
   if (clients.size === 0) return
+  declareShared(app, 'upstreamAuth')
 
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget

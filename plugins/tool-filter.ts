@@ -29,7 +29,7 @@ import { CALLER_LIST, REFRESH_MS, ToolGuard, type ListAsCaller } from '../lib/to
 import { startStage } from '../lib/timing.js'
 import { sseMessages } from '../lib/sse.js'
 import { INTERNAL_IDENTITY_HEADER } from './identity.js'
-import { provide, provided } from './decorations.js'
+import { declareShared, provide, provided } from './decorations.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 
 export { ToolGuard, MAX_TOOLS_PER_UPSTREAM, type ToolReview } from '../lib/tools/guard.js'
@@ -62,6 +62,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   } catch (err) {
     throw new ConfigError(`toolScan.pins: cannot use ${config.toolScan.pins}: ${(err as Error).message}`)
   }
+  declareShared(app, 'mcpResponseTransform', 'mcpListAnswer')
   const guard = new ToolGuard({
     log: app.log,
     cedar: () => app.mcpWarden.cedar,

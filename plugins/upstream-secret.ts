@@ -9,7 +9,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
 import { secretCredential, type SecretCredential } from '../lib/credentials/index.js'
 import { startStage } from '../lib/timing.js'
-import type {} from './decorations.js'
+import { declareShared } from './decorations.js'
 
 export interface UpstreamSecretOptions {
   config: GatewayConfig
@@ -19,6 +19,7 @@ async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions
   const providers = new Map<string, SecretCredential>()
   for (const u of opts.config.upstreams.values()) if (u.auth.type === 'secret') providers.set(u.name, secretCredential(u.auth))
   if (providers.size === 0) return
+  declareShared(app, 'upstreamAuth')
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
     const p = target !== null ? providers.get(target.server.name) : undefined
