@@ -6,7 +6,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { makeIssuer } from './fixtures/keys.js'
-import { ALLOW_ALL, startGateway, type TestGateway } from './fixtures/gateway.js'
+import { ALLOW_ALL, startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
 import { startScriptedUpstream, type ScriptedUpstream } from './fixtures/scripted-upstream.js'
 
 const issuer = makeIssuer('EdDSA')
@@ -150,8 +150,7 @@ t.test('sessions per agent are bounded (limits.maxSessionsPerAgent): 429 beyond,
     }
     res.writeHead(200).end()
   })
-  const limited = await startGateway({ issuer, upstreams: { s: { url: sessions.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } })
-  t.teardown(async () => { await limited.close(); await sessions.close() })
+  const limited = await withGateway(t, { issuer, upstreams: { s: { url: sessions.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } }, sessions)
   const init = async (agentId: string) => {
     const res = await request(limited.url('s'), {
       method: 'POST',
@@ -208,8 +207,7 @@ t.test('concurrent initializes cannot pass the session limit', async t => {
     }
     res.writeHead(200).end()
   })
-  const limited = await startGateway({ issuer, upstreams: { s: { url: slow.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } })
-  t.teardown(async () => { await limited.close(); await slow.close() })
+  const limited = await withGateway(t, { issuer, upstreams: { s: { url: slow.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } }, slow)
   const bearer = issuer.sign({ aud: limited.resource('s'), agentId: 'racer' })
   const statuses = await Promise.all(Array.from({ length: 10 }, async () => {
     const res = await request(limited.url('s'), {

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { makeIssuer } from './fixtures/keys.js'
-import { ALLOW_ALL, publicKeyFile, startGateway } from './fixtures/gateway.js'
+import { ALLOW_ALL, publicKeyFile, withGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
 import { validateConfig } from '../lib/config.js'
 
@@ -22,8 +22,7 @@ const post = async (url: string, body: unknown, token?: string) => {
 
 t.test('one record per MCP message, with who, what, outcome and why — and no token', async t => {
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } } })
-  t.teardown(async () => { await gw.close(); await up.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { echo: { url: up.url } } }, up)
   const token = issuer.sign({ aud: gw.resource('echo'), agentId: 'bot-1', userId: 'alice' })
   const initialize = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'a', version: '1' } } }
   t.equal(await post(gw.url('echo'), initialize, token), 200)

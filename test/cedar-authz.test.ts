@@ -7,7 +7,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { McpError } from '@modelcontextprotocol/sdk/types.js'
 import { demoConfig, DEMO_AGENTS, startDemo, type Demo } from '../lib/demo/index.js'
-import { ALLOW_ALL, REFERENCE, startGateway, startWithConfig, type TestGateway } from './fixtures/gateway.js'
+import { ALLOW_ALL, REFERENCE, startGateway, withGateway, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
 import { atNight, inBusinessHours } from './fixtures/time.js'
@@ -136,8 +136,7 @@ t.test('reload: a bad policy set is refused and the old one stays; a good one re
   cpSync(ALLOW_ALL.policies, dir, { recursive: true })
   const issuer = makeIssuer('EdDSA')
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: true } } })
-  t.teardown(async () => { await gw.close(); await up.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: true } } }, up)
   const token = issuer.sign({ aud: gw.resource('echo') })
   const ping = async () => {
     const res = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) })
@@ -174,8 +173,7 @@ t.test('a refused GET stream is 403 with the JSON-RPC error; a boot with a bad p
   writeFileSync(join(dir, 'p.cedar'), '@id("all") permit (principal, action, resource);\n@id("no-get") forbid (principal, action == Mcp::Action::"connect", resource) when { context.method == "GET" };')
   const issuer = makeIssuer('EdDSA')
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: false } } })
-  t.teardown(async () => { await gw.close(); await up.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { echo: { url: up.url } }, extra: { authorization: { schema: ALLOW_ALL.schema, policies: dir, watch: false } } }, up)
   const n = up.received.length
   const res = await request(gw.url('echo'), { headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('echo') })}`, accept: 'text/event-stream' } })
   t.equal(res.statusCode, 403)

@@ -12,7 +12,7 @@ import { runConformance } from '../scripts/conformance.mjs'
 // @ts-expect-error: a plain JavaScript fixture without type declarations
 import { startConformanceServer } from './fixtures/conformance-server.mjs'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway } from './fixtures/gateway.js'
+import { withGateway } from './fixtures/gateway.js'
 
 interface Row { scenario: string, direct: string, gateway: string, directChecks: string, gatewayChecks: string, gatewayErrors: string[] }
 
@@ -35,8 +35,7 @@ t.test('a stream the server closes mid-call is resumed through the gateway (Last
     if (method === 'GET' && headers['last-event-id'] !== undefined) resumed.push(headers['last-event-id'])
   }) as { url: string, close: () => Promise<void> }
   const issuer = makeIssuer('EdDSA')
-  const gw = await startGateway({ issuer, upstreams: { conformance: { url: fixture.url, defaultSensitivity: 'low' } } })
-  t.teardown(async () => { await gw.close(); await fixture.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { conformance: { url: fixture.url, defaultSensitivity: 'low' } } }, fixture)
   const client = new Client({ name: 'resume-test', version: '1' })
   await client.connect(new StreamableHTTPClientTransport(new URL(gw.url('conformance')), {
     requestInit: { headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('conformance') })}` } },
@@ -54,8 +53,7 @@ t.test('a stream the server closes mid-call is resumed through the gateway (Last
 t.test('prompts and resources of the fixture through the aggregated endpoint', async t => {
   const fixture = await startConformanceServer() as { url: string, close: () => Promise<void> }
   const issuer = makeIssuer('EdDSA')
-  const gw = await startGateway({ issuer, upstreams: { conformance: { url: fixture.url, defaultSensitivity: 'low', prefix: 'conf' } } })
-  t.teardown(async () => { await gw.close(); await fixture.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { conformance: { url: fixture.url, defaultSensitivity: 'low', prefix: 'conf' } } }, fixture)
   const client = new Client({ name: 'aggregate-prompts', version: '1' })
   await client.connect(new StreamableHTTPClientTransport(new URL(`${gw.base}/mcp`), {
     requestInit: { headers: { authorization: `Bearer ${issuer.sign({ aud: `${gw.config.publicUrl}/mcp` })}` } }

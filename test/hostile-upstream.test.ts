@@ -8,7 +8,7 @@ import t from 'tap'
 import { request } from 'undici'
 import type { ServerResponse } from 'node:http'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
 import { startScriptedUpstream, type ScriptedUpstream } from './fixtures/scripted-upstream.js'
 import { POISONED } from './fixtures/malicious-upstream.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
@@ -231,8 +231,7 @@ t.test('/mcp: an upstream cannot take over another upstream\'s resource URI', as
   })
   const owner = await resourceServer(['file:///owned', 'file:///only-a'], 'a')
   const thief = await resourceServer(['file:///owned'], 'b')
-  const agg = await startGateway({ issuer, upstreams: { a: { url: owner.url, auth: { type: 'none' } }, b: { url: thief.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await agg.close(); await owner.close(); await thief.close() })
+  const agg = await withGateway(t, { issuer, upstreams: { a: { url: owner.url, auth: { type: 'none' } }, b: { url: thief.url, auth: { type: 'none' } } } }, owner, thief)
   const bearer = issuer.sign({ aud: `${agg.config.publicUrl}/mcp` })
   const rpc = async (id: number, method: string, params: Record<string, unknown> = {}) => {
     const res = await request(`${agg.base}/mcp`, {
@@ -271,8 +270,7 @@ t.test('calls of made-up tool names do not make the gateway re-read the upstream
     if (req.body?.method === 'tools/list') return json({ tools: [CLEAN] })
     res.writeHead(202).end()
   })
-  const g = await startGateway({ issuer, upstreams: { l: { url: lister.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await g.close(); await lister.close() })
+  const g = await withGateway(t, { issuer, upstreams: { l: { url: lister.url, auth: { type: 'none' } } } }, lister)
   const bearer = issuer.sign({ aud: g.resource('l') })
   for (let i = 0; i < 10; i++) {
     const res = await request(g.url('l'), {
@@ -299,8 +297,7 @@ t.test('/mcp: resource ownership is per agent, so another agent\'s listings cann
   })
   const a = await server('a', () => ['file:///q3'])
   const b = await server('b', () => bLists ? ['file:///q3'] : [])
-  const g = await startGateway({ issuer, upstreams: { a: { url: a.url, auth: { type: 'none' } }, b: { url: b.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await g.close(); await a.close(); await b.close() })
+  const g = await withGateway(t, { issuer, upstreams: { a: { url: a.url, auth: { type: 'none' } }, b: { url: b.url, auth: { type: 'none' } } } }, a, b)
   const rpc = async (agentId: string, id: number, method: string, params: Record<string, unknown> = {}) => {
     const res = await request(`${g.base}/mcp`, {
       method: 'POST',

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { makeIssuer, unsignedToken, hmacWithPublicKey, tamperedToken, jwk } from './fixtures/keys.js'
-import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { startJwks } from './fixtures/jwks.js'
 
@@ -138,8 +138,7 @@ t.test('JWKS unreachable: 503 and nothing forwarded (fail closed)', async t => {
   const es = makeIssuer('ES256', 'https://down-idp.test', 'k')
   const jwks = await startJwks([jwk(es)])
   jwks.up = false
-  const g = await startGateway({ upstreams: { db: { url: up.url } }, identity: { issuer: es.issuer, jwksUri: jwks.url, algorithms: ['ES256'] } })
-  t.teardown(async () => { await g.close(); await jwks.close() })
+  const g = await withGateway(t, { upstreams: { db: { url: up.url } }, identity: { issuer: es.issuer, jwksUri: jwks.url, algorithms: ['ES256'] } }, jwks)
   const n = up.received.length
   const res = await call(g, 'db', `Bearer ${es.sign({ aud: g.resource('db') })}`)
   t.equal(res.status, 503)

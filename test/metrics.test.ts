@@ -1,7 +1,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway } from './fixtures/gateway.js'
+import { withGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
 
 const issuer = makeIssuer('EdDSA')
@@ -9,8 +9,7 @@ const init = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', param
 
 t.test('Server-Timing names each stage; /metrics has the stage histogram and the counters', async t => {
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } }, extra: { serverTiming: true } })
-  t.teardown(async () => { await gw.close(); await up.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { echo: { url: up.url } }, extra: { serverTiming: true } }, up)
   const token = issuer.sign({ aud: gw.resource('echo') })
   const res = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: init })
   await res.body.dump()
@@ -32,8 +31,7 @@ t.test('Server-Timing names each stage; /metrics has the stage histogram and the
 
 t.test('without serverTiming there is no Server-Timing header', async t => {
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { echo: { url: up.url } } })
-  t.teardown(async () => { await gw.close(); await up.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { echo: { url: up.url } } }, up)
   const res = await request(gw.url('echo'), { method: 'POST', headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('echo') })}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: init })
   await res.body.dump()
   t.equal(res.statusCode, 200)

@@ -149,7 +149,7 @@ t.test('Redis down: every operation fails closed at once; back: the store recove
 })
 
 t.test('a gateway that boots while Redis is unreachable starts, is not ready, and refuses MCP requests with 503', async t => {
-  const { startGateway } = await import('./fixtures/gateway.js')
+  const { withGateway } = await import('./fixtures/gateway.js')
   const { makeIssuer } = await import('./fixtures/keys.js')
   const { startRecordingUpstream } = await import('./fixtures/upstream.js')
   const { request } = await import('undici')
@@ -157,8 +157,7 @@ t.test('a gateway that boots while Redis is unreachable starts, is not ready, an
   await down.stop()
   const issuer = makeIssuer('EdDSA')
   const up = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { rec: { url: up.url } }, extra: { store: down.url } })
-  t.teardown(async () => { await gw.close(); await up.close(); await down.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { rec: { url: up.url } }, extra: { store: down.url } }, up, down)
   const ready = await readyz(gw.base, 503)
   t.equal(ready.status, 503)
   t.match(ready.body, { status: 'unavailable', store: { kind: 'redis', available: false } })

@@ -8,7 +8,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
 import { main } from '../lib/cli.js'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { POISONED, startMaliciousUpstream, type MaliciousUpstream } from './fixtures/malicious-upstream.js'
 
@@ -51,8 +51,7 @@ t.test('poisoned tools are quarantined: not listed (SSE and JSON answers), not c
 })
 
 t.test('JSON answers are filtered too', async t => {
-  const g = await startGateway({ issuer, upstreams: { maljson: { url: badJson.url } } })
-  t.teardown(async () => { await g.close() })
+  const g = await withGateway(t, { issuer, upstreams: { maljson: { url: badJson.url } } })
   const client = new Client({ name: 'victim', version: '1' })
   await client.connect(new StreamableHTTPClientTransport(new URL(g.url('maljson')), { requestInit: { headers: { authorization: `Bearer ${issuer.sign({ aud: g.resource('maljson') })}` } } }))
   t.teardown(async () => { await client.close() })

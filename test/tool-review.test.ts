@@ -14,7 +14,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
 import { startScriptedUpstream } from './fixtures/scripted-upstream.js'
 
@@ -34,8 +34,7 @@ async function connect (gw: TestGateway, server: string | '*', agentId = 'review
 t.test('two upstreams with the same tool names: every tool of both is listed and callable, per server and through /mcp', async t => {
   const one = await startRecordingUpstream()
   const two = await startRecordingUpstream()
-  const gw = await startGateway({ issuer, upstreams: { one: { url: one.url, auth: { type: 'none' } }, two: { url: two.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await gw.close(); await one.close(); await two.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { one: { url: one.url, auth: { type: 'none' } }, two: { url: two.url, auth: { type: 'none' } } } }, one, two)
   const direct = (await (await connect(gw, 'one')).listTools()).tools.map(x => x.name).sort()
   t.ok(direct.includes('echo') && direct.length >= 3, 'the first upstream lists its tools')
   for (const server of ['one', 'two', 'one']) {
@@ -56,8 +55,7 @@ t.test('the reference "everything" server lists through the gateway every tool i
   const expected = (await direct.listTools()).tools.map(x => x.name).sort()
   await direct.close()
   t.ok(expected.length >= 10, `it offers ${expected.length} tools`)
-  const gw = await startGateway({ issuer, upstreams: { everything: { command: [process.execPath, EVERYTHING, 'stdio'] } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { everything: { command: [process.execPath, EVERYTHING, 'stdio'] } } })
   const client = await connect(gw, 'everything')
   t.same((await client.listTools()).tools.map(x => x.name).sort(), expected, 'the same tools, none quarantined')
   t.notOk(gw.log.some(l => l.includes('"tool quarantined"')), 'and no quarantine in the log')
@@ -99,8 +97,7 @@ t.test('a flood of new definitions cannot rush the judge: questions wait their t
   const judge = await startJudge(tool => tool.name === 'sneaky' ? { verdict: 'quarantine', reason: 'not what it says' } : { verdict: 'allow' }, 15)
   t.teardown(async () => { await judge.close() })
   // onFailure: allow is the setting a flood would exploit: an overloaded judge that timed out would pass everything.
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 400, onFailure: 'allow', concurrency: 3 } } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 400, onFailure: 'allow', concurrency: 3 } } } })
   const client = await connect(gw, 's')
   let listed: string[] = []
   const deadline = Date.now() + 30_000
@@ -127,8 +124,7 @@ t.test('the judge has the second word on definitions the rules pass, once per de
   t.teardown(async () => { await up.close() })
   const judge = await startJudge(tool => tool.name === 'count' ? { verdict: 'quarantine', reason: 'counts things it should not' } : { verdict: 'allow' })
   t.teardown(async () => { await judge.close() })
-  const gw = await startGateway({ issuer, upstreams: { rec: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 2000 } } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { rec: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 2000 } } } })
   const client = await connect(gw, 'rec')
   const first = (await client.listTools()).tools.map(x => x.name)
   t.notOk(first.includes('count'), 'the judged tool is hidden')
@@ -169,8 +165,7 @@ t.test('a quarantined definition stays quarantined under another name; newTools:
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result }))
   })
   t.teardown(async () => { await up.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
   const list = async (): Promise<string[]> => (await (await connect(gw, 's')).listTools()).tools.map(x => x.name).sort()
   t.same(await list(), ['add'], 'the poisoned tool is hidden')
   tools = [tools[0]!, { name: 'add_helper', description: 'Adds two numbers, quickly.', inputSchema: { type: 'object', properties: {} } }]
@@ -190,8 +185,7 @@ t.test('a renamed poisoned definition is quarantined by what it says, not by its
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result }))
   })
   t.teardown(async () => { await up.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
   const list = async (): Promise<string[]> => (await (await connect(gw, 's')).listTools()).tools.map(x => x.name).sort()
   t.same(await list(), [])
   tools = [{ name: 'sum_v2', description: rugs.text, inputSchema: { type: 'object', properties: {} } }]
@@ -218,8 +212,7 @@ t.test('newTools: quarantine pins every tool of the first list, all its pages; o
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result }))
   })
   t.teardown(async () => { await up.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
   const list = async (): Promise<string[]> => {
     const client = await connect(gw, 's')
     const names: string[] = []
@@ -249,8 +242,7 @@ t.test('every field of a definition is reviewed and pinned: _meta, icons and ext
   t.teardown(async () => { await up.close() })
   const judge = await startJudge(() => ({ verdict: 'allow' }))
   t.teardown(async () => { await judge.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 2000 } } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { judge: { url: judge.url, timeoutMs: 2000 } } } })
   const list = async (): Promise<string[]> => (await (await connect(gw, 's')).listTools()).tools.map(x => x.name)
   t.same(await list(), ['calc'], 'pinned as first seen')
   t.same((judge.asked[0]?.tool as Record<string, unknown> | undefined)?._meta, { 'example.com/v': 1 }, 'the judge is shown the whole definition')
@@ -288,8 +280,7 @@ t.test('prompts, resources and the initialize instructions are scanned like tool
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id, result: results[String(method)] ?? {} }))
   })
   t.teardown(async () => { await up.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
   const client = await connect(gw, 's')
   t.equal(client.getInstructions(), undefined, 'poisoned instructions are removed from the initialize answer')
   t.same(client.getServerVersion(), { name: 's', version: '1' }, 'and so is a poisoned server title')
@@ -313,8 +304,7 @@ t.test('prompts, resources and the initialize instructions are scanned like tool
   t.same(up.received.slice(m).map(r => r.body?.method), [], 'nothing forwarded')
 
   // A fresh gateway asked for the poisoned prompt and resource before any list.
-  const fresh = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
-  t.teardown(async () => { await fresh.close() })
+  const fresh = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } } })
   const c2 = await connect(fresh, 's')
   const k = up.received.length
   await t.rejects(c2.getPrompt({ name: 'helper' }), { code: -32602 }, 'a get before any list: the gateway lists first and holds it back')
@@ -330,8 +320,7 @@ t.test('newTools: quarantine after an empty first list: a tool that appears late
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: req.body?.id ?? null, result }))
   })
   t.teardown(async () => { await up.close() })
-  const gw = await startGateway({ issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
-  t.teardown(async () => { await gw.close() })
+  const gw = await withGateway(t, { issuer, upstreams: { s: { url: up.url, auth: { type: 'none' } } }, extra: { toolScan: { newTools: 'quarantine' } } })
   const client = await connect(gw, 's')
   t.same((await client.listTools()).tools, [], 'the first list is empty')
   tools = [{ name: 'sneaky', description: 'Does things.', inputSchema: { type: 'object', properties: {} } }]
