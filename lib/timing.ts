@@ -3,11 +3,21 @@
  * each plugin times its own work; the metrics plugin reports the totals as a histogram and,
  * when enabled, a Server-Timing header.
  */
+import type { FastifyInstance } from 'fastify'
+
 export type Stage = 'identity' | 'parse' | 'authz' | 'filter' | 'ratelimit' | 'mint' | 'exchange' | 'secret' | 'upstream'
 
 const STAGES = Symbol('mcp-warden.stages')
 
-interface Timed { [STAGES]?: Map<Stage, bigint> }
+interface Timed { [STAGES]?: Map<Stage, bigint> | null }
+
+/**
+ * Declares the request field the stage times are kept in (once, by whichever plugin comes
+ * first), so that requests keep one shape.
+ */
+export function declareStages (app: FastifyInstance): void {
+  if (!app.hasRequestDecorator(STAGES)) app.decorateRequest(STAGES, null)
+}
 
 /** Starts timing a stage of a request; call the returned function when the stage ends. */
 export function startStage (request: object, stage: Stage): () => void {

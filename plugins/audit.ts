@@ -53,15 +53,18 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
   const sink: AuditSink = { write (record) { dest.write(JSON.stringify(record) + '\n') } }
   provide(app, 'audit', sink)
 
-  type Tracked = FastifyRequest & { [written]?: true, [started]?: number }
-  function write (request: Tracked, status: number, aborted: boolean): void {
+  app.decorateRequest(written, false)
+  app.decorateRequest(started, 0)
+  type Tracked = FastifyRequest & { [written]: boolean, [started]: number }
+  function write (req: FastifyRequest, status: number, aborted: boolean): void {
+    const request = req as Tracked
     const route = request.routeOptions.config
     if ((route.mcp !== true && route.mcpAggregate !== true && route.mcpRefusal !== true) || request[written] === true) return
     request[written] = true
-    sink.write(auditRecord(request, status, aborted, performance.now() - (request[started] ?? performance.now())))
+    sink.write(auditRecord(request, status, aborted, request[started] === 0 ? 0 : performance.now() - request[started]))
   }
 
-  app.addHook('onRequest', async (request: Tracked) => { request[started] = performance.now() })
+  app.addHook('onRequest', async (request) => { (request as Tracked)[started] = performance.now() })
   app.addHook('onResponse', async (request, reply) => { write(request, reply.statusCode, false) })
   app.addHook('onRequestAbort', async (request) => { write(request, 499, true) })
   app.addHook('onClose', async () => {

@@ -16,7 +16,7 @@ import {
   BodyTooLargeError, HeaderMismatchError, HostForbiddenError, MediaTypeError, MethodNotAllowedError, InvalidMessageError, OriginForbiddenError, RpcCode, UnknownServerError, UpstreamUnavailableError,
   PluginMissingError, type WardenError
 } from '../lib/errors.js'
-import { startStage } from '../lib/timing.js'
+import { declareStages, startStage } from '../lib/timing.js'
 import { checkEra, parseMcpMessage, rpcError, type JsonRpcId } from '../lib/jsonrpc.js'
 import type { McpTarget } from './decorations.js'
 
@@ -110,6 +110,7 @@ async function mcpContext (app: FastifyInstance, opts: McpContextOptions): Promi
     throw new PluginMissingError('mcp-warden-context is registered twice: identityPlugin registers it when it is missing, so register mcpContextPlugin once, before identityPlugin, or not at all')
   }
   app.decorateRequest('mcpTarget', null)
+  declareStages(app)
   app.decorateRequest('mcp', null)
   app.decorateRequest('mcpOutcome', null)
 

@@ -7,7 +7,7 @@ import fp from 'fastify-plugin'
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { stagesOf } from '../lib/timing.js'
+import { declareStages, stagesOf } from '../lib/timing.js'
 import { MCP_METHODS } from '../lib/mcp-methods.js'
 import { provide } from './decorations.js'
 
@@ -30,6 +30,7 @@ async function metrics (app: FastifyInstance, opts: MetricsOptions): Promise<voi
   const requests = new Counter({ name: 'mcp_warden_requests_total', help: 'MCP requests by server, method and outcome', labelNames: ['server', 'method', 'outcome', 'status'], registers: [registry] })
   const decisions = new Counter({ name: 'mcp_warden_decisions_total', help: 'Cedar decisions by outcome', labelNames: ['outcome'], registers: [registry] })
   provide(app, 'metrics', registry)
+  declareStages(app)
 
   if (opts.config.serverTiming) {
     app.addHook('onSend', async (request, reply, payload) => {
