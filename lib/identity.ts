@@ -10,6 +10,9 @@ import { scopesOfClaims } from './scope.js'
 import { jsonValueProblem } from './jsonrpc.js'
 import { NoMatchingKeyError, remoteJwks } from './jwks.js'
 
+/** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */
+export const INTERNAL_IDENTITY_HEADER = 'x-mcp-warden-internal'
+
 export interface Identity {
   /** `agentId` claim (name configurable), falling back to `sub`. */
   readonly agentId: string

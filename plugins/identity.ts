@@ -24,13 +24,10 @@ import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { AddressBudget } from '../lib/address-budget.js'
 import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
-import { audiences, BAD_AUTHORIZATION, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
+import { audiences, BAD_AUTHORIZATION, INTERNAL_IDENTITY_HEADER, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
 import { provide, provided, type AuthFailureBudget } from './decorations.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
-
-/** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */
-export const INTERNAL_IDENTITY_HEADER = 'x-mcp-warden-internal'
 
 export interface IdentityOptions {
   config: GatewayConfig
@@ -206,3 +203,5 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
 
 export default fp(identity, { name: 'mcp-warden-identity', fastify: '5.x' })
 export { identity }
+
+export { INTERNAL_IDENTITY_HEADER } from '../lib/identity.js'

@@ -28,7 +28,7 @@ import { FilePinStore, type PinStore } from '../lib/tools/pins.js'
 import { CALLER_LIST, REFRESH_MS, ToolGuard, type ListAsCaller } from '../lib/tools/guard.js'
 import { startStage } from '../lib/timing.js'
 import { sseMessages } from '../lib/sse.js'
-import { INTERNAL_IDENTITY_HEADER } from './identity.js'
+import { INTERNAL_IDENTITY_HEADER } from '../lib/identity.js'
 import { declareShared, provide, provided } from './decorations.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 
