@@ -4,7 +4,7 @@
  * request hooks each one adds and what it decorates, and holds the table to it: a hook added or
  * moved without the table (or the table without the code) fails here.
  */
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -29,12 +29,14 @@ const ROOT = new URL('../', import.meta.url).pathname
 process.env.MCPW_TEST_ARCH_SECRET = 'arch-test-secret'
 const REQUEST_HOOKS = ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'preSerialization', 'onSend', 'onResponse', 'onError', 'onTimeout', 'onRequestAbort'] as const
 
-/** plugin name → hooks, and plugin name → decorations, as the pipeline table states them. */
-function documented (): { hooks: Map<string, Set<string>>, decorates: Map<string, Set<string>> } {
+/** plugin name → hooks, decorations written, decorations read and lib modules, as the pipeline table states them. */
+function documented (): { hooks: Map<string, Set<string>>, decorates: Map<string, Set<string>>, reads: Map<string, Set<string>>, libs: Set<string> } {
   const text = readFileSync(join(ROOT, 'docs', 'architecture.md'), 'utf8')
   const section = text.slice(text.indexOf('## The pipeline of an MCP route'), text.indexOf('## Composing the plugins'))
   const hooks = new Map<string, Set<string>>()
   const decorates = new Map<string, Set<string>>()
+  const reads = new Map<string, Set<string>>()
+  const libs = new Set<string>()
   for (const line of section.split('\n')) {
     const cells = line.split('|').map(c => c.trim())
     const plugin = /^`(mcp-warden-[a-z-]+)`$/.exec(cells[2] ?? '')?.[1]
@@ -46,8 +48,12 @@ function documented (): { hooks: Map<string, Set<string>>, decorates: Map<string
     const d = decorates.get(plugin) ?? new Set<string>()
     for (const m of (cells[4] ?? '').matchAll(/`((?:request|app\.mcpWarden)\.[A-Za-z]+)`/g)) d.add(m[1]!)
     decorates.set(plugin, d)
+    const r = reads.get(plugin) ?? new Set<string>()
+    for (const m of (cells[5] ?? '').matchAll(/`((?:request|app\.mcpWarden)\.[A-Za-z]+)`/g)) r.add(m[1]!)
+    reads.set(plugin, r)
+    for (const m of (cells[6] ?? '').matchAll(/`(lib\/[a-z/-]+\.ts)`/g)) libs.add(m[1]!)
   }
-  return { hooks, decorates }
+  return { hooks, decorates, reads, libs }
 }
 
 /** Registers the plugins in buildGateway's order on an instance whose addHook records the plugin adding each hook. */
@@ -158,4 +164,18 @@ t.test('what the table says a plugin decorates, it decorates', async t => {
       }
     }
   }
+})
+
+t.test('what the table says a stage reads is declared, and the lib modules it names exist', async t => {
+  const doc = documented()
+  const { app } = await registered()
+  t.teardown(async () => { await app.close() })
+  for (const [plugin, read] of doc.reads) {
+    for (const d of read) {
+      if (d.startsWith('request.')) t.ok(app.hasRequestDecorator(d.slice('request.'.length)), `${plugin} reads ${d}, a request decoration`)
+      else t.not(app.mcpWarden[d.slice('app.mcpWarden.'.length) as keyof FastifyInstance['mcpWarden']], undefined, `${plugin} reads ${d}, which is provided`)
+    }
+  }
+  t.ok(doc.libs.size >= 10, 'the table names the lib modules')
+  for (const lib of doc.libs) t.ok(existsSync(join(ROOT, lib)), `${lib} exists`)
 })
