@@ -94,6 +94,12 @@ export const SessionNotFoundError = define('MCPW_ERR_SESSION_UNKNOWN',
   'Session not found: start a new session with an initialize request', 404, RpcCode.unauthorized)
 
 // --- upstream --------------------------------------------------------------------
+/**
+ * The answer the gateway got when it listed an upstream's tools as the caller (its own chain's
+ * refusal or the upstream's error), given to the caller's tool call as it is: message, JSON-RPC
+ * code and status are that answer's.
+ */
+export const ListingAnswerError = define('MCPW_ERR_LISTING_ANSWER', '%s', 200, RpcCode.accessDenied)
 export const UpstreamStatusError = define('MCPW_ERR_UPSTREAM_STATUS',
   'MCP server "%s" answered HTTP %s', 502, RpcCode.upstreamUnavailable)
 export const UpstreamUnavailableError = define('MCPW_ERR_UPSTREAM_UNAVAILABLE',
@@ -126,12 +132,13 @@ export const UnknownPromptError = define('MCPW_ERR_PROMPT_UNKNOWN', 'Unknown pro
 export const ResourceNotFoundError = define('MCPW_ERR_RESOURCE_UNKNOWN', 'Resource not found: %s', 200, RpcCode.invalidParams)
 
 /** A refusal with its audit reason, JSON-RPC data and, where it differs, its HTTP status. */
-export function refusal<E extends Error> (error: E, extra: { reason?: string, data?: unknown, statusCode?: number, outcome?: 'allow' | 'deny' | 'error' }): E {
+export function refusal<E extends Error> (error: E, extra: { reason?: string, data?: unknown, statusCode?: number, outcome?: 'allow' | 'deny' | 'error', rpcCode?: number }): E {
   const e = error as unknown as WardenError
   if (extra.reason !== undefined) e.reason = extra.reason
   if (extra.outcome !== undefined) e.outcome = extra.outcome
   if (extra.data !== undefined) e.data = extra.data
   if (extra.statusCode !== undefined) e.statusCode = extra.statusCode
+  if (extra.rpcCode !== undefined) Object.defineProperty(e, 'rpcCode', { value: extra.rpcCode, enumerable: false })
   return error
 }
 

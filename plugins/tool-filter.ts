@@ -19,7 +19,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
-import { ConfigError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
+import { ConfigError, ListingAnswerError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
 import { envelopeVersion, isModernVersion, PROTOCOL_VERSION_META_KEY } from '../lib/jsonrpc.js'
 import { CALL_METHOD_OF, LIST_METHODS_OF, LISTS, methodSpec, targetRequest } from '../lib/mcp-methods.js'
 import type { Identity } from '../lib/identity.js'
@@ -150,7 +150,7 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   /** A call of a tool this caller may not call: `Unknown tool`, whatever the reason (the audit record has it). */
   function refuse (name: string, reason: string): never { throw refusal(new UnknownToolError(name), { reason }) }
 
-  app.addHook('preHandler', async (request, reply) => {
+  app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
     const identity = request.identity
     if (target === null || identity === null || request.decision?.allowed !== true) return
@@ -197,8 +197,8 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         // The listing's own refusal (access denied by the authorization server, a credential that
         // could not be obtained, the upstream's error) is the call's answer: it would be the call's too.
         if (listed.error !== undefined) {
-          request.mcpOutcome = { outcome: (listed.status ?? 200) >= 500 ? 'error' : 'deny', reason }
-          return await reply.code(listed.status ?? 200).type('application/json; charset=utf-8').send({ jsonrpc: '2.0', id: m.id ?? null, error: listed.error })
+          const status = listed.status ?? 200
+          throw refusal(new ListingAnswerError(listed.error.message), { statusCode: status, rpcCode: listed.error.code, data: listed.error.data, outcome: status >= 500 ? 'error' : 'deny', reason })
         }
         refuse(m.tool, reason)
       }
