@@ -98,17 +98,17 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
     case 'approve': {
       const [target, hash] = positionals
       const m = target === undefined ? null : /^([^/]+)\/(.+)$/.exec(target)
-      if (m === null || hash === undefined || !/^[A-Za-z0-9_-]{8,}$/.test(hash)) {
+      if (target === undefined || m === null || hash === undefined || !/^[A-Za-z0-9_-]{8,}$/.test(hash)) {
         throw new ToolsUsageError('approve needs SERVER/TOOL and the definition hash you reviewed (at least 8 characters, as tools list or diff show it), e.g. approve db/database_query 3kJx9aQ0bT2c')
       }
-      const waiting = (await store.entries()).get(target!)?.pending
-      if (waiting === undefined) { io.err(`nothing to approve for ${target!}: no definition is waiting`); return 1 }
+      const waiting = (await store.entries()).get(target)?.pending
+      if (waiting === undefined) { io.err(`nothing to approve for ${target}: no definition is waiting`); return 1 }
       if (!waiting.hash.startsWith(hash)) {
-        io.err(`not approved: the definition waiting for ${target!} is ${waiting.hash.slice(0, 12)}, not ${hash}; review it again (tools diff) before approving`)
+        io.err(`not approved: the definition waiting for ${target} is ${waiting.hash.slice(0, 12)}, not ${hash}; review it again (tools diff) before approving`)
         return 1
       }
-      if (!await store.approve(m[1]!, m[2]!, waiting.hash)) { io.err(`not approved: the definition waiting for ${target!} changed meanwhile; review it again`); return 1 }
-      io.out(`approved ${target!} (${waiting.hash.slice(0, 12)}): this definition is pinned; running gateways list it again`)
+      if (!await store.approve(m[1]!, m[2]!, waiting.hash)) { io.err(`not approved: the definition waiting for ${target} changed meanwhile; review it again`); return 1 }
+      io.out(`approved ${target} (${waiting.hash.slice(0, 12)}): this definition is pinned; running gateways list it again`)
       return 0
     }
     case 'pin': {

@@ -128,13 +128,14 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
 
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
-    const client = target !== null ? clients.get(target.server.name) : undefined
-    if (client === undefined || request.identity === null) return
-    if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
+    if (target === null || request.identity === null) return
+    const client = clients.get(target.server.name)
+    if (client === undefined) return
+    if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
     const bearer = /^Bearer\s+(\S+)/i.exec(request.headers.authorization ?? '')?.[1]
-    if (bearer === undefined) throw new CredentialError(target!.server.name)
+    if (bearer === undefined) throw new CredentialError(target.server.name)
     const binding = messageBinding(request.method, request.mcp?.message)
-    const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: target!.server.name })
+    const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: target.server.name })
     const done = startStage(request, 'exchange')
     try {
       const token = await client.tokenFor(bearer, principalKey(request.identity), scope, request.identity.expiresAt)
@@ -148,8 +149,8 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
         })
       }
       if (err instanceof StoreUnavailableError) throw err
-      request.log.error({ server: target!.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
-      throw new CredentialError(target!.server.name)
+      request.log.error({ server: target.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
+      throw new CredentialError(target.server.name)
     } finally {
       done()
     }

@@ -22,9 +22,10 @@ async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions
   declareShared(app, 'upstreamAuth')
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
-    const p = target !== null ? providers.get(target.server.name) : undefined
-    if (p === undefined || request.identity === null) return
-    if (request.decision?.allowed !== true) throw new CredentialError(target!.server.name)
+    if (target === null || request.identity === null) return
+    const p = providers.get(target.server.name)
+    if (p === undefined) return
+    if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
     let headers: Record<string, string>
     const done = startStage(request, 'secret')
     try {
@@ -32,8 +33,8 @@ async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions
       done()
     } catch (err) {
       done()
-      request.log.error({ server: target!.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
-      throw new CredentialError(target!.server.name)
+      request.log.error({ server: target.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
+      throw new CredentialError(target.server.name)
     }
     request.upstreamAuth = { headers }
   })
