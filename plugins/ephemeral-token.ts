@@ -14,9 +14,9 @@ import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { createGatewayTokens, type GatewayTokens } from '../lib/tokens/gateway-tokens.js'
-import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
-import { declareShared, provide } from './decorations.js'
+import { provide } from './decorations.js'
+import { addCredentialHook } from './credential-hook.js'
 
 export interface EphemeralTokenOptions {
   config: GatewayConfig
@@ -29,7 +29,6 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
   const { minter, keys, reload } = tokens
   provide(app, 'tokens', tokens)
   app.decorateRequest('mcpUpstreamToken', null)
-  declareShared(app, 'upstreamAuth')
 
   // The folder is watched and re-read every 30 s (the interval and SIGHUP still reload where it cannot be watched).
   const watching = watchAndReload({ paths: [opts.config.tokens.keysDir], reload, debounceMs: 0, everyMs: 30_000 })
@@ -40,21 +39,14 @@ async function ephemeralToken (app: FastifyInstance, opts: EphemeralTokenOptions
     return keys.jwks()
   })
 
-  app.addHook('preHandler', async (request) => {
-    const target = request.mcpTarget
-    if (target === null || target.server.auth.type !== 'ephemeral' || request.identity === null) return
-    if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
-    const done = startStage(request, 'mint')
+  addCredentialHook(app, 'mint', (server) => server.auth.type === 'ephemeral' ? server : undefined, ({ request, identity, server }) => {
     try {
-      const binding = messageBinding(request.method, request.mcp?.message)
-      const minted = minter.mint(request.identity, target.server.resource, binding)
+      const minted = minter.mint(identity, server.resource, messageBinding(request.method, request.mcp?.message))
       request.mcpUpstreamToken = minted.claims
-      request.upstreamAuth = { headers: { authorization: `Bearer ${minted.token}` } }
+      return { headers: { authorization: `Bearer ${minted.token}` } }
     } catch (err) {
-      request.log.error({ error: (err as Error).message, server: target.server.name }, 'minting an ephemeral token failed')
-      throw new CredentialError(target.server.name)
-    } finally {
-      done()
+      request.log.error({ error: (err as Error).message, server: server.name }, 'minting an ephemeral token failed')
+      throw new CredentialError(server.name)
     }
   })
 }

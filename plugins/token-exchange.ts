@@ -22,8 +22,8 @@ import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
 import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
-import { startStage } from '../lib/timing.js'
-import { declareShared, provided } from './decorations.js'
+import { provided } from './decorations.js'
+import { addCredentialHook } from './credential-hook.js'
 
 export interface TokenExchangeOptions {
   config: GatewayConfig
@@ -124,35 +124,25 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
   const clients = new Map<string, ExchangeClient>()
   for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, provided(app, 'store')?.tokens))
   if (clients.size === 0) return
-  declareShared(app, 'upstreamAuth')
-
-  app.addHook('preHandler', async (request) => {
-    const target = request.mcpTarget
-    if (target === null || request.identity === null) return
-    const client = clients.get(target.server.name)
-    if (client === undefined) return
-    if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
+  addCredentialHook(app, 'exchange', (server) => clients.get(server.name), async ({ request, identity, decision, server }, client) => {
     const bearer = /^Bearer\s+(\S+)/i.exec(request.headers.authorization ?? '')?.[1]
-    if (bearer === undefined) throw new CredentialError(target.server.name)
+    if (bearer === undefined) throw new CredentialError(server.name)
     const binding = messageBinding(request.method, request.mcp?.message)
-    const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: target.server.name })
-    const done = startStage(request, 'exchange')
+    const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: server.name })
     try {
-      const token = await client.tokenFor(bearer, principalKey(request.identity), scope, request.identity.expiresAt)
-      request.upstreamAuth = { headers: { authorization: `Bearer ${token}` } }
+      const token = await client.tokenFor(bearer, principalKey(identity), scope, identity.expiresAt)
+      return { headers: { authorization: `Bearer ${token}` } }
     } catch (err) {
       if (err instanceof ExchangeRefusedError) {
         throw refusal(new AccessDeniedError(err.message), {
           reason: err.message,
-          data: { decisionId: request.decision.decisionId, policies: request.decision.policies },
+          data: { decisionId: decision.decisionId, policies: decision.policies },
           ...(request.mcp === null ? { statusCode: 403 } : {})
         })
       }
       if (err instanceof StoreUnavailableError) throw err
-      request.log.error({ server: target.server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
-      throw new CredentialError(target.server.name)
-    } finally {
-      done()
+      request.log.error({ server: server.name, error: (err as Error).message }, 'token exchange for the upstream failed')
+      throw new CredentialError(server.name)
     }
   })
 }

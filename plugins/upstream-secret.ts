@@ -8,8 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { CredentialError } from '../lib/errors.js'
 import { secretCredential, type SecretCredential } from '../lib/credentials/index.js'
-import { startStage } from '../lib/timing.js'
-import { declareShared } from './decorations.js'
+import { addCredentialHook } from './credential-hook.js'
 
 export interface UpstreamSecretOptions {
   config: GatewayConfig
@@ -19,24 +18,13 @@ async function upstreamSecret (app: FastifyInstance, opts: UpstreamSecretOptions
   const providers = new Map<string, SecretCredential>()
   for (const u of opts.config.upstreams.values()) if (u.auth.type === 'secret') providers.set(u.name, secretCredential(u.auth))
   if (providers.size === 0) return
-  declareShared(app, 'upstreamAuth')
-  app.addHook('preHandler', async (request) => {
-    const target = request.mcpTarget
-    if (target === null || request.identity === null) return
-    const p = providers.get(target.server.name)
-    if (p === undefined) return
-    if (request.decision?.allowed !== true) throw new CredentialError(target.server.name)
-    let headers: Record<string, string>
-    const done = startStage(request, 'secret')
+  addCredentialHook(app, 'secret', (server) => providers.get(server.name), async ({ request, server }, p) => {
     try {
-      headers = await p.headers()
-      done()
+      return { headers: await p.headers() }
     } catch (err) {
-      done()
-      request.log.error({ server: target.server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
-      throw new CredentialError(target.server.name)
+      request.log.error({ server: server.name, secret: p.ref, error: (err as Error).message }, 'the upstream secret is unavailable')
+      throw new CredentialError(server.name)
     }
-    request.upstreamAuth = { headers }
   })
 }
 
