@@ -47,7 +47,7 @@ for (const n of [50, 500]) {
   let visible = 0
   for (let r = 0; r < rounds; r++) {
     const tools = toolsOf(n, `${n}_${r}`)
-    const guard = new ToolGuard(app, config, scanner, new FilePinStore(join(dir, `pins-${n}-${r}.json`)))
+    const guard = new ToolGuard({ log: app.log, cedar: () => app.mcpWarden.cedar, minter: () => app.mcpWarden.tokens.minter }, config, scanner, new FilePinStore(join(dir, `pins-${n}-${r}.json`)))
     let t0 = performance.now()
     visible = (await filter(guard, tools)).length
     cold.push(performance.now() - t0)
