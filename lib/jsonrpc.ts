@@ -179,6 +179,88 @@ function stringEnd (raw: Uint8Array, start: number): number {
   }
 }
 
+/** Characters some parsers drop or stop at in a key: controls (NUL above all), format characters, BOM. */
+const IGNORABLE_IN_KEY = /[\p{Cc}\p{Cf}]/gu
+const ASCII_PLAIN_KEY = /^[\x20-\x21\x23-\x5b\x5d-\x7e]*$/
+const CONTROL_IN_KEY = /\p{Cc}/u
+
+/**
+ * A key as parsers that are lenient about names would read it: Unicode-normalised (NFKC),
+ * without format characters, and case-folded character by character the way simple case
+ * folding does (upper then lower where that keeps one character: ς, ſ and K fold like σ, s and
+ * k; ß stays ß, as Go's EqualFold has it).
+ */
+function foldKey (key: string): string {
+  let out = ''
+  for (const ch of key.normalize('NFKC').replace(IGNORABLE_IN_KEY, '')) {
+    const upper = ch.toUpperCase()
+    out += (upper.length === ch.length ? upper : ch).toLowerCase()
+  }
+  return out
+}
+
+/**
+ * Two keys of one object that parsers can take for one another: the same key twice (JSON.parse
+ * keeps the last, others the first), or keys that differ only in case, Unicode form or ignorable
+ * characters (`name` and `Name`: Go's encoding/json reads both as the field `name`, the last one
+ * winning). Either way the gateway would decide on one reading and the upstream act on another,
+ * so such a message is refused. Scanned on the bytes (objects of a message bounded by
+ * limits.maxJsonKeys); returns the two keys and the path of their object, or null.
+ */
+export function keyCollision (raw: Uint8Array): { first: string, second: string, path: string } | { control: string, path: string } | null {
+  // One entry per open container: for an object, its folded keys and the key last read.
+  const stack: Array<{ keys: Map<string, string> | null, name: string }> = []
+  let pendingKey: string | null = null
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!
+    switch (c) {
+      case 0x22: {
+        const end = stringEnd(raw, i)
+        const top = stack.at(-1)
+        // A string directly inside an object and followed by ':' is a key.
+        if (top !== undefined && top.keys !== null) {
+          let j = end + 1
+          while (j < raw.length && (raw[j] === 0x20 || raw[j] === 0x0a || raw[j] === 0x0d || raw[j] === 0x09)) j++
+          if (raw[j] === 0x3a) {
+            const text = Buffer.from(raw.buffer, raw.byteOffset + i + 1, Math.max(0, end - i - 1)).toString('latin1')
+            let key: string
+            if (ASCII_PLAIN_KEY.test(text)) key = text
+            else {
+              try { key = JSON.parse(`"${Buffer.from(raw.buffer, raw.byteOffset + i + 1, Math.max(0, end - i - 1)).toString('utf8')}"`) as string } catch { return null }
+            }
+            // A control character in a key (a NUL above all, where C-based parsers end the key)
+            // makes it read as another key by some parser: never a key of a message.
+            if (CONTROL_IN_KEY.test(key)) return { control: key, path: stack.slice(1).map(e => e.name).join('.') }
+            const folded = ASCII_PLAIN_KEY.test(key) ? key.toLowerCase() : foldKey(key)
+            const seen = top.keys.get(folded)
+            if (seen !== undefined) return { first: seen, second: key, path: stack.slice(1).map(e => e.name).join('.') }
+            top.keys.set(folded, key)
+            pendingKey = key
+          }
+        }
+        i = end
+        break
+      }
+      case 0x7b:
+        stack.push({ keys: new Map(), name: pendingKey ?? '' })
+        pendingKey = null
+        break
+      case 0x5b:
+        stack.push({ keys: null, name: pendingKey ?? '' })
+        pendingKey = null
+        break
+      case 0x7d: case 0x5d:
+        stack.pop()
+        pendingKey = null
+        break
+      case 0x2c:
+        pendingKey = null
+        break
+    }
+  }
+  return null
+}
+
 type Problem = { kind: 'depth' | 'unicode' | 'number', message: string }
 const UNICODE: Problem = { kind: 'unicode', message: 'a string is not well-formed Unicode (it holds a lone surrogate, e.g. "\\ud800")' }
 const UNICODE_KEY: Problem = { kind: 'unicode', message: 'a key is not well-formed Unicode (it holds a lone surrogate)' }
@@ -275,6 +357,13 @@ function classify (raw: Buffer, maxKeys: number, maxValues: number, seeId: (id: 
     data = sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
   } catch (err) {
     throw new ParseError(`the body is not valid JSON (${(err as Error).message})`)
+  }
+  const collision = keyCollision(raw)
+  if (collision !== null) {
+    const where = collision.path !== '' ? ` (in ${collision.path.slice(0, 128)})` : ''
+    throw new InvalidMessageError('control' in collision
+      ? `the key ${JSON.stringify(collision.control.slice(0, 64))}${where} holds a control character; parsers disagree on where such a key ends`
+      : `the JSON has the keys ${JSON.stringify(collision.first.slice(0, 64))} and ${JSON.stringify(collision.second.slice(0, 64))} in one object${where}; parsers disagree on which one counts, so send each key once`)
   }
   const problem = jsonValueProblem(data)
   if (problem !== null) {
