@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
-import { utf8Charset } from '../lib/jsonrpc.js'
+import { utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
@@ -70,6 +70,19 @@ function parseAnswer (text: string, refuse: (why: string) => never): Record<stri
   if (Array.isArray(message)) refuse('a JSON array (a batch) is not an answer to one request')
   if (message === null || typeof message !== 'object') refuse('the body is not a JSON-RPC message')
   return message as Record<string, unknown>
+}
+
+/** One JSON-RPC message: a response (exactly one of result and error) or a request or notification. */
+function isJsonRpcMessage (m: unknown): m is Record<string, unknown> {
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) return false
+  const o = m as Record<string, unknown>
+  return o.jsonrpc === '2.0' && (typeof o.method === 'string' || Object.hasOwn(o, 'result') !== Object.hasOwn(o, 'error'))
+}
+
+/** A JSON-RPC error response to the request with this id (or to none: id null). */
+function isErrorAnswer (m: unknown, id: JsonRpcId | null): m is Record<string, unknown> {
+  if (!isJsonRpcMessage(m) || !Object.hasOwn(m, 'error') || m.error === null || typeof m.error !== 'object') return false
+  return m.id === id || m.id === null
 }
 
 function upstreamError (err: unknown, server: string): Error {
@@ -230,13 +243,17 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       throw new UpstreamRejectedError(name)
     }
     const issued = res.headers['mcp-session-id']
-    if (typeof issued === 'string' && issued !== sessionId) {
+    // A session starts with a 2xx answer to initialize (and only there): an id on any other answer
+    // (an error, a ping) binds nothing and takes none of the agent's session slots.
+    const initialize = request.mcp?.kind === 'request' && request.mcp.method === 'initialize'
+    if (typeof issued === 'string' && issued !== sessionId && initialize && status >= 200 && status <= 299) {
       if (!await sessions.bind(name, issued, principal, ttl)) {
         res.body.destroy()
         throw new UpstreamProtocolError(name)
       }
     }
-    if (request.method === 'DELETE' && sessionId !== undefined && status < 300) {
+    // A session the agent ended, or the upstream says is gone (404), frees its binding and slot.
+    if (sessionId !== undefined && ((request.method === 'DELETE' && status < 300) || status === 404)) {
       await sessions.unbind(name, sessionId)
     }
 
@@ -268,8 +285,25 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     }
     request.mcpOutcome = { outcome: 'allow', reason: 'forwarded' }
 
-    // Without a response plugin (no tool filter), the answer is streamed back as it is.
-    if (transform === null) {
+    // An error status carries none of the upstream's body but one JSON-RPC error answering this
+    // request (read whole, up to the limit); anything else (HTML, a stack trace in JSON, an SSE
+    // stream, a body on a 3xx) becomes the gateway's own error with the upstream's status.
+    if (status < 200 || status > 299) {
+      if (listAnswer === null && status >= 400 && mediaType === 'application/json' && request.mcp !== null) {
+        let answer: unknown
+        try { answer = JSON.parse(await readLimited(res.body, limit, name)) } catch { answer = undefined }
+        if (isErrorAnswer(answer, request.mcp.kind === 'request' ? request.mcp.id : null)) {
+          copyHeaders()
+          return await reply.code(status).type('application/json').send(JSON.stringify(transform === null ? answer : await transform(answer)))
+        }
+      }
+      res.body.destroy()
+      copyHeaders()
+      throw upstreamStatus(status)
+    }
+
+    // Without a response plugin (no tool filter), a JSON or SSE answer is streamed back as it is.
+    if (transform === null && (mediaType === 'application/json' || mediaType === 'text/event-stream')) {
       copyHeaders()
       if (mediaType === 'text/event-stream') void reply.header('x-accel-buffering', 'no')
       return await reply.code(status).send(res.body)
@@ -277,13 +311,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
 
     // An answer to a list is forwarded only once read whole and filtered: one JSON-RPC response
     // with exactly the request's id, as JSON or in an SSE stream. Anything else is refused.
-    if (listAnswer !== null) {
-      if (status < 200 || status > 299) {
-        // Not a list: the status goes back (a 404 still ends a session), the body does not.
-        res.body.destroy()
-        copyHeaders()
-        throw upstreamStatus(status)
-      }
+    if (listAnswer !== null && transform !== null) {
       if (mediaType === 'application/json') {
         const message = parseAnswer(await readLimited(res.body, limit, name), refuse)
         if (message.id !== listAnswer.id) refuse('the answer\'s id is not the request\'s')
@@ -317,7 +345,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       refuse(`content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)
     }
 
-    if (mediaType === 'text/event-stream') {
+    if (mediaType === 'text/event-stream' && transform !== null) {
       copyHeaders()
       void reply.header('x-accel-buffering', 'no')
       const rewritten = sseTransform(transform, limit)
@@ -333,14 +361,9 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     const text = await readLimited(res.body, limit, name)
     let parsed: unknown
     if (mediaType === 'application/json') { try { parsed = JSON.parse(text) } catch { parsed = undefined } }
-    const ok = status >= 200 && status <= 299
-    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+    if (isJsonRpcMessage(parsed)) {
       copyHeaders()
-      return await reply.code(status).send(JSON.stringify(await transform(parsed as Record<string, unknown>)))
-    }
-    if (!ok) {
-      copyHeaders()
-      throw upstreamStatus(status)
+      return await reply.code(status).send(JSON.stringify(transform === null ? parsed : await transform(parsed)))
     }
     if (request.mcp?.kind === 'request' && status !== 202) {
       refuse(mediaType === 'application/json' ? 'the body is not one JSON-RPC message' : `content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)

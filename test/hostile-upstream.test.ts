@@ -8,7 +8,16 @@ import t from 'tap'
 import { request } from 'undici'
 import type { ServerResponse } from 'node:http'
 import { makeIssuer } from './fixtures/keys.js'
-import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Fastify from 'fastify'
+import { ALLOW_ALL, publicKeyFile, startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
+import { resourceUrl, validateConfig } from '../lib/config.js'
+import { freePort } from '../lib/http-body.js'
+import identityPlugin from '../plugins/identity.js'
+import cedarAuthzPlugin from '../plugins/cedar-authz.js'
+import mcpProxyPlugin from '../plugins/mcp-proxy.js'
 import { startScriptedUpstream, type ScriptedUpstream } from './fixtures/scripted-upstream.js'
 import { POISONED } from './fixtures/malicious-upstream.js'
 import { listUpstreamTools } from '../lib/cedar/schema-gen.js'
@@ -314,4 +323,114 @@ t.test('/mcp: resource ownership is per agent, so another agent\'s listings cann
   await rpc('mallory', 3, 'resources/list')
   await rpc('mallory', 4, 'resources/list')
   t.match((await rpc('alice', 5, 'resources/read', { uri: 'file:///q3' })).result, { contents: [{ text: 'from a' }] }, 'alice still reads from a')
+})
+
+type Reachable = Pick<TestGateway, 'url' | 'resource'>
+
+/** identity, Cedar and the proxy on a Fastify host of its own: no tool filter. */
+async function bareHost (upstreamUrl: string): Promise<Reachable & { close: () => Promise<void> }> {
+  const port = await freePort()
+  const config = validateConfig({
+    publicUrl: `http://127.0.0.1:${port}`,
+    identity: { issuer: issuer.issuer, publicKeyFile: publicKeyFile(issuer), algorithms: ['EdDSA'] },
+    authorization: ALLOW_ALL,
+    tokens: { keysDir: mkdtempSync(join(tmpdir(), 'mcpw-keys-')) },
+    upstreams: { evil: { url: upstreamUrl, auth: { type: 'none' } } }
+  })
+  const app = Fastify()
+  await app.register(identityPlugin, { config })
+  await app.register(cedarAuthzPlugin, { config })
+  await app.register(mcpProxyPlugin, { config })
+  await app.listen({ host: '127.0.0.1', port })
+  return {
+    url: (server) => `http://127.0.0.1:${port}/servers/${server}/mcp`,
+    resource: (server) => resourceUrl(config, server),
+    close: async () => { await app.close() }
+  }
+}
+
+/** A call (or a GET/DELETE) on a session of its own, answered by whatever the upstream's script says. */
+async function callAs (g: Reachable, server: string, init: { method?: string, session?: string, body?: unknown } = {}): Promise<{ status: number, text: string, session: string | undefined }> {
+  const res = await request(g.url(server), {
+    method: init.method ?? 'POST',
+    headers: {
+      authorization: `Bearer ${issuer.sign({ aud: g.resource(server) })}`,
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      'mcp-protocol-version': '2025-06-18',
+      ...(init.session !== undefined ? { 'mcp-session-id': init.session } : {})
+    },
+    ...(init.method === undefined || init.method === 'POST' ? { body: JSON.stringify(init.body ?? { jsonrpc: '2.0', id: 7, method: 'ping' }) } : {})
+  })
+  const sid = res.headers['mcp-session-id']
+  return { status: res.statusCode, text: await res.body.text(), session: typeof sid === 'string' ? sid : undefined }
+}
+
+const SECRET = 'LEAK-db-password=hunter2'
+const errorBodies: Array<[string, number, string, string]> = [
+  ['a JSON object that is not JSON-RPC', 500, 'application/json', JSON.stringify({ detail: 'Traceback', env: SECRET })],
+  ['a JSON object on a 200', 200, 'application/json', JSON.stringify({ detail: 'Traceback', env: SECRET })],
+  ['a JSON-RPC result on a 500', 500, 'application/json', JSON.stringify({ jsonrpc: '2.0', id: 7, result: { content: [{ type: 'text', text: SECRET }] } })],
+  ['a JSON-RPC error for another id', 400, 'application/json', JSON.stringify({ jsonrpc: '2.0', id: 99, error: { code: -32602, message: SECRET } })],
+  ['an SSE stream on a 500', 500, 'text/event-stream', `data: ${JSON.stringify({ stack: SECRET })}\n\n`],
+  ['HTML on a 502', 502, 'text/html', `<pre>${SECRET}</pre>`],
+  ['a JSON body on a 302', 302, 'application/json', JSON.stringify({ jsonrpc: '2.0', id: 7, result: { secret: SECRET } })],
+  ['an SSE stream on a 302', 302, 'text/event-stream', `data: ${JSON.stringify({ jsonrpc: '2.0', id: 7, result: { secret: SECRET } })}\n\n`]
+]
+
+t.test('an upstream\'s error body never reaches the agent: its status does, with the gateway\'s error (with and without the tool filter)', async t => {
+  const evil = await startScriptedUpstream((_req, res) => { res.writeHead(500).end() })
+  const filtered = await withGateway(t, { issuer, upstreams: { evil: { url: evil.url, auth: { type: 'none' } } } }, evil)
+  // A host of its own without the tool filter streams 2xx answers as they are; error answers are checked all the same.
+  const bare = await bareHost(evil.url)
+  t.teardown(async () => { await bare.close() })
+  for (const [name, g] of [['with the tool filter', filtered], ['without it', bare]] as const) {
+    for (const [what, status, type, body] of errorBodies) {
+      evil.script = (_req, res) => { res.writeHead(status, { 'content-type': type }).end(body) }
+      for (const method of ['POST', 'GET', 'DELETE']) {
+        if (status === 200 && method !== 'POST') continue
+        // Without the tool filter a 2xx answer streams as it is (nothing reads it: the warning at boot says so).
+        if (status === 200 && g === bare) continue
+        const r = await callAs(g, 'evil', method === 'POST' ? {} : { method, session: 'sid-none' })
+        t.notMatch(r.text, /LEAK|hunter2|Traceback/, `${name}, ${what}, ${method}: nothing of the body`)
+        if (status === 200) {
+          t.equal(r.status, 502, `${name}, ${what}: a 2xx that is not JSON-RPC is refused (502)`)
+        } else if (r.status !== 404) {
+          t.equal(r.status, status >= 400 ? status : 502, `${name}, ${what}, ${method}: ${status >= 400 ? 'the upstream\'s status' : '502 for a 3xx'}`)
+          t.match(JSON.parse(r.text), { error: { code: -32011 } }, `${name}, ${what}, ${method}: the gateway's JSON-RPC error`)
+        }
+      }
+    }
+  }
+  evil.script = (_req, res) => { res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: 7, error: { code: -32602, message: 'Invalid params: ping takes none' } })) }
+  for (const g of [filtered, bare]) {
+    const rpcError = await callAs(g, 'evil')
+    t.equal(rpcError.status, 400, 'a JSON-RPC error answering the request keeps its status…')
+    t.match(JSON.parse(rpcError.text), { id: 7, error: { code: -32602, message: 'Invalid params: ping takes none' } }, '…and is the answer')
+  }
+})
+
+t.test('sessions: only a 2xx answer to initialize binds one; a 404 from the upstream frees it', async t => {
+  let n = 0
+  const up2 = await startScriptedUpstream((req, res) => {
+    const body = req.body as { id?: unknown, method?: string } | undefined
+    if (body?.method === 'initialize') {
+      res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `s-${++n}` }).end(JSON.stringify({ jsonrpc: '2.0', id: body.id, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'x', version: '1' } } }))
+      return
+    }
+    // Any other request: an error that names a session id of its own, or (with a session) 404.
+    if (req.headers['mcp-session-id'] !== undefined) { res.writeHead(404).end(); return }
+    res.writeHead(500, { 'mcp-session-id': `junk-${++n}` }).end()
+  })
+  const g = await withGateway(t, { issuer, upstreams: { s: { url: up2.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 2 } } }, up2)
+  const init = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } }
+  for (let i = 0; i < 4; i++) t.equal((await callAs(g, 's', { body: { jsonrpc: '2.0', id: 2, method: 'ping' } })).status, 500, 'an error answer with a session id of its own')
+  const a = await callAs(g, 's', { body: init })
+  t.equal(a.status, 200, 'ids on error answers took no slot: initialize works')
+  const b = await callAs(g, 's', { body: init })
+  t.equal(b.status, 200)
+  t.equal((await callAs(g, 's', { body: init })).status, 429, 'the third session is over the limit of two')
+  t.equal((await callAs(g, 's', { session: a.session!, body: { jsonrpc: '2.0', id: 3, method: 'ping' } })).status, 404, 'the upstream ended a session')
+  t.equal((await callAs(g, 's', { body: init })).status, 200, 'its slot is free again')
+  t.equal((await callAs(g, 's', { session: a.session!, body: { jsonrpc: '2.0', id: 4, method: 'ping' } })).status, 404, 'and its id is bound to nobody')
 })
