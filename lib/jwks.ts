@@ -27,6 +27,12 @@ export interface RemoteJwksOptions {
   maxAgeMs?: number
   /** Largest JWKS document read (default 256 KiB). */
   maxBytes?: number
+  /**
+   * After a failed fetch, how long tokens are refused (503) without fetching again (default 1 s):
+   * while the issuer is down, tokens (forged ones included) cannot make the gateway fetch on
+   * every request.
+   */
+  retryMs?: number
 }
 
 /** The key types and curves each JWS algorithm can be verified with. */
@@ -83,14 +89,18 @@ export function remoteJwks (url: string, options: RemoteJwksOptions = {}): (alg:
   const cooldownMs = options.cooldownMs ?? 30_000
   const maxAgeMs = options.maxAgeMs ?? 10 * 60_000
   const maxBytes = options.maxBytes ?? 256 * 1024
+  const retryMs = options.retryMs ?? 1000
+  let failedAt = -Infinity
+  let lastFailure = ''
   let keys: JsonWebKey[] | undefined
   let fetchedAt = -Infinity
   let fetching: Promise<void> | undefined
   const objects = new WeakMap<JsonWebKey, KeyObject>()
 
   const refresh = async (): Promise<void> => {
+    if (fetching === undefined && Date.now() - failedAt < retryMs) throw new JwksUnavailableError(lastFailure)
     fetching ??= fetchKeys(url, timeoutMs, maxBytes)
-      .then((fetched) => { keys = fetched; fetchedAt = Date.now() })
+      .then((fetched) => { keys = fetched; fetchedAt = Date.now() }, (err: Error) => { failedAt = Date.now(); lastFailure = err.message; throw err })
       .finally(() => { fetching = undefined })
     await fetching
   }
@@ -106,6 +116,8 @@ export function remoteJwks (url: string, options: RemoteJwksOptions = {}): (alg:
     }
     if (found.length !== 1) throw new NoMatchingKeyError(found.length === 0 ? 'no signing key of the issuer matches the token\'s "kid" and "alg"' : 'several signing keys of the issuer match the token and it names no "kid"')
     const jwk = found[0]!
+    // A key set that publishes a private key lets anyone sign: such a key verifies nothing.
+    if (jwk.d !== undefined) throw new NoMatchingKeyError('the issuer\'s JWKS publishes the private part of this key; a published private key verifies nothing')
     let key = objects.get(jwk)
     if (key === undefined) {
       try {

@@ -11,6 +11,7 @@ import { audiences, checkTokenTimes, identityFromClaims, type Identity } from '.
 import type { TokenMinter } from './tokens/minter.js'
 import { parseScope } from './scope.js'
 import { targetRequest } from './mcp-methods.js'
+import { KeysUnavailableError } from './errors.js'
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token'
@@ -59,6 +60,8 @@ async function verifyToken (deps: StsDeps, token: string, which: string): Promis
   try {
     claims = await deps.verify(token)
   } catch (err) {
+    // The issuer's keys could not be fetched: an outage, not the client's fault (no invalid_grant).
+    if (err instanceof KeysUnavailableError) throw err
     throw new StsError('invalid_grant', `the ${which} is not valid: ${(err as Error).message.replace(/^Invalid token: /, '')}`)
   }
   const { config } = deps

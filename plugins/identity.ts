@@ -38,7 +38,8 @@ export interface IdentityOptions {
   tokens?: GatewayTokens
 }
 
-const quote = (s: string): string => s.replace(/["\\\r\n]/g, ' ')
+/** Text for a quoted-string of `WWW-Authenticate`: printable ASCII without quotes or backslashes (a token's alg or kid can hold anything). */
+const quote = (s: string): string => s.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, ' ')
 
 async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<void> {
   const { config } = opts

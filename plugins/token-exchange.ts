@@ -17,7 +17,7 @@ import fp from 'fastify-plugin'
 import formbody from '@fastify/formbody'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
-import { AccessDeniedError, CredentialError, refusal, StoreUnavailableError } from '../lib/errors.js'
+import { AccessDeniedError, CredentialError, KeysUnavailableError, refusal, StoreUnavailableError } from '../lib/errors.js'
 import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
 import { createBearerVerifier, principalKey } from '../lib/identity.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
@@ -41,7 +41,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
     const started = new WeakMap<FastifyRequest, number>()
     type Params = Record<string, string | string[] | undefined>
     const text = (v: unknown): string | undefined => typeof v === 'string' ? v.slice(0, 512) : undefined
-    const record = (request: FastifyRequest, params: Params, outcome: 'allow' | 'deny', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
+    const record = (request: FastifyRequest, params: Params, outcome: 'allow' | 'deny' | 'error', reason: string, status: number, who: { agentId?: string | null, userId?: string | null, actor?: string | null }): void => {
       app.mcpWarden.audit.write({
         time: new Date().toISOString(),
         requestId: request.id,
@@ -109,6 +109,12 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
         record(request, p, 'allow', `issued for ${String(claims.aud)} with scope ${granted.scope}`, 200, { agentId: String(claims.sub), userId: typeof claims[config.identity.claims.userId] === 'string' ? claims[config.identity.claims.userId] as string : null, actor: typeof act?.sub === 'string' ? act.sub : null })
         return granted
       } catch (err) {
+        // The issuer's keys cannot be fetched: an outage (503), not a failed authentication of the client.
+        if (err instanceof KeysUnavailableError) {
+          request.log.warn({ reason: err.message }, 'token exchange: the issuer\'s keys are unavailable')
+          record(request, p, 'error', `temporarily_unavailable: ${err.message}`, 503, {})
+          return await reply.code(503).header('retry-after', '5').send({ error: 'temporarily_unavailable', error_description: err.message })
+        }
         if (!(err instanceof StsError)) throw err
         // No subject verified yet, or a subject or actor token that is not valid: a failed authentication.
         const over = err.subject === undefined || err.error === 'invalid_grant' ? fail(request) : 0

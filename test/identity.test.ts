@@ -1,4 +1,5 @@
 import t from 'tap'
+import { createPrivateKey } from 'node:crypto'
 import { request } from 'undici'
 import { makeIssuer, unsignedToken, hmacWithPublicKey, tamperedToken, jwk } from './fixtures/keys.js'
 import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
@@ -145,4 +146,73 @@ t.test('JWKS unreachable: 503 and nothing forwarded (fail closed)', async t => {
   t.equal(JSON.parse(res.text).error.code, -32014)
   t.equal(up.received.length, n)
   t.equal(g.audit.at(-1)?.outcome, 'error')
+})
+
+/** A JWT with this header and claims and a signature of garbage: it never gets to verification. */
+const withHeader = (header: Record<string, unknown>, claims: Record<string, unknown>): string =>
+  [header, claims].map(p => Buffer.from(JSON.stringify(p)).toString('base64url')).join('.') + '.c2ln'
+
+t.test('whatever a token\'s header holds, the 401 says why in a valid WWW-Authenticate and a JSON-RPC error', async t => {
+  const claims = { iss: issuer.issuer, aud: gw.resource('db'), exp: now() + 60 }
+  const n = up.received.length
+  for (const alg of ['\u0001', 'RS256\r\nX-Evil: 1', 'ЯS256', '"', '\\', 'x'.repeat(300), '\u{1F600}']) {
+    const r = await call(gw, 'db', `Bearer ${withHeader({ alg, typ: 'JWT' }, claims)}`)
+    t.equal(r.status, 401, `alg ${JSON.stringify(alg.slice(0, 12))}: 401`)
+    t.match(r.challenge, /^Bearer resource_metadata="[^"]+", error="invalid_token", error_description="[\x20-\x7e]*"$/, 'a valid challenge')
+    t.equal(JSON.parse(r.text).error.code, -32001, 'JSON-RPC -32001')
+  }
+  t.equal(up.received.length, n, 'nothing forwarded')
+})
+
+t.test('a JWKS that publishes a private key verifies nothing', async t => {
+  const leaky = makeIssuer('ES256', 'https://leaky-idp.test', 'leaked')
+  const priv = createPrivateKey(leaky.privateKeyPem).export({ format: 'jwk' })
+  const jwks = await startJwks([{ ...priv, kid: leaky.kid, alg: 'ES256', use: 'sig' }])
+  const g = await withGateway(t, { upstreams: { db: { url: up.url } }, identity: { issuer: leaky.issuer, jwksUri: jwks.url, algorithms: ['ES256'] } }, jwks)
+  const n = up.received.length
+  const r = await call(g, 'db', `Bearer ${leaky.sign({ aud: g.resource('db') })}`)
+  t.equal(r.status, 401)
+  t.match(JSON.parse(r.text).error.message, /publishes the private part/)
+  t.equal(up.received.length, n, 'nothing forwarded')
+})
+
+t.test('while the issuer\'s JWKS is down, tokens cannot make the gateway fetch it on every request', async t => {
+  const es = makeIssuer('ES256', 'https://flaky-idp.test', 'k')
+  const jwks = await startJwks([jwk(es)])
+  jwks.up = false
+  const g = await withGateway(t, { upstreams: { db: { url: up.url } }, identity: { issuer: es.issuer, jwksUri: jwks.url, algorithms: ['ES256'] } }, jwks)
+  const forged = makeIssuer('ES256', es.issuer, 'random')
+  const statuses = await Promise.all(Array.from({ length: 40 }, async (_, i) => (await call(g, 'db', `Bearer ${forged.sign({ aud: g.resource('db'), jti: String(i) })}`)).status))
+  t.same([...new Set(statuses)], [503], 'each is 503 (the keys are unavailable)')
+  t.ok(jwks.fetches <= 3, `40 requests made ${jwks.fetches} fetches (one per retry interval)`)
+  jwks.up = true
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  t.equal((await call(g, 'db', `Bearer ${es.sign({ aud: g.resource('db') })}`)).status, 200, 'once it is back, a valid token passes')
+})
+
+t.test('the token endpoint answers a JWKS outage with 503, not invalid_grant, and spends no failure budget', async t => {
+  const es = makeIssuer('ES256', 'https://sts-idp.test', 'k')
+  const jwks = await startJwks([jwk(es)])
+  const g = await withGateway(t, {
+    upstreams: { db: { url: up.url } },
+    identity: { issuer: es.issuer, jwksUri: jwks.url, algorithms: ['ES256'] },
+    extra: { rateLimit: { max: 100, timeWindow: '1 minute', unauthenticated: { max: 2, timeWindow: '1 minute' } } }
+  }, jwks)
+  jwks.up = false
+  const form = new URLSearchParams({
+    grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+    subject_token: es.sign({ aud: [g.config.publicUrl] }),
+    subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+    resource: g.resource('db'),
+    scope: 'tool:echo'
+  })
+  for (let i = 0; i < 4; i++) {
+    const r = await request(`${g.base}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString() })
+    t.equal(r.statusCode, 503, `request ${i + 1}: 503`)
+    t.match(await r.body.json(), { error: 'temporarily_unavailable' })
+  }
+  t.match(g.audit.at(-1), { event: 'token-exchange', outcome: 'error', status: 503 })
+  jwks.up = true
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  t.equal((await call(g, 'db', `Bearer ${es.sign({ aud: g.resource('db') })}`)).status, 200, 'the address was not locked out by the outage')
 })
