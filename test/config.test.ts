@@ -124,3 +124,8 @@ audit: { destination: ./audit.log }
   t.throws(() => loadConfig(join(dir, 'bad.yaml')), { message: /is not valid YAML/ })
   t.throws(() => loadConfig(join(dir, 'absent.yaml')), ConfigError)
 })
+
+t.test('the gateway\'s own issuer cannot be the agents\' issuer (a minted token would pass as an agent token)', async t => {
+  refuses(t, { ...base, tokens: { issuer: 'https://idp.test' } }, /^Invalid configuration: tokens\.issuer: the gateway's own issuer/, 'tokens.issuer equal to identity.issuer')
+  refuses(t, { ...base, publicUrl: 'https://idp.test', identity: { ...base.identity, issuer: 'https://idp.test' } }, /^Invalid configuration: identity\.issuer: the gateway's own issuer/, 'identity.issuer equal to publicUrl, the default tokens.issuer')
+})

@@ -219,6 +219,9 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
 
   if (cfg.tokens.issuer !== undefined) parseUrl('tokens.issuer', cfg.tokens.issuer)
   const tokenIssuer = cfg.tokens.issuer ?? base
+  // Tokens the gateway mints are told from the agents' by their issuer: one name for both would
+  // let an upstream replay a minted token to the gateway as an agent token.
+  if (tokenIssuer === id.issuer) fail(cfg.tokens.issuer !== undefined ? 'tokens.issuer' : 'identity.issuer', `the gateway's own issuer (${tokenIssuer}) must not be the agents' identity.issuer`)
 
   const names = Object.keys(cfg.upstreams)
   if (names.length === 0) fail('upstreams', 'configure at least one upstream MCP server')
