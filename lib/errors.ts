@@ -128,6 +128,8 @@ export const CredentialError = define('MCPW_ERR_UPSTREAM_CREDENTIAL',
 export const AccessDeniedError = define('MCPW_ERR_ACCESS_DENIED', 'Access denied: %s', 200, RpcCode.accessDenied)
 /** A tool that does not exist, is hidden by policy, or is quarantined: the same answer for all three. */
 export const UnknownToolError = define('MCPW_ERR_TOOL_UNKNOWN', 'Unknown tool: %s', 200, RpcCode.invalidParams)
+export const ArgumentNameError = define('MCPW_ERR_ARGUMENT_NAME',
+  'Invalid params: argument %s is not the tool\'s argument %s; send argument names exactly as the tool\'s input schema spells them', 200, RpcCode.invalidParams)
 export const UnknownPromptError = define('MCPW_ERR_PROMPT_UNKNOWN', 'Unknown prompt: %s', 200, RpcCode.invalidParams)
 export const ResourceNotFoundError = define('MCPW_ERR_RESOURCE_UNKNOWN', 'Resource not found: %s', 200, RpcCode.invalidParams)
 

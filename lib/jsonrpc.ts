@@ -190,7 +190,7 @@ const CONTROL_IN_KEY = /\p{Cc}/u
  * folding does (upper then lower where that keeps one character: ς, ſ and K fold like σ, s and
  * k; ß stays ß, as Go's EqualFold has it).
  */
-function foldKey (key: string): string {
+export function foldKey (key: string): string {
   let out = ''
   for (const ch of key.normalize('NFKC').replace(IGNORABLE_IN_KEY, '')) {
     const upper = ch.toUpperCase()

@@ -19,8 +19,8 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { Tool } from '@modelcontextprotocol/sdk/types.js'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
-import { ConfigError, ListingAnswerError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
-import { envelopeVersion, isModernVersion, PROTOCOL_VERSION_META_KEY } from '../lib/jsonrpc.js'
+import { ArgumentNameError, ConfigError, ListingAnswerError, ResourceNotFoundError, refusal, RpcCode, UnknownPromptError, UnknownToolError } from '../lib/errors.js'
+import { envelopeVersion, foldKey, isModernVersion, PROTOCOL_VERSION_META_KEY } from '../lib/jsonrpc.js'
 import { CALL_METHOD_OF, LIST_METHODS_OF, LISTS, methodSpec, targetRequest } from '../lib/mcp-methods.js'
 import type { Identity } from '../lib/identity.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner } from '../lib/tools/scanner.js'
@@ -43,6 +43,20 @@ export interface ToolFilterOptions {
    * it. Default: that of the ephemeral-token plugin, once registered.
    */
   tokens?: GatewayTokens
+}
+
+/** An argument whose name is one of the tool's input schema properties but for case or Unicode form, or undefined. */
+function looseArgument (tool: Tool, args: Readonly<Record<string, unknown>> | undefined): { sent: string, schema: string } | undefined {
+  const properties = tool.inputSchema?.properties
+  if (args === undefined || properties === undefined || properties === null || typeof properties !== 'object') return undefined
+  const names = Object.keys(properties)
+  for (const sent of Object.keys(args)) {
+    if (Object.hasOwn(properties, sent)) continue
+    const folded = foldKey(sent)
+    const schema = names.find(n => foldKey(n) === folded)
+    if (schema !== undefined) return { sent, schema }
+  }
+  return undefined
 }
 
 /** JSON-RPC codes of the gateway's own refusals (errors.md): a caller listing refused with one of them falls back to nothing. */
@@ -209,6 +223,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       done()
       if (entry === undefined) refuse(m.tool, 'the upstream did not list this tool to this caller')
       if (entry.review.quarantined) refuse(m.tool, entry.review.reason)
+      // An argument spelled like one of the schema's but not as it (AMOUNT for amount): policies read
+      // the exact name, upstreams that match names loosely (Go's encoding/json) would take it for it.
+      const loose = looseArgument(entry.tool, m.arguments)
+      if (loose !== undefined) throw refusal(new ArgumentNameError(JSON.stringify(loose.sent.slice(0, 64)), JSON.stringify(loose.schema)), { reason: `argument ${loose.sent} spelled like the schema's ${loose.schema}` })
     }
 
     // A prompt or resource asked for before any list of its kind was reviewed: the gateway lists

@@ -9,6 +9,8 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { request } from 'undici'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { keyCollision, parseMcpMessage } from '../lib/jsonrpc.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL, withGateway } from './fixtures/gateway.js'
@@ -32,7 +34,7 @@ function nest (members: string, depth: number): string {
   return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"x":${inner}}}}`
 }
 
-t.test('any two keys that a parser can take for one another are refused, at any depth', async t => {
+t.test('any two keys that a parser can take for one another are refused, at any depth', async () => {
   const keys = fc.constantFrom('name', 'method', 'params', 'amount', 'uri', 'skip', 'kind', 'id')
   fc.assert(fc.property(keys, fc.nat({ max: 6 }), fc.nat({ max: 100 }), (key, depth, pick) => {
     const spellings = twins(key)
@@ -82,4 +84,20 @@ t.test('through the gateway: every smuggled message is refused with 400 and reac
   }
   t.equal(up.received.length, before, 'nothing of them reached the upstream')
   t.ok(gw.audit.slice(-smuggled.length).every(r => r.outcome === 'deny' && r.status === 400), 'each is audited as a deny')
+})
+
+t.test('an argument spelled like the schema\'s but not as it is refused; exact names pass', async t => {
+  const issuer = makeIssuer('EdDSA')
+  const up = await startRecordingUpstream()
+  const gw = await withGateway(t, { issuer, upstreams: { db: { url: up.url, auth: { type: 'none' } } }, extra: { authorization: ALLOW_ALL } }, up)
+  const client = new Client({ name: 'loose-names', version: '1' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(gw.url('db')), { requestInit: { headers: { authorization: `Bearer ${issuer.sign({ aud: gw.resource('db') })}` } } }))
+  t.teardown(async () => { await client.close() })
+  t.same((await client.callTool({ name: 'echo', arguments: { text: 'hi' } })).content, [{ type: 'text', text: 'hi' }], 'the exact name passes')
+  const calls = () => up.received.filter(r => (r.body as { method?: string } | undefined)?.method === 'tools/call').length
+  const before = calls()
+  for (const text of ['TEXT', 'Text', 'ｔｅｘｔ', 'te\u00adxt']) {
+    await t.rejects(client.callTool({ name: 'echo', arguments: { [text]: 'hi' } }), { code: -32602, message: /is not the tool's argument "text"/ }, `${JSON.stringify(text)}: -32602, naming the schema's spelling`)
+  }
+  t.equal(calls(), before, 'none of them reached the upstream')
 })
