@@ -191,6 +191,7 @@ const CONTROL_IN_KEY = /\p{Cc}/u
  * k; ß stays ß, as Go's EqualFold has it).
  */
 export function foldKey (key: string): string {
+  if (ASCII_PLAIN_KEY.test(key)) return key.toLowerCase()
   let out = ''
   for (const ch of key.normalize('NFKC').replace(IGNORABLE_IN_KEY, '')) {
     const upper = ch.toUpperCase()
@@ -326,6 +327,41 @@ function requireName (params: Record<string, unknown> | undefined, key: string, 
   return v
 }
 
+/** The members of a JSON-RPC message, and of an MCP request's params, the gateway reads. */
+const MESSAGE_MEMBERS = ['jsonrpc', 'id', 'method', 'params', 'result', 'error']
+const PARAMS_MEMBERS = ['name', 'uri', 'arguments', 'cursor', '_meta']
+const foldedMembers = (members: string[]): Map<string, string> => new Map(members.map(m => [foldKey(m), m]))
+const FOLDED_MESSAGE_MEMBERS = foldedMembers(MESSAGE_MEMBERS)
+const FOLDED_PARAMS_MEMBERS = foldedMembers(PARAMS_MEMBERS)
+
+/**
+ * A key spelled like one of these members but not as it (`Method`, `Arguments`, `paramſ`): the
+ * gateway reads only the exact name, parsers that match names loosely (Go's encoding/json) take
+ * it for the member. Returns the key and the member, or undefined.
+ */
+function looseMember (o: Record<string, unknown>, members: ReadonlyMap<string, string>): { key: string, member: string } | undefined {
+  for (const key of Object.keys(o)) {
+    const member = members.get(foldKey(key))
+    if (member !== undefined && member !== key) return { key, member }
+  }
+  return undefined
+}
+
+/**
+ * A message as JSON-RPC defines it, with only its members (a request or notification: jsonrpc,
+ * id, method, params; a response: jsonrpc, id and one of result and error), or undefined for
+ * anything else. What the gateway passes on of an upstream's messages.
+ */
+export function jsonRpcMessage (m: unknown): Record<string, unknown> | undefined {
+  if (!isObject(m) || m.jsonrpc !== '2.0') return undefined
+  if (typeof m.method === 'string') {
+    return { jsonrpc: '2.0', ...(Object.hasOwn(m, 'id') ? { id: m.id } : {}), method: m.method, ...(m.params !== undefined ? { params: m.params } : {}) }
+  }
+  const hasResult = Object.hasOwn(m, 'result')
+  if (hasResult === Object.hasOwn(m, 'error')) return undefined
+  return hasResult ? { jsonrpc: '2.0', id: m.id ?? null, result: m.result } : { jsonrpc: '2.0', id: m.id ?? null, error: m.error }
+}
+
 /** Parses and classifies one MCP message; throws ParseError, BatchError or InvalidMessageError. */
 export function parseMcpMessage (raw: Buffer, opts: { maxKeys?: number, maxValues?: number } = {}): McpMessage {
   let id: JsonRpcId | null = null
@@ -372,6 +408,8 @@ function classify (raw: Buffer, maxKeys: number, maxValues: number, seeId: (id: 
   }
   if (Array.isArray(data)) throw new BatchError()
   if (!isObject(data)) throw new InvalidMessageError('the body must be a JSON-RPC 2.0 object')
+  const loose = looseMember(data, FOLDED_MESSAGE_MEMBERS) ?? (isObject(data.params) ? looseMember(data.params, FOLDED_PARAMS_MEMBERS) : undefined)
+  if (loose !== undefined) throw new InvalidMessageError(`${JSON.stringify(loose.key.slice(0, 64))} is not ${JSON.stringify(loose.member)}: member names are exact, and parsers that match them loosely would read one where the gateway reads none`)
   if (data.jsonrpc !== '2.0') throw new InvalidMessageError('"jsonrpc" must be "2.0"')
 
   const hasId = Object.hasOwn(data, 'id')

@@ -7,6 +7,7 @@
 import { Transform } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
 import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser'
+import { jsonRpcMessage } from './jsonrpc.js'
 
 export type MessageTransform = (message: Record<string, unknown>) => Promise<Record<string, unknown>> | Record<string, unknown>
 
@@ -108,7 +109,8 @@ export function sseTransform (transform: MessageTransform, maxEventBytes = DEFAU
       // An event without data carries only its id (a resumption point, e.g. a priming event):
       // passed on as it is. Data that is not one JSON object is not a message: not passed on.
       if (item.event.data === '') { out += formatEvent(item.event); continue }
-      const message = eventMessage(item.event.data)
+      // Only a JSON-RPC message, and only its members, is passed on.
+      const message = jsonRpcMessage(eventMessage(item.event.data))
       if (message === undefined) continue
       out += formatEvent({ id: item.event.id, event: item.event.event, data: JSON.stringify(await transform(message)) })
     }

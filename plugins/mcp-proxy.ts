@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
-import { utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
+import { jsonRpcMessage, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
@@ -72,17 +72,11 @@ function parseAnswer (text: string, refuse: (why: string) => never): Record<stri
   return message as Record<string, unknown>
 }
 
-/** One JSON-RPC message: a response (exactly one of result and error) or a request or notification. */
-function isJsonRpcMessage (m: unknown): m is Record<string, unknown> {
-  if (m === null || typeof m !== 'object' || Array.isArray(m)) return false
-  const o = m as Record<string, unknown>
-  return o.jsonrpc === '2.0' && (typeof o.method === 'string' || Object.hasOwn(o, 'result') !== Object.hasOwn(o, 'error'))
-}
-
-/** A JSON-RPC error response to the request with this id (or to none: id null). */
-function isErrorAnswer (m: unknown, id: JsonRpcId | null): m is Record<string, unknown> {
-  if (!isJsonRpcMessage(m) || !Object.hasOwn(m, 'error') || m.error === null || typeof m.error !== 'object') return false
-  return m.id === id || m.id === null
+/** A JSON-RPC error response (its members only) to the request with this id (or to none: id null), or undefined. */
+function errorAnswer (body: unknown, id: JsonRpcId | null): Record<string, unknown> | undefined {
+  const m = jsonRpcMessage(body)
+  if (m === undefined || !Object.hasOwn(m, 'error') || m.error === null || typeof m.error !== 'object') return undefined
+  return m.id === id || m.id === null ? m : undefined
 }
 
 function upstreamError (err: unknown, server: string): Error {
@@ -290,9 +284,10 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     // stream, a body on a 3xx) becomes the gateway's own error with the upstream's status.
     if (status < 200 || status > 299) {
       if (listAnswer === null && status >= 400 && mediaType === 'application/json' && request.mcp !== null) {
-        let answer: unknown
-        try { answer = JSON.parse(await readLimited(res.body, limit, name)) } catch { answer = undefined }
-        if (isErrorAnswer(answer, request.mcp.kind === 'request' ? request.mcp.id : null)) {
+        let body: unknown
+        try { body = JSON.parse(await readLimited(res.body, limit, name)) } catch { body = undefined }
+        const answer = errorAnswer(body, request.mcp.kind === 'request' ? request.mcp.id : null)
+        if (answer !== undefined) {
           copyHeaders()
           return await reply.code(status).type('application/json').send(JSON.stringify(transform === null ? answer : await transform(answer)))
         }
@@ -300,6 +295,15 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       res.body.destroy()
       copyHeaders()
       throw upstreamStatus(status)
+    }
+
+    // A notification or a response the agent sent is answered with a status and no body (202):
+    // whatever body the upstream put on it does not reach the agent.
+    if (request.method === 'POST' && request.mcp !== null && request.mcp.kind !== 'request') {
+      res.body.destroy()
+      copyHeaders()
+      reply.removeHeader('content-type')
+      return await reply.code(status).send()
     }
 
     // Without a response plugin (no tool filter), a JSON or SSE answer is streamed back as it is.
@@ -361,9 +365,12 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     const text = await readLimited(res.body, limit, name)
     let parsed: unknown
     if (mediaType === 'application/json') { try { parsed = JSON.parse(text) } catch { parsed = undefined } }
-    if (isJsonRpcMessage(parsed)) {
+    const message = jsonRpcMessage(parsed)
+    if (message !== undefined) {
+      // An initialize answered with an error opened no session: the id it named binds nothing.
+      if (initialize && typeof issued === 'string' && Object.hasOwn(message, 'error')) await sessions.unbind(name, issued)
       copyHeaders()
-      return await reply.code(status).send(JSON.stringify(transform === null ? parsed : await transform(parsed)))
+      return await reply.code(status).send(JSON.stringify(transform === null ? message : await transform(message)))
     }
     if (request.mcp?.kind === 'request' && status !== 202) {
       refuse(mediaType === 'application/json' ? 'the body is not one JSON-RPC message' : `content type ${JSON.stringify(mediaType.slice(0, 64))} is neither JSON nor SSE`)

@@ -45,18 +45,37 @@ export interface ToolFilterOptions {
   tokens?: GatewayTokens
 }
 
-/** An argument whose name is one of the tool's input schema properties but for case or Unicode form, or undefined. */
+/**
+ * An argument, at any depth the tool's input schema describes, whose name is one of the schema's
+ * properties there but for case or Unicode form; or undefined.
+ */
 function looseArgument (tool: Tool, args: Readonly<Record<string, unknown>> | undefined): { sent: string, schema: string } | undefined {
-  const properties = tool.inputSchema?.properties
-  if (args === undefined || properties === undefined || properties === null || typeof properties !== 'object') return undefined
-  const names = Object.keys(properties)
-  for (const sent of Object.keys(args)) {
-    if (Object.hasOwn(properties, sent)) continue
-    const folded = foldKey(sent)
-    const schema = names.find(n => foldKey(n) === folded)
-    if (schema !== undefined) return { sent, schema }
+  const walk = (schema: unknown, value: unknown, depth: number): { sent: string, schema: string } | undefined => {
+    if (depth > 32 || schema === null || typeof schema !== 'object' || value === null || typeof value !== 'object') return undefined
+    const s = schema as { properties?: unknown, items?: unknown }
+    if (Array.isArray(value)) {
+      for (const v of value) {
+        const found = walk(s.items, v, depth + 1)
+        if (found !== undefined) return found
+      }
+      return undefined
+    }
+    const properties = s.properties
+    if (properties === null || typeof properties !== 'object') return undefined
+    const names = Object.keys(properties)
+    for (const [sent, v] of Object.entries(value)) {
+      if (Object.hasOwn(properties, sent)) {
+        const found = walk((properties as Record<string, unknown>)[sent], v, depth + 1)
+        if (found !== undefined) return found
+        continue
+      }
+      const folded = foldKey(sent)
+      const match = names.find(n => foldKey(n) === folded)
+      if (match !== undefined) return { sent, schema: match }
+    }
+    return undefined
   }
-  return undefined
+  return args === undefined ? undefined : walk(tool.inputSchema, args, 0)
 }
 
 /** JSON-RPC codes of the gateway's own refusals (errors.md): a caller listing refused with one of them falls back to nothing. */

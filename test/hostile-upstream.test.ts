@@ -434,3 +434,39 @@ t.test('sessions: only a 2xx answer to initialize binds one; a 404 from the upst
   t.equal((await callAs(g, 's', { body: init })).status, 200, 'its slot is free again')
   t.equal((await callAs(g, 's', { session: a.session!, body: { jsonrpc: '2.0', id: 4, method: 'ping' } })).status, 404, 'and its id is bound to nobody')
 })
+
+t.test('of an upstream\'s 2xx answers only JSON-RPC messages, and only their members, reach the agent', async t => {
+  const evil = await startScriptedUpstream((_req, res) => { res.writeHead(500).end() })
+  const g = await withGateway(t, { issuer, upstreams: { evil: { url: evil.url, auth: { type: 'none' } } } }, evil)
+  evil.script = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.end(`data: ${JSON.stringify({ stack: SECRET })}\n\ndata: ${JSON.stringify({ jsonrpc: '2.0', id: 7, result: {}, debug: SECRET })}\n\n`)
+  }
+  const sse = await callAs(g, 'evil')
+  t.equal(sse.status, 200)
+  t.notMatch(sse.text, /LEAK|hunter2|debug|stack/, 'an SSE event that is not JSON-RPC is dropped, and extra members of one that is')
+  t.match(sse.text, /"id":7,"result":\{\}/, 'the answer itself goes through')
+  evil.script = (_req, res) => { res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: 7, error: { code: -32603, message: 'failed' }, debug: SECRET })) }
+  const error = await callAs(g, 'evil')
+  t.equal(error.status, 500)
+  t.same(JSON.parse(error.text), { jsonrpc: '2.0', id: 7, error: { code: -32603, message: 'failed' } }, 'an error answer without its extra members')
+  evil.script = (_req, res) => { res.writeHead(200, { 'content-type': 'text/event-stream' }).end(`data: ${JSON.stringify({ stack: SECRET })}\n\n`) }
+  for (const body of [{ jsonrpc: '2.0', method: 'notifications/initialized' }, { jsonrpc: '2.0', id: 'srv-1', result: {} }]) {
+    const r = await callAs(g, 'evil', { body })
+    t.equal(r.text, '', `${'method' in body ? 'a notification' : 'a response'}: the upstream's body does not come back`)
+  }
+})
+
+t.test('an initialize answered with an error opens no session, whatever id came with it', async t => {
+  const up2 = await startScriptedUpstream((req, res) => {
+    const body = req.body as { id?: unknown } | undefined
+    res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `err-${String(body?.id)}` })
+      .end(JSON.stringify({ jsonrpc: '2.0', id: body?.id ?? null, error: { code: -32603, message: 'cannot start' } }))
+  })
+  const g = await withGateway(t, { issuer, upstreams: { s: { url: up2.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 1 } } }, up2)
+  const init = (id: number) => ({ jsonrpc: '2.0', id, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })
+  const first = await callAs(g, 's', { body: init(1) })
+  t.match(JSON.parse(first.text), { error: { message: 'cannot start' } })
+  t.equal((await callAs(g, 's', { body: init(2) })).status, 200, 'the failed initialize took no slot')
+  t.equal((await callAs(g, 's', { session: 'err-1', body: { jsonrpc: '2.0', id: 3, method: 'ping' } })).status, 404, 'its id is bound to nobody')
+})

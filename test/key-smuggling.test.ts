@@ -15,6 +15,7 @@ import { keyCollision, parseMcpMessage } from '../lib/jsonrpc.js'
 import { makeIssuer } from './fixtures/keys.js'
 import { ALLOW_ALL, withGateway } from './fixtures/gateway.js'
 import { startRecordingUpstream } from './fixtures/upstream.js'
+import { startScriptedUpstream } from './fixtures/scripted-upstream.js'
 
 /** Spellings of a key that some parser takes for the key itself. */
 const twins = (key: string): string[] => [
@@ -72,7 +73,12 @@ t.test('through the gateway: every smuggled message is refused with 400 and reac
     '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","paramſ":{}},"params":{"name":"echo"}}',
     '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"amount":1,"AMOUNT":5000}}}',
     '{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"amount\\u0000":5000}}}',
-    '{"jsonrpc":"2.0","id":9,"result":{},"Result":{"x":1}}'
+    '{"jsonrpc":"2.0","id":9,"result":{},"Result":{"x":1}}',
+    // A member spelled only loosely: the gateway reads none, a loose parser reads it.
+    '{"jsonrpc":"2.0","id":10,"result":{},"Method":"tools/call","Params":{"name":"add"}}',
+    '{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"echo","Arguments":{"text":"DELETE"}}}',
+    '{"jsonrpc":"2.0","id":12,"METHOD":"tools/call","params":{"name":"add"}}',
+    '{"jsonrpc":"2.0","id":13,"method":"resources/read","params":{"Uri":"file:///secret"}}'
   ]
   const before = up.received.length
   for (const body of smuggled) {
@@ -80,7 +86,7 @@ t.test('through the gateway: every smuggled message is refused with 400 and reac
     const answer = await r.body.json() as { error?: { code: number, message: string } }
     t.equal(r.statusCode, 400, `refused: ${body}`)
     t.equal(answer.error?.code, -32600, 'JSON-RPC -32600')
-    t.match(answer.error?.message, /parsers disagree/, 'the message says why')
+    t.match(answer.error?.message, /parsers disagree|member names are exact|needs params/, 'the message says why')
   }
   t.equal(up.received.length, before, 'nothing of them reached the upstream')
   t.ok(gw.audit.slice(-smuggled.length).every(r => r.outcome === 'deny' && r.status === 400), 'each is audited as a deny')
@@ -98,6 +104,38 @@ t.test('an argument spelled like the schema\'s but not as it is refused; exact n
   const before = calls()
   for (const text of ['TEXT', 'Text', 'ｔｅｘｔ', 'te\u00adxt']) {
     await t.rejects(client.callTool({ name: 'echo', arguments: { [text]: 'hi' } }), { code: -32602, message: /is not the tool's argument "text"/ }, `${JSON.stringify(text)}: -32602, naming the schema's spelling`)
+  }
+  t.equal(calls(), before, 'none of them reached the upstream')
+})
+
+t.test('argument names are held to the schema at every depth it describes', async t => {
+  const nested = {
+    name: 'configure',
+    description: 'Sets limits.',
+    inputSchema: { type: 'object', properties: { config: { type: 'object', properties: { amount: { type: 'number' } } }, rows: { type: 'array', items: { type: 'object', properties: { id: { type: 'string' } } } } } }
+  }
+  const up = await startScriptedUpstream((req, res) => {
+    const m = req.body as { id?: unknown, method?: string } | undefined
+    const result = m?.method === 'initialize'
+      ? { protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'nested', version: '1' } }
+      : m?.method === 'tools/list' ? { tools: [nested] } : { content: [{ type: 'text', text: 'done' }] }
+    if (m?.id === undefined) { res.writeHead(202).end(); return }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: m.id, result }))
+  })
+  const issuer = makeIssuer('EdDSA')
+  const gw = await withGateway(t, { issuer, upstreams: { n: { url: up.url, auth: { type: 'none' } } }, extra: { authorization: ALLOW_ALL } }, up)
+  const headers = { 'content-type': 'application/json', accept: 'application/json, text/event-stream', authorization: `Bearer ${issuer.sign({ aud: gw.resource('n') })}` }
+  const call = async (args: unknown) => {
+    const r = await request(gw.url('n'), { method: 'POST', headers, body: JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'configure', arguments: args } }) })
+    return await r.body.json() as { result?: unknown, error?: { code: number, message: string } }
+  }
+  t.ok((await call({ config: { amount: 5 }, rows: [{ id: 'a' }] })).result, 'exact names at every depth pass')
+  const calls = () => up.received.filter(r => (r.body as { method?: string } | undefined)?.method === 'tools/call').length
+  const before = calls()
+  for (const args of [{ config: { AMOUNT: 5000 } }, { rows: [{ id: 'a' }, { ID: 'b' }] }, { CONFIG: { amount: 1 } }]) {
+    const r = await call(args)
+    t.equal(r.error?.code, -32602, `${JSON.stringify(args)}: -32602`)
+    t.match(r.error?.message, /is not the tool's argument/)
   }
   t.equal(calls(), before, 'none of them reached the upstream')
 })
