@@ -254,11 +254,20 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     const mediaType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
     const filter = request.mcpResponseTransform
     // A request the upstream sends the agent (sampling, elicitation, roots) is audited as it passes.
-    const transform: MessageTransform | null = filter === null || audit === undefined
+    const audited: MessageTransform | null = filter === null || audit === undefined
       ? filter
       : async (m) => {
         if (typeof m.method === 'string' && Object.hasOwn(m, 'id')) auditUpstreamRequest(request, m, status)
         return await filter(m)
+      }
+    // An initialize answered with an error (as JSON or on a stream) opened no session: the id
+    // that came with it binds nothing.
+    const initId = initialize && request.mcp?.kind === 'request' ? request.mcp.id : undefined
+    const transform: MessageTransform | null = audited === null || initId === undefined || typeof issued !== 'string'
+      ? audited
+      : async (m) => {
+        if (m.id === initId && Object.hasOwn(m, 'error')) await sessions.unbind(name, issued)
+        return await audited(m)
       }
     const listAnswer = request.mcpListAnswer
     const limit = config.limits.maxResponseBytes
@@ -368,7 +377,6 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     const message = jsonRpcMessage(parsed)
     if (message !== undefined) {
       // An initialize answered with an error opened no session: the id it named binds nothing.
-      if (initialize && typeof issued === 'string' && Object.hasOwn(message, 'error')) await sessions.unbind(name, issued)
       copyHeaders()
       return await reply.code(status).send(JSON.stringify(transform === null ? message : await transform(message)))
     }

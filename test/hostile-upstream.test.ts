@@ -457,16 +457,18 @@ t.test('of an upstream\'s 2xx answers only JSON-RPC messages, and only their mem
   }
 })
 
-t.test('an initialize answered with an error opens no session, whatever id came with it', async t => {
-  const up2 = await startScriptedUpstream((req, res) => {
-    const body = req.body as { id?: unknown } | undefined
-    res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `err-${String(body?.id)}` })
-      .end(JSON.stringify({ jsonrpc: '2.0', id: body?.id ?? null, error: { code: -32603, message: 'cannot start' } }))
-  })
-  const g = await withGateway(t, { issuer, upstreams: { s: { url: up2.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 1 } } }, up2)
-  const init = (id: number) => ({ jsonrpc: '2.0', id, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })
-  const first = await callAs(g, 's', { body: init(1) })
-  t.match(JSON.parse(first.text), { error: { message: 'cannot start' } })
-  t.equal((await callAs(g, 's', { body: init(2) })).status, 200, 'the failed initialize took no slot')
-  t.equal((await callAs(g, 's', { session: 'err-1', body: { jsonrpc: '2.0', id: 3, method: 'ping' } })).status, 404, 'its id is bound to nobody')
+t.test('an initialize answered with an error (JSON or on a stream) opens no session, whatever id came with it', async t => {
+  for (const type of ['application/json', 'text/event-stream']) {
+    const up2 = await startScriptedUpstream((req, res) => {
+      const body = req.body as { id?: unknown } | undefined
+      const answer = JSON.stringify({ jsonrpc: '2.0', id: body?.id ?? null, error: { code: -32603, message: 'cannot start' } })
+      res.writeHead(200, { 'content-type': type, 'mcp-session-id': `err-${String(body?.id)}` }).end(type === 'application/json' ? answer : `event: message\ndata: ${answer}\n\n`)
+    })
+    const g = await withGateway(t, { issuer, upstreams: { s: { url: up2.url, auth: { type: 'none' } } }, extra: { limits: { maxSessionsPerAgent: 1 } } }, up2)
+    const init = (id: number) => ({ jsonrpc: '2.0', id, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })
+    const first = await callAs(g, 's', { body: init(1) })
+    t.match(first.text, /cannot start/, `${type}: the error is the answer`)
+    t.equal((await callAs(g, 's', { body: init(2) })).status, 200, `${type}: the failed initialize took no slot`)
+    t.equal((await callAs(g, 's', { session: 'err-1', body: { jsonrpc: '2.0', id: 3, method: 'ping' } })).status, 404, `${type}: its id is bound to nobody`)
+  }
 })
