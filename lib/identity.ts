@@ -7,7 +7,7 @@ import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import type { IdentityConfig } from './config.js'
 import { KeysUnavailableError, TokenInvalidError } from './errors.js'
 import { scopesOfClaims } from './scope.js'
-import { jsonValueProblem } from './jsonrpc.js'
+import { jsonValueProblem } from './json-text.js'
 import { NoMatchingKeyError, remoteJwks } from './jwks.js'
 
 /** The header of in-process requests; never forwarded upstream (the proxy forwards an allow-list). */

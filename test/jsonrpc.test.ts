@@ -1,5 +1,6 @@
 import t from 'tap'
-import { jsonShape, MAX_JSON_DEPTH, parseMcpMessage, type JsonShape } from '../lib/jsonrpc.js'
+import { parseMcpMessage } from '../lib/jsonrpc.js'
+import { jsonShape, MAX_JSON_DEPTH, type JsonShape } from '../lib/json-text.js'
 
 const parse = (v: unknown) => parseMcpMessage(Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)))
 

@@ -12,7 +12,7 @@ import { ALLOW_ALL, REFERENCE, startGateway, type TestGateway } from './fixtures
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { CedarEngine, compilePolicySet, engineHealth, onEngineFailure, readPolicySource, replaceCedarInstance } from '../lib/cedar/engine.js'
 import { identityFromClaims } from '../lib/identity.js'
-import { jsonValueProblem } from '../lib/jsonrpc.js'
+import { jsonValueProblem } from '../lib/json-text.js'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 

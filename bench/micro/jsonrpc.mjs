@@ -8,7 +8,8 @@
 import { Bench } from 'tinybench'
 import sjson from 'secure-json-parse'
 import { benchOptions, report } from './common.mjs'
-import { jsonShape, jsonValueProblem, MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_JSON_VALUES, parseMcpMessage } from '../../dist/lib/jsonrpc.js'
+import { parseMcpMessage } from '../../dist/lib/jsonrpc.js'
+import { jsonShape, jsonValueProblem, MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_JSON_VALUES } from '../../dist/lib/json-text.js'
 
 // The previous check: object members only, counted on the bytes, then parse and walk.
 function countJsonMembers (raw, limit) {

@@ -15,7 +15,7 @@ import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
-import { isWellFormedText } from '../jsonrpc.js'
+import { isWellFormedText } from '../json-text.js'
 
 // Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
 // 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
