@@ -120,54 +120,53 @@ export function foldKey (key: string): string {
  * limits.maxJsonKeys); returns the two keys and the path of their object, or null.
  */
 export function keyCollision (raw: Uint8Array): { first: string, second: string, path: string } | { control: string, path: string } | null {
-  // One entry per open container: for an object, its folded keys and the key last read.
-  const stack: Array<{ keys: Map<string, string> | null, name: string }> = []
-  let pendingKey: string | null = null
-  for (let i = 0; i < raw.length; i++) {
-    const c = raw[i]!
-    switch (c) {
-      case 0x22: {
-        const end = stringEnd(raw, i)
-        const top = stack.at(-1)
-        // A string directly inside an object and followed by ':' is a key.
-        if (top !== undefined && top.keys !== null) {
-          let j = end + 1
-          while (j < raw.length && (raw[j] === 0x20 || raw[j] === 0x0a || raw[j] === 0x0d || raw[j] === 0x09)) j++
-          if (raw[j] === 0x3a) {
-            const text = Buffer.from(raw.buffer, raw.byteOffset + i + 1, Math.max(0, end - i - 1)).toString('latin1')
-            let key: string
-            if (ASCII_PLAIN_KEY.test(text)) key = text
-            else {
-              try { key = JSON.parse(`"${Buffer.from(raw.buffer, raw.byteOffset + i + 1, Math.max(0, end - i - 1)).toString('utf8')}"`) as string } catch { return null }
-            }
+  const buf = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)
+  // Per open container: an object's keys by their folded form (null for an array), and its name.
+  const keys: Array<Map<string, string> | null> = []
+  const names: string[] = []
+  const path = (): string => names.slice(1).join('.')
+  let pendingKey = ''
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i]!
+    if (c === 0x22) {
+      const end = stringEnd(buf, i)
+      const top = keys[keys.length - 1]
+      // A string directly inside an object and followed by ':' is a key.
+      if (top !== undefined && top !== null) {
+        let j = end + 1
+        while (j < buf.length && (buf[j] === 0x20 || buf[j] === 0x0a || buf[j] === 0x0d || buf[j] === 0x09)) j++
+        if (buf[j] === 0x3a) {
+          let plain = true
+          for (let k = i + 1; k < end; k++) if (buf[k]! >= 0x80 || buf[k] === 0x5c) { plain = false; break }
+          let key: string
+          let folded: string
+          if (plain) {
+            key = buf.toString('latin1', i + 1, end)
+            folded = key.toLowerCase()
+          } else {
+            try { key = JSON.parse(`"${buf.toString('utf8', i + 1, end)}"`) as string } catch { return null }
             // A control character in a key (a NUL above all, where C-based parsers end the key)
             // makes it read as another key by some parser: never a key of a message.
-            if (CONTROL_IN_KEY.test(key)) return { control: key, path: stack.slice(1).map(e => e.name).join('.') }
-            const folded = ASCII_PLAIN_KEY.test(key) ? key.toLowerCase() : foldKey(key)
-            const seen = top.keys.get(folded)
-            if (seen !== undefined) return { first: seen, second: key, path: stack.slice(1).map(e => e.name).join('.') }
-            top.keys.set(folded, key)
-            pendingKey = key
+            if (CONTROL_IN_KEY.test(key)) return { control: key, path: path() }
+            folded = foldKey(key)
           }
+          const seen = top.get(folded)
+          if (seen !== undefined) return { first: seen, second: key, path: path() }
+          top.set(folded, key)
+          pendingKey = key
         }
-        i = end
-        break
       }
-      case 0x7b:
-        stack.push({ keys: new Map(), name: pendingKey ?? '' })
-        pendingKey = null
-        break
-      case 0x5b:
-        stack.push({ keys: null, name: pendingKey ?? '' })
-        pendingKey = null
-        break
-      case 0x7d: case 0x5d:
-        stack.pop()
-        pendingKey = null
-        break
-      case 0x2c:
-        pendingKey = null
-        break
+      i = end
+    } else if (c === 0x7b || c === 0x5b) {
+      keys.push(c === 0x7b ? new Map() : null)
+      names.push(pendingKey)
+      pendingKey = ''
+    } else if (c === 0x7d || c === 0x5d) {
+      keys.pop()
+      names.pop()
+      pendingKey = ''
+    } else if (c === 0x2c) {
+      pendingKey = ''
     }
   }
   return null
