@@ -111,6 +111,11 @@ export function audiences (claims: Record<string, unknown>): string[] {
   return strings(Array.isArray(claims.aud) ? claims.aud : typeof claims.aud === 'string' ? [claims.aud] : [])
 }
 
+/** The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1: one space, one token), or undefined. */
+export function bearerToken (header: string | undefined): string | undefined {
+  return header === undefined ? undefined : /^Bearer (\S+)$/i.exec(header)?.[1]
+}
+
 export interface JwtHeader { alg?: unknown, kid?: unknown }
 
 /** The claims every bearer token must carry. */

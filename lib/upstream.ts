@@ -14,7 +14,7 @@ import type { IncomingMessage } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { createDecoder, createVerifier } from 'fast-jwt'
-import { remoteKeyResolver } from './identity.js'
+import { bearerToken, remoteKeyResolver } from './identity.js'
 import { messageBinding } from './tokens/binding.js'
 import type { EphemeralClaims } from './tokens/minter.js'
 import { MemoryReplayStore } from './stores/memory.js'
@@ -146,11 +146,11 @@ export function createUpstreamVerifier (options: UpstreamVerifierOptions): Upstr
   return {
     async verify (input: VerifyInput): Promise<EphemeralClaims> {
       const header = Array.isArray(input.authorization) ? undefined : input.authorization
-      const m = header === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(header)
-      if (m === null) throw new UpstreamTokenError('missing', 'no "Authorization: Bearer" token from the gateway')
+      const token = bearerToken(header)
+      if (token === undefined) throw new UpstreamTokenError('missing', 'no "Authorization: Bearer" token from the gateway')
       let claims: EphemeralClaims
       try {
-        claims = await verifyJwt(m[1]!) as EphemeralClaims
+        claims = await verifyJwt(token) as EphemeralClaims
       } catch (err) {
         throw mapError(err)
       }

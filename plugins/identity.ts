@@ -24,7 +24,7 @@ import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { AddressBudget } from '../lib/address-budget.js'
 import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
-import { audiences, BAD_AUTHORIZATION, INTERNAL_IDENTITY_HEADER, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
+import { audiences, BAD_AUTHORIZATION, bearerToken, INTERNAL_IDENTITY_HEADER, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
 import { provide, provided, type AuthFailureBudget } from './decorations.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
@@ -135,8 +135,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     let claims: Record<string, unknown>
     const done = startStage(request, 'identity')
     try {
-      // "Bearer <token>", one space, one token (RFC 6750 §2.1).
-      const token = /^Bearer (\S+)$/i.exec(header)?.[1]
+      const token = bearerToken(header)
       if (token === undefined) throw tokenError({ code: BAD_AUTHORIZATION })
       claims = await verifyBearer(token)
     } catch (err) {

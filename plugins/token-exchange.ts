@@ -19,7 +19,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { AccessDeniedError, CredentialError, KeysUnavailableError, refusal, StoreUnavailableError } from '../lib/errors.js'
 import { ExchangeClient, ExchangeRefusedError } from '../lib/exchange-client.js'
-import { createBearerVerifier, principalKey } from '../lib/identity.js'
+import { bearerToken, createBearerVerifier, principalKey } from '../lib/identity.js'
 import { exchangeToken, StsError } from '../lib/sts.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { provided } from './decorations.js'
@@ -131,7 +131,7 @@ async function tokenExchange (app: FastifyInstance, opts: TokenExchangeOptions):
   for (const u of config.upstreams.values()) if (u.auth.type === 'exchange') clients.set(u.name, new ExchangeClient(u.auth, provided(app, 'store')?.tokens))
   if (clients.size === 0) return
   addCredentialHook(app, 'exchange', (server) => clients.get(server.name), async ({ request, identity, decision, server }, client) => {
-    const bearer = /^Bearer\s+(\S+)/i.exec(request.headers.authorization ?? '')?.[1]
+    const bearer = bearerToken(request.headers.authorization)
     if (bearer === undefined) throw new CredentialError(server.name)
     const binding = messageBinding(request.method, request.mcp?.message)
     const scope = client.scopeFor({ scope: binding.scope, ...(request.mcp?.tool !== undefined ? { tool: request.mcp.tool } : {}), method: request.mcp?.method ?? request.method, server: server.name })
