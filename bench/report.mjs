@@ -12,28 +12,43 @@ mkdirSync(resultsDir, { recursive: true })
 const STAGE_ORDER = ['identity', 'parse', 'authz', 'filter', 'ratelimit', 'mint', 'exchange', 'secret', 'upstream']
 const hops = Object.entries(r.hops).sort(([a], [b]) => STAGE_ORDER.indexOf(a) - STAGE_ORDER.indexOf(b))
 
-// The chart: per-stage p50 and p99 bars, log-free linear scale, in µs.
-const max = Math.max(...hops.map(([, h]) => h.p99_us), 1)
-const rowH = 34
-const width = 760
-const left = 110
-const scale = (v) => (v / max) * (width - left - 120)
-const bars = hops.map(([name, h], i) => {
-  const y = 40 + i * rowH
-  return [
-    `<text x="${left - 10}" y="${y + 16}" text-anchor="end" font-size="13">${name}</text>`,
-    `<rect x="${left}" y="${y}" width="${scale(h.p99_us).toFixed(1)}" height="12" fill="#f2b880"/>`,
-    `<rect x="${left}" y="${y + 13}" width="${scale(h.p50_us).toFixed(1)}" height="12" fill="#2e6fba"/>`,
-    `<text x="${left + scale(h.p99_us) + 6}" y="${y + 11}" font-size="11">p99 ${h.p99_us} µs</text>`,
-    `<text x="${left + scale(h.p50_us) + 6}" y="${y + 24}" font-size="11">p50 ${h.p50_us} µs</text>`
-  ].join('\n  ')
-}).join('\n  ')
-const height = 60 + hops.length * rowH
-writeFileSync(join(resultsDir, 'hops.svg'), `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
-  <text x="10" y="22" font-size="15" font-weight="bold">mcp-warden: time per stage of a tools/call (µs, ${r.machine.cpus} cores, ${r.date.slice(0, 10)})</text>
-  ${bars}
+// Two charts: per-stage p50 and p99 bars (hops.svg), and the ladder's CPU per call per rung
+// (ladder.svg), both on linear scales in µs.
+function barChart (title, rows, note = '') {
+  const max = Math.max(...rows.flatMap(x => x.bars.map(b => b.value)), 1)
+  const rowH = 14 * Math.max(...rows.map(x => x.bars.length)) + 10
+  const width = 760
+  const left = 150
+  const scale = (v) => (v / max) * (width - left - 140)
+  const body = rows.map((x, i) => {
+    const y = 40 + i * rowH
+    return [
+      `<text x="${left - 10}" y="${y + 12}" text-anchor="end" font-size="13">${x.label}</text>`,
+      ...x.bars.flatMap((b, j) => [
+        `<rect x="${left}" y="${y + 13 * j}" width="${scale(b.value).toFixed(1)}" height="12" fill="${b.color}"/>`,
+        `<text x="${left + scale(b.value) + 6}" y="${y + 13 * j + 10}" font-size="11">${b.text}</text>`
+      ])
+    ].join('\n  ')
+  }).join('\n  ')
+  const height = 60 + rows.length * rowH + (note === '' ? 0 : 16)
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
+  <rect width="100%" height="100%" fill="white"/>
+  <text x="10" y="22" font-size="15" font-weight="bold">${title}</text>
+  ${body}
+  ${note === '' ? '' : `<text x="10" y="${height - 10}" font-size="11">${note}</text>`}
 </svg>
-`)
+`
+}
+writeFileSync(join(resultsDir, 'hops.svg'), barChart(`mcp-warden: time per stage of a tools/call (µs, ${r.machine.cpus} cores, ${r.date.slice(0, 10)})`,
+  hops.map(([name, h]) => ({ label: name, bars: [{ value: h.p99_us, color: '#f2b880', text: `p99 ${h.p99_us} µs` }, { value: h.p50_us, color: '#2e6fba', text: `p50 ${h.p50_us} µs` }] }))))
+const TIER_LABEL = { bare: 'bare proxy', identity: '+ identity', cedar: '+ Cedar', full: 'full chain' }
+const chartC = r.ladder.some(x => x.connections === 10) ? 10 : r.ladder[0].connections
+const ladderAt = (kind) => r.ladder.find(x => x.upstream === kind && x.connections === chartC)
+writeFileSync(join(resultsDir, 'ladder.svg'), barChart(`mcp-warden: gateway CPU per forwarded tools/call (µs, ${chartC} connections, ${r.date.slice(0, 10)})`,
+  Object.keys(TIER_LABEL).map(tier => ({
+    label: TIER_LABEL[tier],
+    bars: r.settings.upstreams.map((kind, j) => { const v = ladderAt(kind)?.tiers[tier]?.gateway_cpu_us ?? 0; return { value: v, color: j === 0 ? '#2e6fba' : '#7aa6d6', text: `${v} µs (${kind === 'raw' ? 'raw node:http upstream' : 'SDK upstream'})` } })
+  })), 'process CPU time of the gateway (all threads) / calls; target 250 µs for the full chain'))
 
 const table = (rows, cols) => [
   `| ${cols.map(c => c[0]).join(' | ')} |`,
@@ -82,20 +97,45 @@ Machine: ${r.machine.cpus} × ${r.machine.cpu}, ${r.machine.memoryGiB} GiB, Node
 Versions: ${Object.entries(r.versions).map(([k, v]) => `${k} ${v}`).join(', ')}.
 This machine is shared and noisy: compare numbers within one run, not across runs.
 
-## End to end: the gateway against the same upstream directly
+## The ladder: what each rung of the gateway costs per forwarded tools/call
 
-autocannon, ${r.settings.durationSeconds} s per run, ${r.settings.agents} agents' JWTs in rotation. The gateway path runs the
-whole chain: identity, JSON-RPC checks, Cedar (shipped policies), tool filter, an ephemeral token
-per call verified by the upstream (mcp-warden/upstream), audit to a file. Latencies in ms as
-autocannon measures them (1 ms resolution); the mean is the finer measure of the added time.
+![gateway CPU per call, by rung](results/ladder.svg)
 
-${table(r.e2e, [
-  ['method', x => x.method], ['connections', x => x.connections],
-  ['direct p50 / p99', x => `${x.direct.p50_ms} / ${x.direct.p99_ms}`], ['gateway p50 / p99', x => `${x.gateway.p50_ms} / ${x.gateway.p99_ms}`],
-  ['added p50 / p99', x => `${x.added_p50_ms} / ${x.added_p99_ms}`], ['added mean', x => x.added_mean_ms],
-  ['req/s direct', x => x.direct.rps], ['req/s gateway', x => x.gateway.rps], ['throughput ratio', x => x.throughput_ratio]
+autocannon, ${r.settings.durationSeconds} s per run, ${r.settings.agents} agents' JWTs in rotation, every run's requests checked to be answered with
+a result first (a denial is a 200 too). Each rung is its own gateway process in front of its own
+upstream as server \`db\`, with the shipped policies: **bare proxy** (mcp-context + mcp-proxy; a
+fixed identity and an allow decision stand in for the identity and Cedar plugins), **+ identity**
+(the agent's JWT verified), **+ Cedar** (every message decided), **full chain** (\`buildGateway\`:
++ tool filter, rate limits, an ephemeral token per call, audit to a file). Upstreams: **raw**, a
+node:http responder answering from prepared bytes (the gateway is the bottleneck), and **sdk**,
+the MCP SDK's server (stateless Streamable HTTP, a server per request), which on the full rung
+verifies each ephemeral token with mcp-warden/upstream. *CPU/call* is the gateway process's CPU
+time (user + system, all threads) divided by the calls of that run; the upstream runs in a process
+of its own. Latencies in ms as autocannon measures them (1 ms resolution).
+
+${r.settings.upstreams.map(kind => `### ${kind === 'raw' ? 'raw node:http upstream' : 'SDK upstream'}
+
+${table(r.ladder.filter(x => x.upstream === kind).flatMap(x => [
+  { c: x.connections, tier: 'direct', ...x.direct, gateway_cpu_us: '—', throughput_ratio: 1, added_p50_ms: 0, added_mean_ms: 0 },
+  ...Object.entries(x.tiers).map(([tier, t]) => ({ c: x.connections, tier: TIER_LABEL[tier], ...t }))
+]), [
+  ['connections', x => x.c], ['rung', x => x.tier], ['gateway CPU µs/call', x => x.gateway_cpu_us], ['upstream CPU µs/call', x => x.upstream_cpu_us],
+  ['p50 / p99 ms', x => `${x.p50_ms} / ${x.p99_ms}`], ['added p50 / mean ms', x => `${x.added_p50_ms} / ${x.added_mean_ms}`],
+  ['req/s', x => x.rps], ['throughput vs direct', x => x.throughput_ratio]
 ])}
+`).join('\n')}
+### tools/list through the full chain (10 connections)
 
+${table(r.lists, [['upstream', x => x.upstream], ['req/s direct', x => x.direct.rps], ['req/s full chain', x => x.full.rps], ['throughput vs direct', x => x.throughput_ratio], ['gateway CPU µs/list', x => x.full.gateway_cpu_us], ['p50 / p99 ms', x => `${x.full.p50_ms} / ${x.full.p99_ms}`]])}
+${r.sessions === undefined
+? ''
+: `
+### Memory of open sessions
+
+${r.sessions.count} initializes through the full chain, each answered with a session id that the gateway binds to
+its agent (memory store): RSS ${r.sessions.rssBeforeMiB} → ${r.sessions.rssAfterMiB} MiB, heap ${r.sessions.heapBeforeMiB} → ${r.sessions.heapAfterMiB} MiB after a
+full GC, so **${r.sessions.rssPer10kMiB} MiB RSS (${r.sessions.heapPer10kMiB} MiB heap) per 10,000 open sessions**.
+`}
 ## Per stage (tools/call, 10 connections), measured inside the gateway
 
 ![per-stage latency](results/hops.svg)
@@ -113,4 +153,4 @@ ${table(microRows, [['function', x => x.name], ['p50 µs', x => x.p50_us ?? '—
 ${table(r.micro.filter.rows, [['tools', x => x.tools], ['visible', x => x.visible], ['first sight p50 ms', x => x.cold_p50_ms], ['first sight p99 ms', x => x.cold_p99_ms], ['repeated p50 ms', x => x.warm_p50_ms], ['repeated p99 ms', x => x.warm_p99_ms]])}
 ${toolScanSection}`
 writeFileSync(join(outDir, 'RESULTS.md'), md)
-progress(`wrote ${shown(join(outDir, 'RESULTS.md'))} and ${shown(join(resultsDir, 'hops.svg'))} from ${shown(latestFile)}`)
+progress(`wrote ${shown(join(outDir, 'RESULTS.md'))}, ${shown(join(resultsDir, 'ladder.svg'))} and ${shown(join(resultsDir, 'hops.svg'))} from ${shown(latestFile)}`)
