@@ -16,6 +16,8 @@ import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
 import { isWellFormedText } from '../json-text.js'
+import { analysePolicies, type ActionReads, type PolicySetReads } from './policy-reads.js'
+import { BoundedCache } from '../bounded-cache.js'
 
 // Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
 // 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
@@ -164,14 +166,24 @@ export interface CompiledPolicySet {
   readonly schemaName: string
   readonly policySetId: string
   readonly warnings: readonly string[]
+  /** What the policies read, per action (policy-reads.ts): what a remembered decision is keyed on. */
+  readonly reads: PolicySetReads
+  /** Decisions of this set, by exactly the inputs its policies read; a new set starts empty. */
+  readonly decisions: BoundedCache<Decision>
 }
+
+/** Decisions remembered per policy set (each entry is a few hundred bytes). */
+export const DECISION_CACHE_ENTRIES = 20_000
+/** Arguments longer than this (as JSON) are not made part of a key: such a decision is not remembered. */
+const MAX_ARGUMENTS_KEY = 4096
 
 const messages = (errors: Array<{ message: string, help?: string | null }>): string =>
   errors.map(e => e.help ? `${e.message} (${e.help})` : e.message).join('; ')
 
 /** Splits every file into policies named by their @id (or `<file>#<n>`), with their @advice. */
-export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<string, string>, advice: Map<string, string> } {
+export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<string, string>, advice: Map<string, string>, json: unknown[] } {
   const texts: Record<string, string> = {}
+  const jsonForms: unknown[] = []
   const where = new Map<string, string>()
   const advice = new Map<string, string>()
   for (const { file, text } of files) {
@@ -187,21 +199,29 @@ export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<st
       if (previous !== undefined) throw new PolicySetError(`policy id "${id}" is used twice (${previous} and ${basename(file)})`)
       where.set(id, basename(file))
       texts[id] = policy
+      jsonForms.push(json.json)
       if (typeof annotations.advice === 'string' && annotations.advice !== '') advice.set(id, annotations.advice)
     })
   }
-  return { texts, advice }
+  return { texts, advice, json: jsonForms }
 }
 
 interface SchemaJsonAction { memberOf?: Array<{ id: string }>, appliesTo?: { context?: unknown } }
 interface SchemaJsonNs { actions?: Record<string, SchemaJsonAction>, commonTypes?: Record<string, unknown> }
 
-/** Finds generated per-tool actions (`<server>/<tool>` in call_tool) and their arguments type. */
-function toolActionsOf (schemaText: string): Map<string, CedarType | undefined> {
+/**
+ * Finds generated per-tool actions (`<server>/<tool>` in call_tool) and their arguments type,
+ * and every Mcp action's parents (the action groups it is a member of).
+ */
+function actionsOf (schemaText: string): { toolActions: Map<string, CedarType | undefined>, actionParents: Map<string, string[]> } {
   const out = new Map<string, CedarType | undefined>()
+  const actionParents = new Map<string, string[]>()
   const answer = cedar.schemaToJson(schemaText)
   if (answer.type === 'failure') throw new PolicySetError(`schema: ${messages(answer.errors)}`)
   const ns = (answer.json as Record<string, SchemaJsonNs>).Mcp
+  for (const [name, action] of Object.entries(ns?.actions ?? {})) {
+    actionParents.set(name, (action.memberOf ?? []).map(m => m.id))
+  }
   for (const [name, action] of Object.entries(ns?.actions ?? {})) {
     if (!name.includes('/') || !(action.memberOf ?? []).some(m => m.id === 'call_tool')) continue
     let ctx = action.appliesTo?.context as { type?: string, attributes?: Record<string, unknown> } | undefined
@@ -210,14 +230,14 @@ function toolActionsOf (schemaText: string): Map<string, CedarType | undefined> 
     }
     out.set(name, normaliseType(ctx?.attributes?.arguments))
   }
-  return out
+  return { toolActions: out, actionParents }
 }
 
 /** Validates (strict) and pre-parses a policy source; throws PolicySetError with the validator's words. */
 export function compilePolicySet (source: PolicySource): CompiledPolicySet {
   const check = cedar.checkParseSchema(source.schemaText)
   if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
-  const { texts, advice } = splitPolicies(source.files)
+  const { texts, advice, json } = splitPolicies(source.files)
   const validation = cedar.validate({ schema: source.schemaText, policies: { staticPolicies: texts }, validationSettings: { mode: 'strict' } })
   if (validation.type === 'failure') throw new PolicySetError(messages(validation.errors))
   if (validation.validationErrors.length > 0) {
@@ -231,11 +251,14 @@ export function compilePolicySet (source: PolicySource): CompiledPolicySet {
   const entry: Preparsed = { schemaName, schemaText: source.schemaText, policySetId, texts }
   preparseInto(cedar, entry)
   preparsed.set(version, entry)
+  const { toolActions, actionParents } = actionsOf(source.schemaText)
   return Object.freeze({
     version,
     policyIds: Object.keys(texts).sort(),
     advice,
-    toolActions: toolActionsOf(source.schemaText),
+    toolActions,
+    reads: analysePolicies(json as Parameters<typeof analysePolicies>[0], actionParents),
+    decisions: new BoundedCache<Decision>(DECISION_CACHE_ENTRIES),
     schemaName,
     policySetId,
     warnings: validation.validationWarnings.map(w => `policy "${w.policyId}": ${w.error.message}`)
@@ -283,6 +306,33 @@ export function requestEntities (r: AuthzRequest): { principal: { type: string, 
   return { principal, resource, entities }
 }
 
+/** Every attribute of the principal entity, once per Identity object. */
+const principalKeys = new WeakMap<Identity, string>()
+function principalKey (id: Identity): string {
+  let key = principalKeys.get(id)
+  if (key === undefined) {
+    key = JSON.stringify([id.agentId, id.userId, id.department, id.roles, id.scopes, id.issuer])
+    principalKeys.set(id, key)
+  }
+  return key
+}
+
+/** The resource entity as a key part; a tool's id is left out when nothing in the set can tell it apart. */
+function resourceKey (r: AuthzRequest, reads: ActionReads, set: CompiledPolicySet): unknown[] {
+  const server = r.server.name
+  switch (r.action) {
+    case 'call_tool': {
+      const name = r.tool ?? ''
+      const declared = r.server.tools[name] ?? {}
+      const byId = reads.resourceId || set.reads.literals.has(`Mcp::Tool::${server}/${name}`)
+      return ['tool', server, byId ? name : null, declared.sensitivity ?? r.server.defaultSensitivity, declared.readOnly ?? false, declared.destructive ?? false]
+    }
+    case 'read_resource': return ['resource', server, r.uri ?? '']
+    case 'get_prompt': return ['prompt', server, r.prompt ?? '']
+    case 'connect': return ['server', server]
+  }
+}
+
 /** The scope a delegated token needs for a request: tool:<name>, resource:<uri> or prompt:<name>. */
 export function delegatedScope (r: Pick<AuthzRequest, 'action' | 'tool' | 'uri' | 'prompt' | 'method'>): string {
   switch (r.action) {
@@ -309,16 +359,48 @@ function describe (r: AuthzRequest): string {
 export class CedarEngine {
   #set: CompiledPolicySet
   readonly timezone: string
+  readonly #remember: boolean
 
-  constructor (set: CompiledPolicySet, timezone: string) {
+  /** `options.cache: false` decides every request in Cedar (the cache's property test compares against it). */
+  constructor (set: CompiledPolicySet, timezone: string, options: { cache?: boolean } = {}) {
     this.#set = set
     this.timezone = timezone
+    this.#remember = options.cache ?? true
   }
 
   get policySet (): CompiledPolicySet { return this.#set }
   get version (): string { return this.#set.version }
 
   swap (set: CompiledPolicySet): void { this.#set = set }
+
+  /** The local hour and weekday of the live clock change on minute boundaries: worked out once a minute. */
+  #clock = { minute: -1, localHour: 0, localWeekday: 0 }
+  #localTime (now: Date, live: boolean): { localHour: number, localWeekday: number } {
+    if (!live) return localTime(now, this.timezone)
+    const minute = Math.floor(now.getTime() / 60_000)
+    if (minute !== this.#clock.minute) this.#clock = { minute, ...localTime(now, this.timezone) }
+    return this.#clock
+  }
+
+  /**
+   * The key of a remembered decision: the action, the method, the whole principal, the resource
+   * (by id, or by its attributes alone when no policy can tell tools apart by id), and the
+   * context fields the action's policies read. Undefined when the request is not to be
+   * remembered (its arguments, which the policies read, are too long to be a key).
+   */
+  #cacheKey (r: AuthzRequest, action: string, reads: ActionReads, set: CompiledPolicySet, now: Date): string | undefined {
+    const parts: unknown[] = [action, r.method, principalKey(r.identity), resourceKey(r, reads, set)]
+    if (reads.context.has('localHour') || reads.context.has('localWeekday') || reads.context.has('timezone')) {
+      const { localHour, localWeekday } = this.#localTime(now, r.now === undefined)
+      parts.push(this.timezone, localHour, localWeekday)
+    }
+    if (reads.context.has('arguments')) {
+      const args = r.arguments === undefined ? null : JSON.stringify(r.arguments)
+      if (args !== null && args.length > MAX_ARGUMENTS_KEY) return undefined
+      parts.push(args)
+    }
+    return JSON.stringify(parts)
+  }
 
   /** Decides one request. Never throws: failures are `error` decisions. */
   authorize (r: AuthzRequest): Decision {
@@ -343,15 +425,8 @@ export class CedarEngine {
     }
     try {
       const now = r.now ?? new Date()
-      const { localHour, localWeekday } = localTime(now, this.timezone)
-      const context: Record<string, CedarWasm.CedarValueJson> = {
-        now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
-        localHour,
-        localWeekday,
-        timezone: this.timezone,
-        method: r.method
-      }
       let action = r.action as string
+      let cedarArguments: CedarWasm.CedarValueJson | undefined
       if (r.action === 'call_tool') {
         const key = `${r.server.name}/${r.tool ?? ''}`
         if (set.toolActions.has(key)) {
@@ -359,7 +434,7 @@ export class CedarEngine {
           const argsType = set.toolActions.get(key)
           if (argsType !== undefined && r.arguments !== undefined) {
             try {
-              context.arguments = toCedarValue(r.arguments, argsType) as CedarWasm.CedarValueJson
+              cedarArguments = toCedarValue(r.arguments, argsType) as CedarWasm.CedarValueJson
             } catch (err) {
               if (!(err instanceof ArgumentMismatchError)) throw err
               return { ...base, outcome: 'deny', allowed: false, policies: [], advice: [], errors: [], reason: `${err.message} (the tool's declared inputSchema)` }
@@ -367,6 +442,23 @@ export class CedarEngine {
           }
         }
       }
+      // A decision this set made before on the same inputs (the ones its policies read).
+      const reads = set.reads.actions.get(action)
+      const cacheKey = this.#remember && reads?.cacheable === true ? this.#cacheKey(r, action, reads, set, now) : undefined
+      if (cacheKey !== undefined) {
+        const hit = set.decisions.get(cacheKey)
+        // Only a deny that no policy explains names the request in its reason.
+        if (hit !== undefined) return hit.outcome === 'deny' && hit.policies.length === 0 ? { ...hit, decisionId, reason: `no policy permits ${describe(r)}` } : { ...hit, decisionId }
+      }
+      const { localHour, localWeekday } = this.#localTime(now, r.now === undefined)
+      const context: Record<string, CedarWasm.CedarValueJson> = {
+        now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
+        localHour,
+        localWeekday,
+        timezone: this.timezone,
+        method: r.method
+      }
+      if (cedarArguments !== undefined) context.arguments = cedarArguments
       const { principal, resource, entities } = requestEntities(r)
       if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
         return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
@@ -394,13 +486,15 @@ export class CedarEngine {
       if (diagnostics.errors.length > 0) {
         return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
       }
-      const policies = [...diagnostics.reason].sort()
-      const advice = policies.map(id => set.advice.get(id)).filter((a): a is string => a !== undefined)
+      const policies = Object.freeze([...diagnostics.reason].sort())
+      const advice = Object.freeze(policies.map(id => set.advice.get(id)).filter((a): a is string => a !== undefined))
+      let made: Decision
       switch (decision) {
         case 'allow':
-          return { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
+          made = { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
+          break
         case 'deny':
-          return {
+          made = {
             ...base,
             outcome: 'deny',
             allowed: false,
@@ -409,11 +503,15 @@ export class CedarEngine {
             errors: [],
             reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : `no policy permits ${describe(r)}`
           }
+          break
         default: {
           const never: never = decision
           return fail(`unexpected decision ${String(never)}`)
         }
       }
+      // Errors are never remembered: the next request is decided afresh.
+      if (cacheKey !== undefined) set.decisions.set(cacheKey, made)
+      return made
     } catch (err) {
       return fail((err as Error).message)
     }
