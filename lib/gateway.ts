@@ -3,7 +3,7 @@
  * Users who want their own host register the same plugins themselves.
  */
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { DestinationStream } from 'pino'
 import type { GatewayConfig } from './config.js'
 import type { GatewayStore } from './stores/types.js'
@@ -41,9 +41,18 @@ export const REDACT_PATHS = [
   'subject_token', 'access_token', 'client_secret'
 ]
 
+/** The MCP routes: /servers/<name>/mcp and the aggregated /mcp. */
+function isMcpPath (url: string): boolean {
+  const path = url.split('?', 1)[0]!
+  return path === '/mcp' || (path.startsWith('/servers/') && path.endsWith('/mcp'))
+}
+
 export async function buildGateway (config: GatewayConfig, options: GatewayOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel, redact: { paths: REDACT_PATHS, censor: '[redacted]' } },
+    // The audit record is the record of an MCP request: Fastify's two info lines per request
+    // ("incoming request", "request completed") are off on the MCP routes unless logRequests.
+    logController: new LogController({ disableRequestLogging: (request: { url?: string }) => !config.logRequests && isMcpPath(request.url ?? '') }),
     bodyLimit: config.limits.maxBodyBytes,
     genReqId: () => randomUUID(),
     return503OnClosing: true,

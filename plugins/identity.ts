@@ -17,12 +17,13 @@
  * requests is a failed authentication like any other: the header never skips the budget.
  */
 import fp from 'fastify-plugin'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { startStage } from '../lib/timing.js'
 import { resourceUrl } from '../lib/config.js'
 import { AddressBudget } from '../lib/address-budget.js'
+import { BoundedCache } from '../lib/bounded-cache.js'
 import { KeysUnavailableError, RateLimitedError, TokenAudienceError, TokenInvalidError, TokenMissingError, UnknownServerError } from '../lib/errors.js'
 import { audiences, BAD_AUTHORIZATION, bearerToken, INTERNAL_IDENTITY_HEADER, checkTokenTimes, createBearerVerifier, identityFromClaims, tokenError, type Identity } from '../lib/identity.js'
 import mcpContext from './mcp-context.js'
@@ -37,6 +38,9 @@ export interface IdentityOptions {
    */
   tokens?: GatewayTokens
 }
+
+/** Verified tokens remembered at most (a few hundred bytes each, with their identity). */
+export const VERIFIED_TOKENS = 10_000
 
 /** Text for a quoted-string of `WWW-Authenticate`: printable ASCII without quotes or backslashes (a token's alg or kid can hold anything). */
 const quote = (s: string): string => s.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, ' ')
@@ -54,6 +58,9 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   const gatewayIssuer = config.tokens.issuer
   // The one verifier of bearer tokens (lib/identity.ts), as the token endpoint and the CLI use it.
   const verifyBearer = createBearerVerifier(id, gatewayIssuer, () => (opts.tokens ?? provided(app, 'tokens'))?.keys.jwks())
+  // Tokens whose signature and claims verified, by the SHA-256 of the token (never by claims):
+  // an agent sends the same token with every call until it expires. Only successes are kept.
+  const verified = new BoundedCache<{ claims: Record<string, unknown>, identity: Identity, until: number }>(VERIFIED_TOKENS)
 
   app.decorateRequest('identity', null)
   app.decorateRequest('mcpInternal', false)
@@ -133,11 +140,24 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       throw new TokenMissingError()
     }
     let claims: Record<string, unknown>
+    let known: Identity | undefined
+    let remember: string | undefined
     const done = startStage(request, 'identity')
     try {
       const token = bearerToken(header)
       if (token === undefined) throw tokenError({ code: BAD_AUTHORIZATION })
-      claims = await verifyBearer(token)
+      if (id.verifiedTokenCacheSeconds > 0) {
+        remember = createHash('sha256').update(token).digest('base64')
+        const hit = verified.get(remember)
+        if (hit !== undefined && hit.until > Date.now()) {
+          claims = hit.claims
+          known = hit.identity
+        } else {
+          claims = await verifyBearer(token)
+        }
+      } else {
+        claims = await verifyBearer(token)
+      }
     } catch (err) {
       done()
       const e = tokenError(err)
@@ -155,7 +175,13 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     }
     try {
       checkTokenTimes(claims, id)
-      return identityFromClaims(claims, id, gatewayIssuer)
+      if (known !== undefined) return known
+      const identity = identityFromClaims(claims, id, gatewayIssuer)
+      if (remember !== undefined) {
+        const exp = typeof claims.exp === 'number' ? claims.exp * 1000 : 0
+        verified.set(remember, { claims, identity, until: Math.min(exp, Date.now() + id.verifiedTokenCacheSeconds * 1000) })
+      }
+      return identity
     } catch (err) {
       reply.header('www-authenticate', `${challenge}, error="invalid_token"`)
       throw err

@@ -209,8 +209,11 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
     else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed
 
+    // The agent going away cancels the upstream exchange, while there is one: once the
+    // upstream's answer has been read whole (or dropped), there is nothing left to cancel.
     const abort = new AbortController()
-    reply.raw.once('close', () => { abort.abort() })
+    let settled = false
+    reply.raw.once('close', () => { if (!settled) abort.abort() })
 
     let res: Awaited<ReturnType<Pool['request']>>
     const upstreamDone = startStage(request, 'upstream')
@@ -230,6 +233,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       upstreamDone()
     }
 
+    res.body.once('close', () => { settled = true })
     const status = res.statusCode
     if (status === 401 || status === 403) {
       res.body.destroy()

@@ -2,7 +2,8 @@ import t from 'tap'
 import { createPrivateKey } from 'node:crypto'
 import { request } from 'undici'
 import { makeIssuer, unsignedToken, hmacWithPublicKey, tamperedToken, jwk } from './fixtures/keys.js'
-import { startGateway, withGateway, type TestGateway } from './fixtures/gateway.js'
+import { startGateway, withGateway, publicKeyFile as publicKeyFileOf, ALLOW_ALL, type TestGateway } from './fixtures/gateway.js'
+import { validateConfig } from '../lib/config.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { startJwks } from './fixtures/jwks.js'
 
@@ -215,4 +216,57 @@ t.test('the token endpoint answers a JWKS outage with 503, not invalid_grant, an
   jwks.up = true
   await new Promise(resolve => setTimeout(resolve, 1100))
   t.equal((await call(g, 'db', `Bearer ${es.sign({ aud: g.resource('db') })}`)).status, 200, 'the address was not locked out by the outage')
+})
+
+t.test('a verified token is remembered by its bytes, and still checked for expiry and audience on every request', async t => {
+  const g = await withGateway(t, {
+    issuer,
+    upstreams: { db: { url: up.url }, api: { url: up.url } },
+    identity: { issuer: issuer.issuer, publicKeyFile: publicKeyFileOf(issuer), algorithms: ['RS256'], clockToleranceSeconds: 0 }
+  })
+  const db = g.resource('db')
+  const exp = now() + 2
+  const token = issuer.sign({ aud: db, exp })
+  const n = up.received.length
+  t.equal((await call(g, 'db', `Bearer ${token}`)).status, 200, 'verified')
+  t.equal((await call(g, 'db', `Bearer ${token}`)).status, 200, 'remembered')
+  const wrongRoute = await call(g, 'api', `Bearer ${token}`)
+  t.equal(wrongRoute.status, 401, 'a remembered token on a route outside its audience is refused')
+  t.match(JSON.parse(wrongRoute.text).error.message, /audience/)
+  // Same header and claims, another signature: another token, verified on its own (and refused).
+  const [h, p, s] = token.split('.')
+  const forged = `${h}.${p}.${s!.slice(0, -4)}${s!.slice(-4) === 'AAAA' ? 'BBBB' : 'AAAA'}`
+  const res = await call(g, 'db', `Bearer ${forged}`)
+  t.equal(res.status, 401, 'a token with the claims of a remembered one and another signature is refused')
+  t.match(JSON.parse(res.text).error.message, /signature/)
+  await new Promise(resolve => setTimeout(resolve, exp * 1000 - Date.now() + 1100))
+  const expired = await call(g, 'db', `Bearer ${token}`)
+  t.equal(expired.status, 401, 'once it expires, a remembered token is refused')
+  t.match(JSON.parse(expired.text).error.message, /expired/)
+  t.equal(up.received.length, n + 2, 'only the two valid calls were forwarded')
+})
+
+t.test('identity.verifiedTokenCacheSeconds: 0 verifies every request; out of range refuses to boot, naming the field', async t => {
+  const g = await withGateway(t, { issuer, upstreams: { db: { url: up.url } }, identity: { issuer: issuer.issuer, publicKeyFile: publicKeyFileOf(issuer), algorithms: ['RS256'], verifiedTokenCacheSeconds: 0 } })
+  const token = issuer.sign({ aud: g.resource('db') })
+  t.equal((await call(g, 'db', `Bearer ${token}`)).status, 200)
+  t.equal((await call(g, 'db', `Bearer ${token}`)).status, 200)
+  t.equal((await call(g, 'db', `Bearer ${tamperedToken(token, { agentId: 'admin-bot' })}`)).status, 401)
+  for (const bad of [-1, 3601, 1.5]) {
+    t.throws(() => validateConfig({ identity: { issuer: 'https://i.test', jwksUri: 'https://i.test/jwks', verifiedTokenCacheSeconds: bad }, authorization: ALLOW_ALL, upstreams: { db: { url: 'http://127.0.0.1:1/mcp' } } }), /identity\.verifiedTokenCacheSeconds/)
+  }
+})
+
+t.test('MCP routes write no per-request log lines unless logRequests; other routes do', async t => {
+  for (const logRequests of [false, true]) {
+    const g = await withGateway(t, { issuer, upstreams: { db: { url: up.url } }, ...(logRequests ? { extra: { logRequests } } : {}) })
+    const from = g.log.length
+    t.equal((await call(g, 'db', `Bearer ${issuer.sign({ aud: g.resource('db') })}`)).status, 200)
+    // The MCP call is the only request in this window.
+    const mcpLines = g.log.slice(from).filter(l => /"msg":"(incoming request|request completed)"/.test(l))
+    t.equal(mcpLines.length, logRequests ? 2 : 0, `logRequests ${String(logRequests)}: ${logRequests ? 'two lines' : 'no line'} for an MCP call`)
+    const before = g.log.length
+    await request(`${g.base}/.well-known/oauth-protected-resource/servers/db/mcp`)
+    t.ok(g.log.slice(before).some(l => /incoming request/.test(l)), 'a metadata request is logged either way')
+  }
 })

@@ -274,6 +274,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       audiences: id.audiences,
       clockToleranceSeconds: id.clockToleranceSeconds,
       maxTokenLifetimeSeconds: id.maxTokenLifetimeSeconds,
+      verifiedTokenCacheSeconds: id.verifiedTokenCacheSeconds,
       claims: id.claims
     },
     authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },
@@ -291,6 +292,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     aggregate: cfg.aggregate,
     ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
+    logRequests: cfg.logRequests,
     logLevel: cfg.logLevel,
     serverTiming: cfg.serverTiming
   })

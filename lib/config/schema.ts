@@ -32,6 +32,7 @@ const IdentitySchema = Type.Object({
   audiences: Type.Array(Str(), { default: [] }),
   clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
   maxTokenLifetimeSeconds: Type.Integer({ minimum: 60, maximum: 365 * 24 * 3600, default: 24 * 3600 }),
+  verifiedTokenCacheSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 300 }),
   claims: ClaimsSchema
 }, strict)
 
@@ -164,6 +165,7 @@ export const ConfigSchema = Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
   serverTiming: Type.Boolean({ default: false }),
+  logRequests: Type.Boolean({ default: false }),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' })
 }, strict)
 

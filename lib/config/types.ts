@@ -84,6 +84,11 @@ export interface IdentityConfig {
   readonly clockToleranceSeconds: number
   /** Longest lifetime (exp − iat, or exp − now without iat) an agent token may have. */
   readonly maxTokenLifetimeSeconds: number
+  /**
+   * How long a verified token's signature and claims are remembered (by the SHA-256 of the
+   * token, until it expires, at most this long); 0 verifies every request.
+   */
+  readonly verifiedTokenCacheSeconds: number
   readonly claims: Readonly<RawConfig['identity']['claims']>
 }
 
@@ -159,6 +164,8 @@ export interface GatewayConfig {
   /** Per-agent request limits; absent: none. Windows in milliseconds. */
   readonly rateLimit?: RateLimitConfig
   readonly audit: { readonly destination: string }
+  /** Fastify's per-request info lines on the MCP routes too (off: the audit record is the request record). */
+  readonly logRequests: boolean
   readonly logLevel: string
   /** Send a Server-Timing header with the duration of each stage on MCP answers. */
   readonly serverTiming: boolean
