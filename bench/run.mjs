@@ -7,8 +7,8 @@
 // throughput. Then tools/list through the full chain, the memory of 10,000 open sessions, the
 // per-stage timings, the micro-benches, and results/latest.json + RESULTS.md.
 // --quick: a subset (10 connections, 2 s runs, quick micro-benches) in under a minute.
-// --profile [tier]: only a CPU profile (node --cpu-prof) of one rung (default full) under
-// tools/call against the raw responder, 10 connections, and its hottest functions.
+// --profile RUNG[/UPSTREAM]: only a CPU profile (node --cpu-prof) of one rung (default full;
+// upstream default raw) under tools/call, 10 connections, and its hottest functions.
 // --sustained [s]: only the sustained run (default 300 s): the full chain under load, RSS and
 // event-loop delay every second; exits non-zero when a process dies or a request fails.
 // With --write the committed bench/results/ and bench/RESULTS.md, otherwise .scratch/bench/.
@@ -57,9 +57,10 @@ function start (name, args, execArgv = []) {
   procs.push(proc)
   return { proc, ask: askOf(proc) }
 }
-if (profile !== undefined && !TIERS.includes(profile)) { console.error(`bench: --profile takes one of ${TIERS.join(', ')}`); process.exit(2) }
+const [profileTier, profileKind = 'raw'] = (profile ?? '').split('/')
+if (profile !== undefined && (!TIERS.includes(profileTier) || !UPSTREAMS.includes(profileKind))) { console.error(`bench: --profile takes RUNG[/UPSTREAM]: one of ${TIERS.join(', ')}, then ${UPSTREAMS.join(' or ')}`); process.exit(2) }
 // One gateway process per rung and upstream, each with that upstream as server `db`.
-const gatewaysToStart = sustained !== undefined ? ['full/sdk'] : profile !== undefined ? [`${profile}/raw`] : TIERS.flatMap(t => UPSTREAMS.map(k => `${t}/${k}`))
+const gatewaysToStart = sustained !== undefined ? ['full/sdk'] : profile !== undefined ? [`${profileTier}/${profileKind}`] : TIERS.flatMap(t => UPSTREAMS.map(k => `${t}/${k}`))
 const profileDir = join(outDir, 'profiles')
 const ports = Object.fromEntries(await Promise.all(gatewaysToStart.map(async t => [t, await freePort()])))
 progress('starting upstream and gateways…')
@@ -119,14 +120,14 @@ async function drive ({ tier, kind, method, connections, seconds = duration, amo
 }
 
 if (sustained !== undefined) await sustainedRun(sustained)
-else if (profile !== undefined) await profileRun(profile)
+else if (profile !== undefined) await profileRun(profileTier, profileKind)
 else await ladderRun()
 
-async function profileRun (tier) {
-  progress(`profile of the ${tier} rung: warm-up 2 s, then tools/call raw c=10 for ${duration} s…`)
-  await drive({ tier, kind: 'raw', method: 'tools/list', connections: 1, seconds: 1 })
-  await drive({ tier, kind: 'raw', method: 'tools/call', connections: 4, seconds: 1 })
-  const r = await drive({ tier, kind: 'raw', method: 'tools/call', connections: 10 })
+async function profileRun (tier, kind) {
+  progress(`profile of the ${tier} rung before the ${kind} upstream: warm-up 2 s, then tools/call c=10 for ${duration} s…`)
+  await drive({ tier, kind, method: 'tools/list', connections: 1, seconds: 1 })
+  await drive({ tier, kind, method: 'tools/call', connections: 4, seconds: 1 })
+  const r = await drive({ tier, kind, method: 'tools/call', connections: 10 })
   progress(`${r.rps} req/s, gateway ${r.gateway_cpu_us} µs CPU/call`)
   await stopAll()
   execFileSync(process.execPath, [join(root, 'bench/profile-top.mjs'), profileDir], { stdio: 'inherit' })

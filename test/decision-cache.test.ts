@@ -97,7 +97,7 @@ const toolAtoms = (): string[] => [
   `resource in [Mcp::Tool::"${pick(servers).name}/${pick(TOOLS)}", Mcp::Tool::"${pick(servers).name}/${pick(TOOLS)}"]`,
   `resource in Mcp::Server::"${pick(servers).name}"`,
   `resource.server == "${pick(servers).name}"`,
-  `resource is Mcp::Tool`
+  'resource is Mcp::Tool'
 ]
 const argAtoms = (): string[] => [
   ...toolAtoms(),
