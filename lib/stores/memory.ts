@@ -1,11 +1,16 @@
 import { FilePinStore, type PinStore } from '../tools/pins.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
 
-interface Entry { principal: string, expires: number }
+interface Entry { server: string, sessionId: string, principal: string, expires: number }
 
-/** The embedded, single-process store. Expired entries are swept once a minute. */
+/**
+ * The embedded, single-process store. Expired entries are swept once a minute. Sessions are also
+ * indexed by server and principal, so counting an agent's sessions (each initialize does) reads
+ * that agent's sessions only, however many others are open.
+ */
 export class MemorySessionStore implements SessionStore {
   readonly #sessions = new Map<string, Entry>()
+  readonly #byAgent = new Map<string, Set<Entry>>()
   readonly #timer: NodeJS.Timeout
 
   constructor (sweepMs = 60_000) {
@@ -13,23 +18,46 @@ export class MemorySessionStore implements SessionStore {
     this.#timer.unref()
   }
 
+  #agentKey (server: string, principal: string): string { return `${server}\n${principal}` }
+
+  #delete (e: Entry): void {
+    this.#sessions.delete(`${e.server}\n${e.sessionId}`)
+    const key = this.#agentKey(e.server, e.principal)
+    const set = this.#byAgent.get(key)
+    if (set === undefined) return
+    set.delete(e)
+    if (set.size === 0) this.#byAgent.delete(key)
+  }
+
   #sweep (): void {
     const now = Date.now()
-    for (const [k, e] of this.#sessions) if (e.expires <= now) this.#sessions.delete(k)
+    for (const e of this.#sessions.values()) if (e.expires <= now) this.#delete(e)
   }
 
   async bind (server: string, sessionId: string, principal: string, ttlSeconds: number): Promise<boolean> {
-    const key = `${server}\n${sessionId}`
-    const current = this.#sessions.get(key)
-    if (current !== undefined && current.expires > Date.now() && current.principal !== principal) return false
-    this.#sessions.set(key, { principal, expires: Date.now() + ttlSeconds * 1000 })
+    const current = this.#sessions.get(`${server}\n${sessionId}`)
+    if (current !== undefined) {
+      if (current.expires > Date.now() && current.principal !== principal) return false
+      this.#delete(current)
+    }
+    const e: Entry = { server, sessionId, principal, expires: Date.now() + ttlSeconds * 1000 }
+    this.#sessions.set(`${server}\n${sessionId}`, e)
+    const key = this.#agentKey(server, principal)
+    let set = this.#byAgent.get(key)
+    if (set === undefined) { set = new Set(); this.#byAgent.set(key, set) }
+    set.add(e)
     return true
   }
 
   async count (server: string, principal: string): Promise<number> {
+    const set = this.#byAgent.get(this.#agentKey(server, principal))
+    if (set === undefined) return 0
     const now = Date.now()
     let n = 0
-    for (const [k, e] of this.#sessions) if (e.principal === principal && e.expires > now && k.startsWith(`${server}\n`)) n++
+    for (const e of set) {
+      if (e.expires > now) n++
+      else this.#delete(e)
+    }
     return n
   }
 
@@ -37,18 +65,20 @@ export class MemorySessionStore implements SessionStore {
     const e = this.#sessions.get(`${server}\n${sessionId}`)
     if (e === undefined) return null
     const now = Date.now()
-    if (e.expires <= now) { this.#sessions.delete(`${server}\n${sessionId}`); return null }
+    if (e.expires <= now) { this.#delete(e); return null }
     e.expires = now + ttlSeconds * 1000
     return e.principal
   }
 
   async unbind (server: string, sessionId: string): Promise<void> {
-    this.#sessions.delete(`${server}\n${sessionId}`)
+    const e = this.#sessions.get(`${server}\n${sessionId}`)
+    if (e !== undefined) this.#delete(e)
   }
 
   async close (): Promise<void> {
     clearInterval(this.#timer)
     this.#sessions.clear()
+    this.#byAgent.clear()
   }
 }
 
