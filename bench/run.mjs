@@ -107,7 +107,9 @@ async function drive ({ tier, kind, method, connections, seconds = duration, amo
   const meters = [upstream, ...(gateway !== undefined ? [gateway] : [])]
   await Promise.all(meters.map(m => m.ask('reset', 'reset')))
   const result = await autocannon({ url: url.origin, connections, ...(amount !== undefined ? { amount } : { duration: seconds }), requests })
-  const [upCpu, gwCpu] = await Promise.all(meters.map(async m => (await m.ask('cpu', 'cpu')).cpu))
+  const [upAnswer, gwAnswer] = await Promise.all(meters.map(async m => await m.ask('cpu', 'cpu')))
+  const upCpu = upAnswer.cpu
+  const gwCpu = gwAnswer?.cpu
   const bad = result.non2xx + result.errors + result.timeouts
   if (bad > 0) throw new Error(`${url}: ${bad} failed requests of ${result.requests.total} (${result.non2xx} non-2xx, ${result.errors} errors, ${result.timeouts} timeouts)`)
   const n = result.requests.total
@@ -115,6 +117,7 @@ async function drive ({ tier, kind, method, connections, seconds = duration, amo
     p50_ms: result.latency.p50, p99_ms: result.latency.p99, mean_ms: +result.latency.mean.toFixed(3),
     rps: Math.round(n / (amount !== undefined ? result.duration : seconds)), total: n,
     upstream_cpu_us: +(upCpu / n).toFixed(1),
+    upstream_connections: upAnswer.connections,
     ...(gwCpu !== undefined ? { gateway_cpu_us: +(gwCpu / n).toFixed(1) } : {})
   }
 }

@@ -36,6 +36,8 @@ const [role, ...args] = process.argv.slice(2) // see each role's argv below
 
 const ROWS = [{ id: 1, name: 'Ada Lovelace', tier: 'gold' }, { id: 2, name: 'Alan Turing', tier: 'silver' }, { id: 3, name: 'Grace Hopper', tier: 'gold' }]
 export const REPORT_TOOLS = 20
+/** MCPW_BENCH_RAW_DELAY_MS: the raw responder answers this much later (to compare load levels). */
+const RAW_DELAY_MS = Number(process.env.MCPW_BENCH_RAW_DELAY_MS ?? 0)
 
 /** CPU time of this process (all threads) since the last reset, in µs. */
 function cpuMeter () {
@@ -88,8 +90,9 @@ if (role === 'upstream') {
         const headers = { 'content-type': 'application/json' }
         // initialize opens a session (the bench's memory phase counts them in the gateway).
         if (body.method === 'initialize') headers['mcp-session-id'] = `s-${++sessions}-${randomUUID()}`
-        res.writeHead(200, headers)
-        res.end(`{"jsonrpc":"2.0","id":${JSON.stringify(body.id)}${tail}`)
+        const answer = () => { res.writeHead(200, headers); res.end(`{"jsonrpc":"2.0","id":${JSON.stringify(body.id)}${tail}`) }
+        if (RAW_DELAY_MS > 0) setTimeout(answer, RAW_DELAY_MS)
+        else answer()
         return
       }
       if (path === '/sdk/mcp') {
@@ -105,11 +108,13 @@ if (role === 'upstream') {
     })
   })
   upstream.keepAliveTimeout = 60_000
+  let connections = 0
+  upstream.on('connection', () => { connections++ })
   await new Promise(resolve => upstream.listen(0, '127.0.0.1', resolve))
   const verifier = createUpstreamVerifier({ issuer: args[0], audience: `http://127.0.0.1:${upstream.address().port}/sdk/mcp`, jwksUri: args[1] })
   process.on('message', (msg) => {
-    if (msg === 'reset') { cpu.reset(); process.send({ reset: true }) }
-    if (msg === 'cpu') process.send({ cpu: cpu.read() })
+    if (msg === 'reset') { cpu.reset(); connections = 0; process.send({ reset: true }) }
+    if (msg === 'cpu') process.send({ cpu: cpu.read(), connections })
     if (msg === 'stop') { upstream.closeAllConnections(); upstream.close(); process.exit(0) }
   })
   process.send({ ready: true, port: upstream.address().port })
