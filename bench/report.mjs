@@ -88,6 +88,22 @@ definition is scanned once per hash, so this is paid the first time a definition
 of ${ts.adversarial64KB.inputs.length} adversarial 64 KB descriptions (runs of the characters and words the rules repeat) took ${ts.adversarial64KB.worst_ms} ms.
 `
 
+// The sustained run's figures, when one was run (npm run bench:sustained [-- --write]).
+const sustainedFile = [join(resultsDir, 'sustained.json'), join(root, 'bench/results/sustained.json')].find(f => existsSync(f))
+const su = sustainedFile !== undefined ? JSON.parse(readFileSync(sustainedFile, 'utf8')) : undefined
+const sustainedSection = su === undefined
+  ? ''
+  : `
+## Sustained run
+
+\`npm run bench:sustained\` on ${su.date} (Node ${su.machine.node}): the full chain against the SDK server, ${su.connections} connections, ${su.seconds} s,
+tools/call and tools/list (3 : 1) with 3 agents' JWTs: ${su.result.total} requests, ${su.result.rps} req/s, none failed, gateway
+${su.result.gateway_cpu_us} µs CPU per request. RSS median of the second quarter ${su.rss.earlyMedianMiB} MiB, of the last quarter
+${su.rss.lateMedianMiB} MiB (${su.rss.growing ? '**growing**' : 'no growth'}); worst event-loop delay p99 in any second ${su.loopDelayP99MaxMs} ms.
+
+${table(su.samples.filter((x, i) => i % Math.max(1, Math.floor(su.samples.length / 10)) === 0 || i === su.samples.length - 1), [['second', x => x.t], ['RSS MiB', x => x.rssMiB], ['heap MiB', x => x.heapMiB], ['loop delay p50 / p99 / max ms', x => `${x.loopP50ms} / ${x.loopP99ms} / ${x.loopMaxMs}`]])}
+`
+
 const flags = [...(r.quick ? ['--quick'] : []), ...(write ? ['--write'] : [])]
 const microRows = Object.values(r.micro).flatMap(m => (m.rows ?? []).filter(x => x.name !== undefined))
 const md = `# Benchmark results
@@ -151,6 +167,6 @@ ${table(microRows, [['function', x => x.name], ['p50 µs', x => x.p50_us ?? '—
 ### Filtering a tools/list answer
 
 ${table(r.micro.filter.rows, [['tools', x => x.tools], ['visible', x => x.visible], ['first sight p50 ms', x => x.cold_p50_ms], ['first sight p99 ms', x => x.cold_p99_ms], ['repeated p50 ms', x => x.warm_p50_ms], ['repeated p99 ms', x => x.warm_p99_ms]])}
-${toolScanSection}`
+${sustainedSection}${toolScanSection}`
 writeFileSync(join(outDir, 'RESULTS.md'), md)
 progress(`wrote ${shown(join(outDir, 'RESULTS.md'))}, ${shown(join(resultsDir, 'ladder.svg'))} and ${shown(join(resultsDir, 'hops.svg'))} from ${shown(latestFile)}`)

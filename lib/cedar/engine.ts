@@ -9,7 +9,6 @@ import { createHash, randomUUID } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
 import { createRequire } from 'node:module'
-import { setFlagsFromString } from 'node:v8'
 import type * as CedarWasm from '@cedar-policy/cedar-wasm/nodejs'
 import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
@@ -18,12 +17,6 @@ import { localTime } from './time.js'
 import { isWellFormedText } from '../json-text.js'
 import { analysePolicies, type ActionReads, type PolicySetReads } from './policy-reads.js'
 import { BoundedCache } from '../bounded-cache.js'
-
-// Under sustained load, V8's inlining of JS-to-Wasm calls crashed the process (Node 20 and
-// 22: "unreachable code" in Deoptimizer::DoComputeBuiltinContinuation) on the Cedar hot path;
-// with the inlining off, the same load runs clean. It is switched off before any Cedar call
-// is optimized. The cost is a few microseconds per Wasm call.
-setFlagsFromString('--no-turbo-inline-js-wasm-calls')
 
 // The Cedar Wasm module is loaded through require() so that a fresh instance can replace it:
 // when a call into it throws, its memory can no longer be trusted (cedar-wasm 4.x leaks on
@@ -510,7 +503,7 @@ export class CedarEngine {
         }
       }
       // Errors are never remembered: the next request is decided afresh.
-      if (cacheKey !== undefined) set.decisions.set(cacheKey, made)
+      if (cacheKey !== undefined) set.decisions.set(cacheKey, Object.freeze(made))
       return made
     } catch (err) {
       return fail((err as Error).message)
