@@ -26,5 +26,7 @@ export class BoundedCache<V> {
   }
 
   get size (): number { return this.#entries.size }
+  /** What is held (tests check what a remembered entry keeps). */
+  entries (): IterableIterator<[string, V]> { return this.#entries.entries() }
   clear (): void { this.#entries.clear() }
 }

@@ -41,6 +41,8 @@ export interface IdentityOptions {
 
 /** Verified tokens remembered at most (a few hundred bytes each, with their identity). */
 export const VERIFIED_TOKENS = 10_000
+/** A longer token is verified on every request: a full cache stays within about VERIFIED_TOKENS × 2 × this. */
+const MAX_REMEMBERED_TOKEN = 4096
 
 /** Text for a quoted-string of `WWW-Authenticate`: printable ASCII without quotes or backslashes (a token's alg or kid can hold anything). */
 const quote = (s: string): string => s.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, ' ')
@@ -146,7 +148,8 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
     try {
       const token = bearerToken(header)
       if (token === undefined) throw tokenError({ code: BAD_AUTHORIZATION })
-      if (id.verifiedTokenCacheSeconds > 0) {
+      // Tokens up to MAX_REMEMBERED_TOKEN characters are remembered (an ordinary JWT is well under).
+      if (id.verifiedTokenCacheSeconds > 0 && token.length <= MAX_REMEMBERED_TOKEN) {
         remember = createHash('sha256').update(token).digest('base64')
         const hit = verified.get(remember)
         if (hit !== undefined && hit.until > Date.now()) {

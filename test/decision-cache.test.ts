@@ -298,3 +298,27 @@ t.test('tools with the same attributes share a decision when no policy tells the
   engine.authorize({ identity, server: api, action: 'call_tool', method: 'tools/call', tool: 'user_delete', now: INSTANTS[0]! })
   t.equal(set.decisions.misses - before, 1, 'a tool a policy names is decided on its own')
 })
+
+t.test('what an agent sends cannot make a remembered decision large: long names are keyed by digest, and request text is not kept', async t => {
+  const set = compilePolicySet(readPolicySource(REFERENCE.schema, REFERENCE.policies))
+  const cached = new CedarEngine(set, 'UTC')
+  const plain = new CedarEngine(set, 'UTC', { cache: false })
+  const identity = identities[0]!
+  const db = config.upstreams.get('db')!
+  const long = (i: number) => `file://${i}/${'a'.repeat(100_000)}`
+  for (let i = 0; i < 50; i++) {
+    for (const r of [
+      { identity, server: db, action: 'read_resource', method: 'resources/read', uri: long(i) },
+      { identity, server: db, action: 'get_prompt', method: 'prompts/get', prompt: long(i) },
+      { identity, server: db, action: 'call_tool', method: 'tools/call', tool: `database_query${'x'.repeat(i * 1000)}` }
+    ] as AuthzRequest[]) {
+      t.same(comparable(cached.authorize(r)), comparable(plain.authorize(r)))
+      // Asked again: answered from the cache, equal still.
+      t.same(comparable(cached.authorize(r)), comparable(plain.authorize(r)))
+    }
+  }
+  let largest = 0
+  for (const [key, decision] of set.decisions.entries()) largest = Math.max(largest, key.length, JSON.stringify(decision).length)
+  t.ok(set.decisions.size >= 100, `${set.decisions.size} decisions remembered`)
+  t.ok(largest < 1024, `the largest key or remembered decision is ${largest} characters, whatever the request held`)
+})

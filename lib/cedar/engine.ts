@@ -169,6 +169,11 @@ export interface CompiledPolicySet {
 export const DECISION_CACHE_ENTRIES = 20_000
 /** Arguments longer than this (as JSON) are not made part of a key: such a decision is not remembered. */
 const MAX_ARGUMENTS_KEY = 4096
+/**
+ * A key longer than this (a long URI, prompt or tool name, long arguments) is kept as its
+ * SHA-256: what an agent sends cannot make a remembered decision take more room than this.
+ */
+const MAX_KEY_CHARS = 512
 
 const messages = (errors: Array<{ message: string, help?: string | null }>): string =>
   errors.map(e => e.help ? `${e.message} (${e.help})` : e.message).join('; ')
@@ -392,7 +397,9 @@ export class CedarEngine {
       if (args !== null && args.length > MAX_ARGUMENTS_KEY) return undefined
       parts.push(args)
     }
-    return JSON.stringify(parts)
+    const key = JSON.stringify(parts)
+    // Short keys are JSON arrays ("[…"); a digest starts with "#", so the two never meet.
+    return key.length <= MAX_KEY_CHARS ? key : `#${createHash('sha256').update(key).digest('base64')}`
   }
 
   /** Decides one request. Never throws: failures are `error` decisions. */
@@ -503,7 +510,9 @@ export class CedarEngine {
         }
       }
       // Errors are never remembered: the next request is decided afresh.
-      if (cacheKey !== undefined) set.decisions.set(cacheKey, Object.freeze(made))
+      // A deny no policy explains names the request in its reason; that is rebuilt on a hit, so
+      // nothing the agent sent is kept with the remembered decision.
+      if (cacheKey !== undefined) set.decisions.set(cacheKey, Object.freeze(made.outcome === 'deny' && made.policies.length === 0 ? { ...made, reason: '' } : made))
       return made
     } catch (err) {
       return fail((err as Error).message)
