@@ -9,6 +9,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
 import { createRequire } from 'node:module'
+import { setFlagsFromString } from 'node:v8'
 import type * as CedarWasm from '@cedar-policy/cedar-wasm/nodejs'
 import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
@@ -17,6 +18,12 @@ import { localTime } from './time.js'
 import { isWellFormedText } from '../json-text.js'
 import { analysePolicies, type ActionReads, type PolicySetReads } from './policy-reads.js'
 import { BoundedCache } from '../bounded-cache.js'
+
+// With V8's inlining of JS-to-Wasm calls on, a tight loop of decisions now and then kills the
+// process ("unreachable code" in Deoptimizer::DoComputeBuiltinContinuation, Node 20 and 22;
+// bench/repro/v8-wasm-inline-deopt.mjs reproduces it). It is switched off before any Cedar call
+// is optimized. docs/performance.md has the runs and what this costs.
+setFlagsFromString('--no-turbo-inline-js-wasm-calls')
 
 // The Cedar Wasm module is loaded through require() so that a fresh instance can replace it:
 // when a call into it throws, its memory can no longer be trusted (cedar-wasm 4.x leaks on
