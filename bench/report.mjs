@@ -88,6 +88,60 @@ definition is scanned once per hash, so this is paid the first time a definition
 of ${ts.adversarial64KB.inputs.length} adversarial 64 KB descriptions (runs of the characters and words the rules repeat) took ${ts.adversarial64KB.worst_ms} ms.
 `
 
+// The targets of the performance work, each met or not, from this run's figures.
+const ladderRow = (kind, c) => r.ladder.find(x => x.upstream === kind && x.connections === c)
+const microRow = (m, prefix) => r.micro[m]?.rows?.find(x => String(x.name ?? '').startsWith(prefix))
+const filterRow = (n) => r.micro.filter?.rows?.find(x => x.tools === n)
+const fmt = (v, unit) => v === undefined ? 'not measured' : `${v} ${unit}`
+const targets = [
+  ['gateway CPU per forwarded tools/call, full chain, raw upstream, 10 connections', '≤ 250 µs', ladderRow('raw', 10)?.tiers.full?.gateway_cpu_us, 'µs', (v) => v <= 250],
+  ['gateway CPU per forwarded tools/call, full chain, SDK upstream, 10 connections', '≤ 250 µs', ladderRow('sdk', 10)?.tiers.full?.gateway_cpu_us, 'µs', (v) => v <= 250],
+  ['added p50, full chain, raw upstream, 1 connection', '≤ 1 ms', ladderRow('raw', 1)?.tiers.full?.added_p50_ms, 'ms', (v) => v <= 1],
+  ['added p50, full chain, raw upstream, 10 connections', '≤ 2 ms', ladderRow('raw', 10)?.tiers.full?.added_p50_ms, 'ms', (v) => v <= 2],
+  ['throughput through the full chain / direct, SDK upstream, 10 connections', '≥ 0.5', ladderRow('sdk', 10)?.tiers.full?.throughput_ratio, '', (v) => v >= 0.5],
+  ['throughput through the full chain / direct, SDK upstream, 32 connections', '≥ 0.5', ladderRow('sdk', 32)?.tiers.full?.throughput_ratio, '', (v) => v >= 0.5],
+  ['Cedar, a repeated decision (shipped policies), p50', '≤ 10 µs', microRow('cedar', 'cedar decision repeated (remembered), shipped')?.p50_us, 'µs', (v) => v <= 10],
+  ['filtering a tools/list of 500 tools, first sight, p50', '≤ 25 ms', filterRow(500)?.cold_p50_ms, 'ms', (v) => v <= 25],
+  ['filtering a tools/list of 500 tools, repeated, p50', '≤ 1 ms', filterRow(500)?.warm_p50_ms, 'ms', (v) => v <= 1]
+].map(([what, target, value, unit, ok]) => ({ what, target, value: fmt(value, unit).trim(), met: value === undefined ? '—' : ok(value) ? 'met' : '**missed**' }))
+// autocannon's latencies have a resolution of 1 ms: the mean beside the added p50 is the finer figure.
+for (const [i, c] of [[2, 1], [3, 10]]) {
+  const mean = ladderRow('raw', c)?.tiers.full?.added_mean_ms
+  if (mean !== undefined) targets[i].value += ` (mean +${mean} ms)`
+}
+
+// A CPU profile of one rung (npm run bench -- --profile full/raw --write), when there is one.
+const profileFile = [join(resultsDir, 'profile.json'), join(root, 'bench/results/profile.json')].find(f => existsSync(f))
+const pr = profileFile !== undefined ? JSON.parse(readFileSync(profileFile, 'utf8')) : undefined
+const profileSection = pr === undefined
+  ? ''
+  : `
+## Where the CPU goes: a profile of the ${pr.tier === 'full' ? 'full chain' : pr.tier} (${pr.upstream} upstream)
+
+\`npm run bench -- --profile ${pr.tier}/${pr.upstream} --write\` on ${pr.date}: the V8 profiler over the measured run alone (${pr.seconds} s of
+tools/call, ${pr.connections} connections, ${pr.result.rps} req/s, ${pr.result.gateway_cpu_us} µs CPU per call with the profiler on). Self time of the
+gateway's main thread, as a share of the sampled ${pr.sampledSeconds} s (\`(idle)\` is time waiting for the sockets):
+
+${table(pr.byPackage.slice(0, 10), [['where', x => x.name.replace(/^\((.*)\)$/, '$1')], ['self time', x => `${x.percent} %`]])}
+
+The hottest functions:
+
+${table(pr.functions.slice(0, 15), [['function', x => `\`${x.name.replace(/\|/g, '\\|')}\``], ['self time', x => `${x.percent} %`]])}
+
+What the profile says about the missed targets: the largest shares are Node's own HTTP work (the
+server's parser and streams, \`writev\` for the answer to the agent and the request to the upstream,
+which on loopback runs the receiving side's TCP stack too), undici's client and the garbage
+collector, not the gateway's stages: identity and Cedar, once remembered, are about 10–20 µs each
+(per-stage table above); of the gateway's own work, the ephemeral token (an Ed25519 signature,
+about 40 µs here, and the call's canonical hash) is the largest. The bare proxy alone, with no
+identity and no policy, costs most of what the full chain does. What would remove the rest is a
+different transport, not a different pipeline: a persistent upstream connection with pipelined
+or multiplexed requests (HTTP/2 upstreams), fewer syscalls per message, and a proxy core outside
+the JS event loop. The first sight of 500 tools is spent in the tool scanner (about 130 µs per
+new definition, once per definition hash); a repeated list pays for serialising and hashing the
+page to find it in the cache.
+`
+
 // The sustained run's figures, when one was run (npm run bench:sustained [-- --write]).
 const sustainedFile = [join(resultsDir, 'sustained.json'), join(root, 'bench/results/sustained.json')].find(f => existsSync(f))
 const su = sustainedFile !== undefined ? JSON.parse(readFileSync(sustainedFile, 'utf8')) : undefined
@@ -112,6 +166,14 @@ Generated by \`npm run bench${flags.length > 0 ? ` -- ${flags.join(' ')}` : ''}\
 Machine: ${r.machine.cpus} × ${r.machine.cpu}, ${r.machine.memoryGiB} GiB, Node ${r.machine.node} (${r.machine.platform}).
 Versions: ${Object.entries(r.versions).map(([k, v]) => `${k} ${v}`).join(', ')}.
 This machine is shared and noisy: compare numbers within one run, not across runs.
+
+## Targets
+
+${table(targets, [['target', x => x.what], ['goal', x => x.target], ['this run', x => x.value], ['', x => x.met]])}
+
+CPU per call depends on load (a process handling one request per event-loop turn spends more per
+call than a saturated one; docs/performance.md), so compare rungs at the same upstream and
+concurrency.
 
 ## The ladder: what each rung of the gateway costs per forwarded tools/call
 
@@ -167,6 +229,6 @@ ${table(microRows, [['function', x => x.name], ['p50 µs', x => x.p50_us ?? '—
 ### Filtering a tools/list answer
 
 ${table(r.micro.filter.rows, [['tools', x => x.tools], ['visible', x => x.visible], ['first sight p50 ms', x => x.cold_p50_ms], ['first sight p99 ms', x => x.cold_p99_ms], ['repeated p50 ms', x => x.warm_p50_ms], ['repeated p99 ms', x => x.warm_p99_ms]])}
-${sustainedSection}${toolScanSection}`
+${profileSection}${sustainedSection}${toolScanSection}`
 writeFileSync(join(outDir, 'RESULTS.md'), md)
 progress(`wrote ${shown(join(outDir, 'RESULTS.md'))}, ${shown(join(resultsDir, 'ladder.svg'))} and ${shown(join(resultsDir, 'hops.svg'))} from ${shown(latestFile)}`)

@@ -7,8 +7,9 @@
 // throughput. Then tools/list through the full chain, the memory of 10,000 open sessions, the
 // per-stage timings, the micro-benches, and results/latest.json + RESULTS.md.
 // --quick: a subset (10 connections, 2 s runs, quick micro-benches) in under a minute.
-// --profile RUNG[/UPSTREAM]: only a CPU profile (node --cpu-prof) of one rung (default full;
-// upstream default raw) under tools/call, 10 connections, and its hottest functions.
+// --profile RUNG[/UPSTREAM]: only a CPU profile (the V8 profiler, over the measured run alone) of
+// one rung (default full; upstream default raw) under tools/call, 10 connections, and its
+// hottest functions, into results/profile.json (which RESULTS.md shows).
 // --sustained [s]: only the sustained run (default 300 s): the full chain under load, RSS and
 // event-loop delay every second; exits non-zero when a process dies or a request fails.
 // With --write the committed bench/results/ and bench/RESULTS.md, otherwise .scratch/bench/.
@@ -71,7 +72,7 @@ const up = await upstream.ask(undefined, 'ready')
 const gateways = {}
 for (const name of gatewaysToStart) {
   const [tier, kind] = name.split('/')
-  const g = start(`gateway (${name})`, ['gateway', tier, kind, publicPem, String(up.port), String(ports[name])], ['--expose-gc', ...nodeFlags, ...(profile !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])])
+  const g = start(`gateway (${name})`, ['gateway', tier, kind, publicPem, String(up.port), String(ports[name])], ['--expose-gc', ...nodeFlags])
   gateways[name] = { ...g, ...(await g.ask(undefined, 'ready')) }
 }
 progress(`upstream on :${up.port}; gateways ${gatewaysToStart.map(t => `${t} :${ports[t]}`).join(', ')}`)
@@ -130,10 +131,20 @@ async function profileRun (tier, kind) {
   progress(`profile of the ${tier} rung before the ${kind} upstream: warm-up 2 s, then tools/call c=10 for ${duration} s…`)
   await drive({ tier, kind, method: 'tools/list', connections: 1, seconds: 1 })
   await drive({ tier, kind, method: 'tools/call', connections: 4, seconds: 1 })
+  const g = gatewayOf(tier, kind)
+  await g.ask('profile-start', 'profiling')
   const r = await drive({ tier, kind, method: 'tools/call', connections: 10 })
-  progress(`${r.rps} req/s, gateway ${r.gateway_cpu_us} µs CPU/call`)
+  mkdirSync(profileDir, { recursive: true })
+  const file = join(profileDir, `${tier}-${kind}-${Date.now()}.cpuprofile`)
+  await g.ask({ profileTo: file }, 'profiled')
+  progress(`${r.rps} req/s, gateway ${r.gateway_cpu_us} µs CPU/call (profiler on); profile in ${shown(file)}`)
   await stopAll()
-  execFileSync(process.execPath, [join(root, 'bench/profile-top.mjs'), profileDir], { stdio: 'inherit' })
+  execFileSync(process.execPath, [join(root, 'bench/profile-top.mjs'), file], { stdio: 'inherit' })
+  // The summary goes into results/profile.json, which RESULTS.md shows.
+  const { newestProfile, summarise } = await import('./profile-top.mjs')
+  mkdirSync(resultsDir, { recursive: true })
+  writeFileSync(join(resultsDir, 'profile.json'), JSON.stringify({ ...header(), tier, upstream: kind, connections: 10, seconds: duration, result: r, ...summarise(newestProfile(file), 25) }, null, 2) + '\n')
+  progress(`wrote ${shown(join(resultsDir, 'profile.json'))}`)
 }
 
 async function ladderRun () {

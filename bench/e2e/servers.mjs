@@ -19,6 +19,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { Session } from 'node:inspector/promises'
 import { randomUUID } from 'node:crypto'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
@@ -150,6 +151,7 @@ if (role === 'upstream') {
   })
   await app.listen({ host: '127.0.0.1', port: Number(gatewayPort) })
   const cpu = cpuMeter()
+  let profiler
   const loop = monitorEventLoopDelay({ resolution: 10 })
   loop.enable()
   process.on('message', async (msg) => {
@@ -163,6 +165,20 @@ if (role === 'upstream') {
       loop.reset()
     }
     if (msg === 'gc') { globalThis.gc?.(); process.send({ gc: true }) }
+    // A CPU profile of the measured window only (not the start-up and warm-up).
+    if (msg === 'profile-start') {
+      profiler = new Session()
+      profiler.connect()
+      await profiler.post('Profiler.enable')
+      await profiler.post('Profiler.start')
+      process.send({ profiling: true })
+    }
+    if (typeof msg === 'object' && msg !== null && 'profileTo' in msg) {
+      const { profile } = await profiler.post('Profiler.stop')
+      profiler.disconnect()
+      writeFileSync(msg.profileTo, JSON.stringify(profile))
+      process.send({ profiled: msg.profileTo })
+    }
     if (msg === 'stop') { await app.close(); process.exit(0) }
   })
   process.send({ ready: true, origin: `http://127.0.0.1:${gatewayPort}`, publicUrl: config.publicUrl })
