@@ -113,6 +113,7 @@ for (const [i, c] of [[2, 1], [3, 10]]) {
 // A CPU profile of one rung (npm run bench -- --profile full/raw --write), when there is one.
 const profileFile = [join(resultsDir, 'profile.json'), join(root, 'bench/results/profile.json')].find(f => existsSync(f))
 const pr = profileFile !== undefined ? JSON.parse(readFileSync(profileFile, 'utf8')) : undefined
+const share = (...names) => +(pr?.byPackage ?? []).filter(x => names.includes(x.name)).reduce((a, x) => a + x.percent, 0).toFixed(1)
 const profileSection = pr === undefined
   ? ''
   : `
@@ -128,10 +129,10 @@ The hottest functions:
 
 ${table(pr.functions.slice(0, 15), [['function', x => `\`${x.name.replace(/\|/g, '\\|')}\``], ['self time', x => `${x.percent} %`]])}
 
-What the profile says about the missed targets: the largest shares are Node's own HTTP work (the
-server's parser and streams, \`writev\` for the answer to the agent and the request to the upstream,
-which on loopback runs the receiving side's TCP stack too), undici's client and the garbage
-collector, not the gateway's stages: identity and Cedar, once remembered, are about 10–20 µs each
+What the profile says about the missed targets: Node's own HTTP work (its internals: the server's
+parser and streams; \`writev\` for the answer to the agent and the request to the upstream, which on
+loopback runs the receiving side's TCP stack too; undici's client) takes ${share('node internals', '(writev)', 'undici', '(writeString)')} % of the samples,
+the gateway's own code ${share('mcp-warden (dist)')} % and Fastify ${share('fastify')} %. Of the gateway's stages, identity and Cedar, once remembered, are about 10–20 µs each
 (per-stage table above); of the gateway's own work, the ephemeral token (an Ed25519 signature,
 about 40 µs here, and the call's canonical hash) is the largest. The bare proxy alone, with no
 identity and no policy, costs most of what the full chain does. What would remove the rest is a
