@@ -62,7 +62,8 @@ const [profileTier, profileKind = 'raw'] = (profile ?? '').split('/')
 if (profile !== undefined && (!TIERS.includes(profileTier) || !UPSTREAMS.includes(profileKind))) { console.error(`bench: --profile takes RUNG[/UPSTREAM]: one of ${TIERS.join(', ')}, then ${UPSTREAMS.join(' or ')}`); process.exit(2) }
 // One gateway process per rung and upstream, each with that upstream as server `db`.
 const gatewaysToStart = sustained !== undefined ? ['full/sdk'] : profile !== undefined ? [`${profileTier}/${profileKind}`] : TIERS.flatMap(t => UPSTREAMS.map(k => `${t}/${k}`))
-const profileDir = join(outDir, 'profiles')
+// Profiles are large and machine-specific: never among the committed files, --write or not.
+const profileDir = join(root, '.scratch/bench/profiles')
 const ports = Object.fromEntries(await Promise.all(gatewaysToStart.map(async t => [t, await freePort()])))
 progress('starting upstream and gateways…')
 // Only full/sdk's tokens are checked by the upstream (on /sdk/mcp).
