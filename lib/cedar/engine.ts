@@ -22,7 +22,7 @@ import { BoundedCache } from '../bounded-cache.js'
 // With V8's inlining of JS-to-Wasm calls on, a tight loop of decisions now and then kills the
 // process ("unreachable code" in Deoptimizer::DoComputeBuiltinContinuation, Node 20 and 22;
 // bench/repro/v8-wasm-inline-deopt.mjs reproduces it). It is switched off before any Cedar call
-// is optimized. docs/performance.md has the runs and what this costs.
+// is optimized. docs/performance.md has the runs.
 setFlagsFromString('--no-turbo-inline-js-wasm-calls')
 
 // The Cedar Wasm module is loaded through require() so that a fresh instance can replace it:
