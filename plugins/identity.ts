@@ -62,7 +62,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
   const verifyBearer = createBearerVerifier(id, gatewayIssuer, () => (opts.tokens ?? provided(app, 'tokens'))?.keys.jwks())
   // Tokens whose signature and claims verified, by the SHA-256 of the token (never by claims):
   // an agent sends the same token with every call until it expires. Only successes are kept.
-  const verified = new BoundedCache<{ claims: Record<string, unknown>, identity: Identity, until: number }>(VERIFIED_TOKENS)
+  const verified = new BoundedCache<{ claims: Record<string, unknown>, identity: Identity }>(VERIFIED_TOKENS)
 
   app.decorateRequest('identity', null)
   app.decorateRequest('mcpInternal', false)
@@ -152,7 +152,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       if (id.verifiedTokenCacheSeconds > 0 && token.length <= MAX_REMEMBERED_TOKEN) {
         remember = createHash('sha256').update(token).digest('base64')
         const hit = verified.get(remember)
-        if (hit !== undefined && hit.until > Date.now()) {
+        if (hit !== undefined) {
           claims = hit.claims
           known = hit.identity
         } else {
@@ -182,7 +182,7 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       const identity = identityFromClaims(claims, id, gatewayIssuer)
       if (remember !== undefined) {
         const exp = typeof claims.exp === 'number' ? claims.exp * 1000 : 0
-        verified.set(remember, { claims, identity, until: Math.min(exp, Date.now() + id.verifiedTokenCacheSeconds * 1000) })
+        verified.set(remember, { claims, identity }, Math.min(exp, Date.now() + id.verifiedTokenCacheSeconds * 1000))
       }
       return identity
     } catch (err) {

@@ -1,5 +1,6 @@
 import { FilePinStore, type PinStore } from '../tools/pins.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
+import { BoundedCache } from '../bounded-cache.js'
 
 interface Entry { server: string, sessionId: string, principal: string, expires: number }
 
@@ -110,23 +111,10 @@ export class MemoryReplayStore implements ReplayStore {
 
 /** Single-process exchange-token cache. */
 export class MemoryTokenCache implements TokenCache {
-  readonly #entries = new Map<string, { token: string, until: number }>()
+  readonly #entries = new BoundedCache<string>(10_000)
 
-  async get (key: string): Promise<string | null> {
-    const e = this.#entries.get(key)
-    if (e === undefined) return null
-    if (e.until <= Date.now()) { this.#entries.delete(key); return null }
-    return e.token
-  }
-
-  async set (key: string, token: string, until: number): Promise<void> {
-    if (this.#entries.size >= 10_000) {
-      const now = Date.now()
-      for (const [k, e] of this.#entries) if (e.until <= now) this.#entries.delete(k)
-      if (this.#entries.size >= 10_000) this.#entries.delete(this.#entries.keys().next().value!)
-    }
-    this.#entries.set(key, { token, until })
-  }
+  async get (key: string): Promise<string | null> { return this.#entries.get(key) ?? null }
+  async set (key: string, token: string, until: number): Promise<void> { this.#entries.set(key, token, until) }
 }
 
 /** The embedded default (`store: memory`): one process, pins in the `toolScan.pins` file. */
