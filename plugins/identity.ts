@@ -149,17 +149,14 @@ async function identity (app: FastifyInstance, opts: IdentityOptions): Promise<v
       const token = bearerToken(header)
       if (token === undefined) throw tokenError({ code: BAD_AUTHORIZATION })
       // Tokens up to MAX_REMEMBERED_TOKEN characters are remembered (an ordinary JWT is well under).
-      if (id.verifiedTokenCacheSeconds > 0 && token.length <= MAX_REMEMBERED_TOKEN) {
-        remember = createHash('sha256').update(token).digest('base64')
-        const hit = verified.get(remember)
-        if (hit !== undefined) {
-          claims = hit.claims
-          known = hit.identity
-        } else {
-          claims = await verifyBearer(token)
-        }
+      const key = id.verifiedTokenCacheSeconds > 0 && token.length <= MAX_REMEMBERED_TOKEN ? createHash('sha256').update(token).digest('base64') : undefined
+      const hit = key === undefined ? undefined : verified.get(key)
+      if (hit !== undefined) {
+        claims = hit.claims
+        known = hit.identity
       } else {
         claims = await verifyBearer(token)
+        remember = key
       }
     } catch (err) {
       done()
