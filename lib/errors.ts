@@ -149,5 +149,7 @@ export const StoreUnavailableError = define('MCPW_ERR_STORE_UNAVAILABLE',
   'The gateway\'s shared store is unreachable; the request was not forwarded. Retry in a few seconds', 503, RpcCode.unavailable)
 export const SessionLimitError = define('MCPW_ERR_SESSION_LIMIT',
   'Too many open sessions: this agent holds %s sessions on MCP server "%s" (limits.maxSessionsPerAgent); end one (DELETE) before opening another', 429, RpcCode.rateLimited)
+export const ApprovalRateLimitError = define('MCPW_ERR_APPROVAL_RATE_LIMITED',
+  'Too many approval requests: this agent asked for %s approvals within %s (approvals.rateLimit); retry after %s seconds', 429, RpcCode.rateLimited)
 export const RateLimitedError = define('MCPW_ERR_RATE_LIMITED',
   'Rate limit exceeded: %s; retry after %s seconds', 429, RpcCode.rateLimited)

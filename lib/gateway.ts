@@ -16,6 +16,7 @@ import metrics from '../plugins/metrics.js'
 import mcpContext from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
+import approvals from '../plugins/approvals.js'
 import mcpProxy from '../plugins/mcp-proxy.js'
 import ephemeralToken from '../plugins/ephemeral-token.js'
 import toolFilter from '../plugins/tool-filter.js'
@@ -77,6 +78,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
     await app.register(identity, { config, tokens })
     await app.register(cedarAuthz, { config })
+    await app.register(approvals, { config, tokens })
     await app.register(toolFilter, { config, tokens })
     await app.register(rateLimit, { config })
     await app.register(ephemeralToken, { config, tokens })

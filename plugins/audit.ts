@@ -37,6 +37,7 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(m?.uri !== undefined ? { uri: m.uri } : {}),
     ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
     ...(request.mcpUpstreamToken != null ? { upstreamTokenId: request.mcpUpstreamToken.jti } : {}),
+    ...(request.mcpApproval != null ? { approvalId: request.mcpApproval.id, approver: request.mcpApproval.approver } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
     policies: [...(request.decision?.policies ?? [])],

@@ -20,9 +20,9 @@ import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
 import { methodSpec } from '../lib/mcp-methods.js'
 import {
-  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest
+  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
-import { provide, type ReloadResult } from './decorations.js'
+import { provided, provide, type ApprovalGate, type ReloadResult } from './decorations.js'
 
 export interface CedarAuthzOptions {
   config: GatewayConfig
@@ -32,6 +32,11 @@ export interface CedarAuthzOptions {
 function withoutArguments (r: AuthzRequest): AuthzRequest {
   const { arguments: _arguments, ...rest } = r
   return rest
+}
+
+/** Whether a list shows what a decision is about: allowed, or allowed once a person approves the call. */
+export function visible (decision: Decision): boolean {
+  return decision.allowed || decision.approval !== undefined
 }
 
 /** The Cedar request for an MCP message on a server route. */
@@ -108,18 +113,30 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     app.addHook('onClose', async () => { watching.close() })
   }
 
-  app.addHook('preHandler', async (request) => {
+  // The approvals plugin, when registered: a call only @approval policies denied waits for a
+  // person there. Without it, such a call is denied like any other.
+  let gate: ApprovalGate | undefined
+  app.addHook('onReady', async () => { gate = provided(app, 'approvals') })
+
+  app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
     const authzRequest = authzRequestFor(request)
     const done = startStage(request, 'authz')
-    const decision = engine.authorize(authzRequest)
+    let decision = engine.authorize(authzRequest)
     done()
     request.decision = decision
     if (decision.allowed) return
+    if (decision.approval !== undefined && gate !== undefined && authzRequest.action === 'call_tool' && request.mcp?.kind === 'request') {
+      const settled = await gate.settle(request, reply, authzRequest, decision)
+      if (settled === null) return reply
+      request.decision = decision = settled
+      if (decision.allowed) return
+    }
     // A tool the caller may not even see (denied without arguments too) is answered like a
-    // tool that does not exist, so its existence is not revealed.
-    if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' &&
-        (authzRequest.arguments === undefined || !engine.authorize(withoutArguments(authzRequest)).allowed)) {
+    // tool that does not exist, so its existence is not revealed. A tool that needs a person's
+    // approval is visible.
+    if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' && decision.approval === undefined &&
+        (authzRequest.arguments === undefined || !visible(engine.authorize(withoutArguments(authzRequest))))) {
       throw refusal(new UnknownToolError(authzRequest.tool!), { reason: `hidden: ${decision.reason}` })
     }
     throw refusal(new AccessDeniedError(decision.reason), {

@@ -62,6 +62,30 @@ export interface McpOutcome {
   reason: string
 }
 
+/** `request.mcpApproval` (approvals): the approval a call asked for, or used. */
+export interface McpApprovalNote {
+  readonly id: string
+  /** `required`: the call waits for it (not forwarded); `used`: it let this call run (once). */
+  readonly status: 'required' | 'used'
+  /** The approver's user id, for a used approval. */
+  readonly approver: string | null
+}
+
+/** `app.mcpWarden.approvals` (approvals): what cedar-authz calls for a call only @approval policies denied. */
+export interface ApprovalGate {
+  /**
+   * Uses this exact call's approval, once, and returns the decision that allows it; or answers
+   * the agent that the call needs approval (returns null: the request is answered).
+   */
+  settle (request: FastifyRequest, reply: FastifyReply, authzRequest: AuthzRequest, decision: Decision): Promise<Decision | null>
+}
+
+/** `app.mcpWarden.sessionStreams` (mcp-proxy): the agents' open GET streams, to tell them something. */
+export interface SessionStreams {
+  /** Sends a JSON-RPC notification on every open GET stream of a session on this replica; returns how many. */
+  notify (server: string, sessionId: string, message: Record<string, unknown>): number
+}
+
 /** One audit line (audit). */
 export interface AuditRecord {
   time: string
@@ -83,7 +107,11 @@ export interface AuditRecord {
    * (`token-exchange`, with `resource`, `scope`, `actor`), a request an upstream sent the agent
    * on a stream (`upstream-request`: sampling, elicitation, …).
    */
-  event?: 'token-exchange' | 'upstream-request'
+  event?: 'token-exchange' | 'upstream-request' | 'approval'
+  /** The approval a call asked for or used, or that an approver acted on. */
+  approvalId?: string
+  /** The approver's user id: who approved the call that ran, or who acted on the approval page. */
+  approver?: string | null
   resource?: string
   scope?: string
   actor?: string | null
@@ -108,6 +136,10 @@ export interface McpWarden {
   tokens: GatewayTokens
   /** store. */
   store: GatewayStore
+  /** approvals. */
+  approvals: ApprovalGate
+  /** mcp-proxy. */
+  sessionStreams: SessionStreams
   /** audit. */
   audit: AuditSink
   /** metrics: the Prometheus registry of `GET /metrics`. */
@@ -166,6 +198,8 @@ declare module 'fastify' {
     mcpOutcome: McpOutcome | null
     /** cedar-authz. */
     decision: Decision | null
+    /** approvals: the approval this call asked for, or used. */
+    mcpApproval: McpApprovalNote | null
     /** Set by the upstream-credential plugins; null means the upstream gets no credential. */
     upstreamAuth: UpstreamAuth | null
     /** ephemeral-token: the claims of the token minted for this request's upstream call. */

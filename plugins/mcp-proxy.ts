@@ -22,7 +22,7 @@ import { principalKey } from '../lib/identity.js'
 import type { SessionStore } from '../lib/stores/types.js'
 import { MemorySessionStore } from '../lib/stores/memory.js'
 import { createMcpErrorHandler } from './mcp-context.js'
-import { declareShared, provided, type AuditSink } from './decorations.js'
+import { declareShared, provide, provided, type AuditSink } from './decorations.js'
 
 export interface McpProxyOptions {
   config: GatewayConfig
@@ -117,6 +117,18 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
   })
 
   declareShared(app, 'upstreamAuth', 'mcpResponseTransform', 'mcpListAnswer')
+
+  // The agents' open GET streams on this replica, by server and session: the gateway's own
+  // notifications (an approval decided) are written on them between the upstream's events.
+  const streams = new Map<string, Set<(message: Record<string, unknown>) => void>>()
+  provide(app, 'sessionStreams', {
+    notify (server, sessionId, message) {
+      const open = streams.get(`${server}\n${sessionId}`)
+      if (open === undefined) return 0
+      for (const push of open) push(message)
+      return open.size
+    }
+  })
 
   // Each upstream's credential comes from a plugin; a host that left it out fails ready()
   // with the plugin to register, instead of answering every call with 503.
@@ -369,6 +381,19 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
       // On a GET stream an SSE comment goes first, so the status and headers reach the client at
       // once, before any event (a client with a headers timeout would drop a quiet stream).
       if (request.method === 'GET') rewritten.push(': mcp-warden\n\n')
+      if (request.method === 'GET' && sessionId !== undefined) {
+        const key = `${name}\n${sessionId}`
+        const push = (message: Record<string, unknown>): void => {
+          if (!rewritten.destroyed && !rewritten.writableEnded) rewritten.push(formatEvent({ event: 'message', data: JSON.stringify(message) }))
+        }
+        let open = streams.get(key)
+        if (open === undefined) streams.set(key, open = new Set())
+        open.add(push)
+        rewritten.once('close', () => {
+          open.delete(push)
+          if (open.size === 0 && streams.get(key) === open) streams.delete(key)
+        })
+      }
       pipeline(res.body, rewritten, (err) => { if (err !== undefined && err !== null) request.log.debug({ err }, 'SSE stream ended early') })
       return await reply.code(status).send(rewritten)
     }

@@ -116,6 +116,31 @@ export interface AuthzRequest {
   prompt?: string
   /** Evaluation time (default: now). */
   now?: Date
+  /** The approval this exact call carries (`context.approval`); absent: none granted. */
+  approval?: ApprovalContext
+}
+
+/** `context.approval` (DESIGN §11). */
+export interface ApprovalContext {
+  readonly granted: boolean
+  /** The approver's user id ('' when none). */
+  readonly approver: string
+  readonly ageSeconds: number
+}
+const NOT_GRANTED: ApprovalContext = Object.freeze({ granted: false, approver: '', ageSeconds: 0 })
+/** What a call would be decided as once approved: asked only to tell "needs approval" from "denied". */
+const GRANTED_PROBE: ApprovalContext = Object.freeze({ granted: true, approver: '', ageSeconds: 0 })
+
+/** A person deciding on an approval (`Mcp::Action::"approve"`). */
+export interface ApproveRequest {
+  /** The approver, read from their token like an agent's identity. */
+  approver: Identity
+  server: UpstreamConfig
+  tool: string
+  requester: { agentId: string, userId: string, department: string }
+  /** Ids of the @approval policies that asked for the approval. */
+  policies: readonly string[]
+  now?: Date
 }
 
 interface DecisionBase {
@@ -128,6 +153,18 @@ interface DecisionBase {
   /** A sentence for people: why. */
   readonly reason: string
   readonly policyVersion: string
+  /**
+   * On a deny: set when only @approval policies denied, and the same call with
+   * `context.approval.granted` would be allowed. The call then waits for a person.
+   */
+  readonly approval?: ApprovalRequirement
+}
+
+export interface ApprovalRequirement {
+  /** The @approval policies that asked for it. */
+  readonly policies: readonly string[]
+  /** Their @approval texts: who may approve, for people. */
+  readonly approvers: readonly string[]
 }
 export type Decision =
   | DecisionBase & { readonly outcome: 'allow', readonly allowed: true }
@@ -161,6 +198,8 @@ export interface CompiledPolicySet {
   readonly version: string
   readonly policyIds: readonly string[]
   readonly advice: ReadonlyMap<string, string>
+  /** Policies annotated @approval("who"), by id: they ask for a person's approval instead of denying. */
+  readonly approvals: ReadonlyMap<string, string>
   /** Per-tool actions of a generated schema: `server/tool` → the type of context.arguments (if any). */
   readonly toolActions: ReadonlyMap<string, CedarType | undefined>
   readonly schemaName: string
@@ -186,11 +225,12 @@ const messages = (errors: Array<{ message: string, help?: string | null }>): str
   errors.map(e => e.help ? `${e.message} (${e.help})` : e.message).join('; ')
 
 /** Splits every file into policies named by their @id (or `<file>#<n>`), with their @advice. */
-export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<string, string>, advice: Map<string, string>, json: unknown[] } {
+export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<string, string>, advice: Map<string, string>, approvals: Map<string, string>, json: unknown[] } {
   const texts: Record<string, string> = {}
   const jsonForms: unknown[] = []
   const where = new Map<string, string>()
   const advice = new Map<string, string>()
+  const approvals = new Map<string, string>()
   for (const { file, text } of files) {
     const parts = cedar.policySetTextToParts(text)
     if (parts.type === 'failure') throw new PolicySetError(`${basename(file)}: ${messages(parts.errors)}`)
@@ -206,9 +246,14 @@ export function splitPolicies (files: readonly PolicyFile[]): { texts: Record<st
       texts[id] = policy
       jsonForms.push(json.json)
       if (typeof annotations.advice === 'string' && annotations.advice !== '') advice.set(id, annotations.advice)
+      if (annotations.approval !== undefined) {
+        const effect = (json.json as { effect?: string }).effect
+        if (effect !== 'forbid') throw new PolicySetError(`${basename(file)}: policy "${id}" is annotated @approval but is a ${String(effect)}; @approval marks a forbid that a person's approval lifts (unless { context.approval.granted })`)
+        approvals.set(id, typeof annotations.approval === 'string' && annotations.approval !== '' ? annotations.approval : 'an approver')
+      }
     })
   }
-  return { texts, advice, json: jsonForms }
+  return { texts, advice, approvals, json: jsonForms }
 }
 
 interface SchemaJsonAction { memberOf?: Array<{ id: string }>, appliesTo?: { context?: unknown } }
@@ -242,7 +287,7 @@ function actionsOf (schemaText: string): { toolActions: Map<string, CedarType | 
 export function compilePolicySet (source: PolicySource): CompiledPolicySet {
   const check = cedar.checkParseSchema(source.schemaText)
   if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
-  const { texts, advice, json } = splitPolicies(source.files)
+  const { texts, advice, approvals, json } = splitPolicies(source.files)
   const validation = cedar.validate({ schema: source.schemaText, policies: { staticPolicies: texts }, validationSettings: { mode: 'strict' } })
   if (validation.type === 'failure') throw new PolicySetError(messages(validation.errors))
   if (validation.validationErrors.length > 0) {
@@ -261,6 +306,7 @@ export function compilePolicySet (source: PolicySource): CompiledPolicySet {
     version,
     policyIds: Object.keys(texts).sort(),
     advice,
+    approvals,
     toolActions,
     reads: analysePolicies(json as Parameters<typeof analysePolicies>[0], actionParents),
     decisions: new BoundedCache<Decision>(DECISION_CACHE_ENTRIES),
@@ -399,6 +445,10 @@ export class CedarEngine {
       const { localHour, localWeekday } = this.#localTime(now, r.now === undefined)
       parts.push(this.timezone, localHour, localWeekday)
     }
+    if (reads.context.has('approval')) {
+      const a = r.approval ?? NOT_GRANTED
+      parts.push(a.granted, a.approver, a.ageSeconds)
+    }
     if (reads.context.has('arguments')) {
       const args = r.arguments === undefined ? null : JSON.stringify(r.arguments)
       if (args !== null && args.length > MAX_ARGUMENTS_KEY) return undefined
@@ -407,6 +457,84 @@ export class CedarEngine {
     const key = JSON.stringify(parts)
     // Short keys are JSON arrays ("[…"); a digest starts with "#", so the two never meet.
     return key.length <= MAX_KEY_CHARS ? key : `#${createHash('sha256').update(key).digest('base64')}`
+  }
+
+  /**
+   * A deny that only @approval policies made is a call waiting for a person when the same call,
+   * approved, would be allowed (another forbid, or no permit, would still deny it: no approval).
+   */
+  #withApproval (made: Decision & { outcome: 'deny' }, r: AuthzRequest, set: CompiledPolicySet): Decision {
+    if (set.approvals.size === 0 || made.policies.length === 0 || !made.policies.every(id => set.approvals.has(id))) return made
+    const probe = this.authorize({ ...r, approval: GRANTED_PROBE })
+    if (!probe.allowed) return made
+    return { ...made, approval: Object.freeze({ policies: made.policies, approvers: Object.freeze(made.policies.map(id => set.approvals.get(id)!)) }) }
+  }
+
+  /**
+   * Whether a person may approve a call of a tool (`Mcp::Action::"approve"`): decided in Cedar
+   * every time, never remembered.
+   */
+  authorizeApproval (r: ApproveRequest): Decision {
+    const set = this.#set
+    const decisionId = randomUUID()
+    const base = { decisionId, policyVersion: set.version }
+    const fail = (error: string): Decision => ({ ...base, outcome: 'error', allowed: false, policies: [], advice: [], errors: [error], reason: ENGINE_ERROR_REASON })
+    try {
+      const now = r.now ?? new Date()
+      const { localHour, localWeekday } = localTime(now, this.timezone)
+      const a = r.approver
+      const approver = uid('Mcp::Approver', a.userId ?? a.agentId)
+      const { resource, entities } = requestEntities({ identity: a, server: r.server, action: 'call_tool', method: 'tools/call', tool: r.tool })
+      entities[0] = {
+        uid: approver,
+        attrs: { userId: a.userId ?? a.agentId, department: a.department ?? '', roles: [...a.roles], issuer: a.issuer },
+        parents: a.roles.map(role => uid('Mcp::Role', role))
+      }
+      if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
+        return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
+      }
+      let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
+      try {
+        answer = cedar.statefulIsAuthorized({
+          principal: approver,
+          action: uid('Mcp::Action', 'approve'),
+          resource,
+          context: {
+            now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
+            localHour,
+            localWeekday,
+            timezone: this.timezone,
+            requester: { ...r.requester },
+            policies: [...r.policies]
+          },
+          entities,
+          preparsedSchemaName: set.schemaName,
+          preparsedPolicySetId: set.policySetId,
+          validateRequest: true
+        })
+      } catch (err) {
+        const message = (err as Error).message
+        replaceCedarInstance(`Cedar threw: ${message}`)
+        return fail(`the Cedar engine failed (${message}); this approval is refused`)
+      }
+      if (answer.type !== 'success') return fail(messages(answer.errors))
+      const { decision, diagnostics } = answer.response
+      if (diagnostics.errors.length > 0) return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
+      const policies = Object.freeze([...diagnostics.reason].sort())
+      const advice = Object.freeze(policies.map(id => set.advice.get(id)).filter((x): x is string => x !== undefined))
+      if (decision === 'allow') return { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
+      return {
+        ...base,
+        outcome: 'deny',
+        allowed: false,
+        policies,
+        advice,
+        errors: [],
+        reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : `no policy lets ${a.userId ?? a.agentId} approve calls of ${r.server.name}/${r.tool}`
+      }
+    } catch (err) {
+      return fail((err as Error).message)
+    }
   }
 
   /** Decides one request. Never throws: failures are `error` decisions. */
@@ -463,7 +591,8 @@ export class CedarEngine {
         localHour,
         localWeekday,
         timezone: this.timezone,
-        method: r.method
+        method: r.method,
+        approval: { ...(r.approval ?? NOT_GRANTED) }
       }
       if (cedarArguments !== undefined) context.arguments = cedarArguments
       const { principal, resource, entities } = requestEntities(r)
@@ -519,6 +648,7 @@ export class CedarEngine {
       // Errors are never remembered: the next request is decided afresh.
       // A deny no policy explains names the request in its reason; that is rebuilt on a hit, so
       // nothing the agent sent is kept with the remembered decision.
+      if (made.outcome === 'deny' && r.approval?.granted !== true) made = this.#withApproval(made, r, set)
       if (cacheKey !== undefined) set.decisions.set(cacheKey, Object.freeze(made.outcome === 'deny' && made.policies.length === 0 ? { ...made, reason: '' } : made))
       return made
     } catch (err) {

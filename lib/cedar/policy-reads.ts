@@ -15,7 +15,7 @@
  */
 
 /** Context fields the engine fills; any other read makes the action uncacheable. */
-export const CONTEXT_FIELDS = ['now', 'localHour', 'localWeekday', 'timezone', 'method', 'arguments'] as const
+export const CONTEXT_FIELDS = ['now', 'localHour', 'localWeekday', 'timezone', 'method', 'approval', 'arguments'] as const
 export type ContextField = typeof CONTEXT_FIELDS[number]
 
 export interface ActionReads {

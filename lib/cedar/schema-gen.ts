@@ -18,7 +18,8 @@ const CONTEXT = {
   localHour: { type: 'Long' },
   localWeekday: { type: 'Long' },
   timezone: { type: 'String' },
-  method: { type: 'String' }
+  method: { type: 'String' },
+  approval: { type: 'Approval' }
 }
 
 /** Every tool of an upstream (all pages of tools/list), asked with the MCP SDK client. */

@@ -10,7 +10,7 @@ import type { Static } from '@sinclair/typebox'
 import { parse as parseDuration } from '@lukeed/ms'
 import { isTimeZone } from '../cedar/time.js'
 import { checkSchema, fail, type UpstreamAuthSchema, type UpstreamSchema, type VaultSchema } from './schema.js'
-import type { GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
+import type { ApprovalsConfig, GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
 
 const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
 
@@ -173,6 +173,33 @@ function rateLimitConfig (raw: NonNullable<RawConfig['rateLimit']>, upstreams: R
   return { max: raw.max, timeWindowMs, tools, unauthenticated }
 }
 
+function approvalsConfig (raw: RawConfig['approvals'], base: string, baseDir: string): ApprovalsConfig {
+  if (raw.notify !== undefined) parseUrl('approvals.notify.url', raw.notify.url)
+  if (raw.signIn !== undefined) {
+    const issuer = parseUrl('approvals.signIn.issuer', raw.signIn.issuer)
+    if (issuer.search !== '' || issuer.hash !== '') fail('approvals.signIn.issuer', 'must not have a query or fragment')
+    if (!raw.signIn.scopes.includes('openid')) fail('approvals.signIn.scopes', 'must include "openid" (the sign-in reads the ID token)')
+  }
+  const audience = raw.approverAudience ?? `${base}/approvals`
+  parseUrl('approvals.approverAudience', audience, ['http:', 'https:', 'urn:'])
+  return {
+    ttlSeconds: raw.ttlSeconds,
+    rateLimit: { max: raw.rateLimit.max, timeWindowMs: windowMs('approvals.rateLimit.timeWindow', raw.rateLimit.timeWindow) },
+    approverAudience: audience,
+    ...(raw.notify !== undefined ? { notify: { url: raw.notify.url, secret: secretRef('approvals.notify.secret', raw.notify.secret, baseDir), timeoutMs: Math.round(raw.notify.timeoutSeconds * 1000) } } : {}),
+    ...(raw.signIn !== undefined
+      ? {
+          signIn: {
+            issuer: raw.signIn.issuer.replace(/\/+$/, ''),
+            clientId: raw.signIn.clientId,
+            ...(raw.signIn.clientSecret !== undefined ? { clientSecret: secretRef('approvals.signIn.clientSecret', raw.signIn.clientSecret, baseDir) } : {}),
+            scopes: raw.signIn.scopes
+          }
+        }
+      : {})
+  }
+}
+
 /**
  * Validates a parsed config object and returns the normalised, frozen config.
  * `baseDir` resolves relative file paths (the config file's folder).
@@ -289,6 +316,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       ...(cfg.toolScan.judge !== undefined ? { judge: { ...cfg.toolScan.judge, url: parseUrl('toolScan.judge.url', cfg.toolScan.judge.url).href } } : {})
     },
     store: storeUrl(cfg.store),
+    approvals: approvalsConfig(cfg.approvals, base, baseDir),
     aggregate: cfg.aggregate,
     ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },

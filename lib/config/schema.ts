@@ -157,6 +157,25 @@ export const ConfigSchema = Type.Object({
     }, strict))
   }, strict)),
   store: Str({ default: 'memory' }),
+  approvals: Type.Object({
+    ttlSeconds: Type.Integer({ minimum: 5, maximum: 7 * 86400, default: 600 }),
+    rateLimit: Type.Object({
+      max: Type.Integer({ minimum: 1, default: 10 }),
+      timeWindow: Type.Union([Type.Integer({ minimum: 1 }), Str()], { default: '10 minutes', hint: WINDOW_HINT })
+    }, { ...strict, default: {} }),
+    approverAudience: Type.Optional(Str()),
+    notify: Type.Optional(Type.Object({
+      url: Str(),
+      secret: SecretRefSchema,
+      timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 5 })
+    }, strict)),
+    signIn: Type.Optional(Type.Object({
+      issuer: Str(),
+      clientId: Str(),
+      clientSecret: Type.Optional(SecretRefSchema),
+      scopes: Type.Array(Str(), { default: ['openid', 'profile'] })
+    }, strict))
+  }, { ...strict, default: {} }),
   aggregate: Type.Object({
     enabled: Type.Boolean({ default: true }),
     separator: Type.String({ minLength: 1, maxLength: 8, pattern: '^[A-Za-z0-9_.-]+$', default: '__' })

@@ -159,6 +159,8 @@ export interface GatewayConfig {
   }
   /** `memory`, or a Redis URL (redis://, rediss://) shared by replicas. */
   readonly store: string
+  /** Human approval of single calls (DESIGN §11). */
+  readonly approvals: ApprovalsConfig
   /** The aggregated endpoint `POST /mcp`: every upstream as one server. */
   readonly aggregate: { readonly enabled: boolean, readonly separator: string }
   /** Per-agent request limits; absent: none. Windows in milliseconds. */
@@ -169,4 +171,17 @@ export interface GatewayConfig {
   readonly logLevel: string
   /** Send a Server-Timing header with the duration of each stage on MCP answers. */
   readonly serverTiming: boolean
+}
+
+export interface ApprovalsConfig {
+  /** How long an approval waits for a person, and how long an approved call may be retried. */
+  readonly ttlSeconds: number
+  /** New approval requests per agent (and user) per window. */
+  readonly rateLimit: { readonly max: number, readonly timeWindowMs: number }
+  /** The `aud` an approver's JWT must carry (default `<publicUrl>/approvals`). */
+  readonly approverAudience: string
+  /** Webhook told of each new approval and each decision, signed with HMAC-SHA256. */
+  readonly notify?: { readonly url: string, readonly secret: SecretRef, readonly timeoutMs: number }
+  /** OIDC sign-in (authorization code + PKCE) of approvers at the approval page. */
+  readonly signIn?: { readonly issuer: string, readonly clientId: string, readonly clientSecret?: SecretRef, readonly scopes: readonly string[] }
 }

@@ -19,6 +19,12 @@ export const DEMO_AGENTS = [
   { role: 'super_admin', agentId: 'ops-bot', userId: 'frank', department: 'platform-ops' }
 ] as const
 
+/** People who approve calls in the demo (reference policies: platform-ops super_admins, finance). */
+export const DEMO_APPROVERS = [
+  { userId: 'grace', roles: ['super_admin'], department: 'platform-ops' },
+  { userId: 'heidi', roles: ['approver'], department: 'finance' }
+] as const
+
 /**
  * The demo's gateway config. `urls` are the demo upstreams' addresses; tools that only
  * read the config (cedar explain) may pass placeholders.

@@ -10,7 +10,7 @@ import { DEMO_AGENTS, DEMO_ISSUER, demoConfig } from './config.js'
 import { createApiServer, createApiState } from './api.js'
 import { createDbServer, openDemoDatabase } from './db.js'
 import { createFileServer, seedSandbox } from './file.js'
-export { DEMO_AGENTS, DEMO_ISSUER, demoConfig } from './config.js'
+export { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, demoConfig } from './config.js'
 import { serveMcp, type ServedMcp, type ServeOptions } from './serve.js'
 import { checkNodeRequest, createUpstreamVerifier, type UpstreamVerifier } from '../upstream.js'
 import { freePort } from '../http-body.js'
@@ -30,6 +30,8 @@ export interface Demo {
   readonly dataDir: string
   /** Signs a demo agent token valid on every demo server. */
   token (agent: { agentId: string, userId?: string, roles?: string[], department?: string, scope?: string }, ttlSeconds?: number): string
+  /** Signs a token for a person who approves calls (aud: approvals.approverAudience). */
+  approverToken (person: { userId: string, roles: string[], department: string }, ttlSeconds?: number): string
   /** One token per demo role. */
   tokens (ttlSeconds?: number): Array<(typeof DEMO_AGENTS)[number] & { token: string }>
   close (): Promise<void>
@@ -97,11 +99,21 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     ttlSeconds
   })
 
+  const approverToken: Demo['approverToken'] = (person, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
+    issuer: DEMO_ISSUER,
+    audience: config.approvals.approverAudience,
+    agentId: person.userId,
+    userId: person.userId,
+    roles: person.roles,
+    department: person.department,
+    ttlSeconds
+  })
   return {
     config,
     upstreams: { db: dbUp, file: fileUp, api: apiUp },
     dataDir,
     token,
+    approverToken,
     tokens: (ttlSeconds) => DEMO_AGENTS.map(a => ({ ...a, token: token({ agentId: a.agentId, userId: a.userId, roles: [a.role], department: a.department }, ttlSeconds) })),
     async close () {
       await Promise.all(served.map(async s => { await s.close() }))

@@ -1,4 +1,5 @@
 import { FilePinStore, type PinStore } from '../tools/pins.js'
+import { MemoryApprovalStore } from '../approvals/memory.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
 import { BoundedCache } from '../bounded-cache.js'
 
@@ -123,6 +124,7 @@ export class MemoryStore implements GatewayStore {
   readonly sessions = new MemorySessionStore()
   readonly replay = new MemoryReplayStore()
   readonly tokens = new MemoryTokenCache()
+  readonly approvals = new MemoryApprovalStore()
   readonly rateLimitRedis = undefined
   readonly pins: PinStore
 
@@ -135,5 +137,6 @@ export class MemoryStore implements GatewayStore {
   async close (): Promise<void> {
     await this.sessions.close()
     await this.replay.close()
+    await this.approvals.close()
   }
 }

@@ -19,6 +19,7 @@ import { StoreUnavailableError } from '../errors.js'
 import { definitionHash, pinnedPart, type NewTools, type PinCheck, type PinEntry, type PinRecord, type PinStore } from '../tools/pins.js'
 import type { ToolLike } from '../tools/scanner.js'
 import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
+import { RedisApprovalStore } from '../approvals/redis.js'
 
 // KEYS: session, the principal's session set; ARGV: principal, ttl, session digest, expiry (ms)
 const BIND = `
@@ -251,6 +252,7 @@ export class RedisStore implements GatewayStore {
   readonly replay: ReplayStore
   readonly tokens: TokenCache
   readonly pins: RedisPinStore
+  readonly approvals: RedisApprovalStore
   readonly rateLimitRedis: Redis
   #closed = false
 
@@ -276,6 +278,7 @@ export class RedisStore implements GatewayStore {
     this.replay = new RedisReplayStore(this.redis, prefix)
     this.tokens = new RedisTokens(this.redis, prefix)
     this.pins = new RedisPinStore(this.redis, prefix)
+    this.approvals = new RedisApprovalStore(this.redis, prefix)
     this.rateLimitRedis = this.redis
   }
 
@@ -296,6 +299,7 @@ export class RedisStore implements GatewayStore {
     if (this.#closed) return
     this.#closed = true
     await this.pins.close()
+    await this.approvals.close()
     this.redis.disconnect()
   }
 }

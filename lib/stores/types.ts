@@ -4,6 +4,7 @@
  * counters, tool pins and the exchange-token cache.
  */
 import type { PinStore } from '../tools/pins.js'
+import type { ApprovalStore } from '../approvals/types.js'
 
 export interface SessionStore {
   /**
@@ -39,6 +40,8 @@ export interface GatewayStore {
   readonly sessions: SessionStore
   readonly replay: ReplayStore
   readonly tokens: TokenCache
+  /** Approvals of single calls waiting for, or given by, a person (DESIGN §11). */
+  readonly approvals: ApprovalStore
   /** The tool pins (the memory store keeps them in the `toolScan.pins` file). */
   readonly pins: PinStore
   /** The ioredis client @fastify/rate-limit keeps its counters in; undefined: in memory. */

@@ -477,7 +477,9 @@ export class ToolGuard {
     const key = `${scope}\n${r.action}:${r.tool ?? r.uri ?? r.prompt ?? ''}\n${hash}`
     let allowed = this.#decisions.get(key)
     if (allowed === undefined) {
-      allowed = cedar.authorize({ ...r, identity, server }).allowed
+      // A tool whose calls need a person's approval is listed: the agent can ask for one.
+      const d = cedar.authorize({ ...r, identity, server })
+      allowed = d.allowed || d.approval !== undefined
       if (this.#decisions.size >= MAX_DECISIONS) this.#decisions.clear()
       this.#decisions.set(key, allowed)
     }
