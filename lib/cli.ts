@@ -52,7 +52,9 @@ Options:
   --host HOST       listen address (overrides listen.host; demo default 127.0.0.1)
   --port PORT       listen port (overrides listen.port; demo default 8080)
   --data-dir DIR    demo only: where the demo keeps its issuer key, database and sandbox
-                    (default ./.mcp-warden/demo)`,
+                    (default ./.mcp-warden/demo)
+  --timezone ZONE   demo only: the IANA zone of the business-hours policies (default
+                    Asia/Seoul; e.g. Etc/GMT-3 to try high-sensitivity tools at another hour)`,
   token: `Usage: mcp-warden token --key FILE --issuer ISS --agent ID --audience URL [options]
 
 Signs an agent JWT for development and tests. The algorithm follows the key:
@@ -132,10 +134,24 @@ async function loadDemo (options: DemoOptions): Promise<Demo> {
   return await startDemo(options)
 }
 
+/** The local hour in an IANA zone now. */
+function localHourIn (zone: string): number {
+  return Number(new Intl.DateTimeFormat('en-GB', { timeZone: zone, hour: '2-digit', hourCycle: 'h23' }).format(new Date()))
+}
+
+/** A fixed-offset zone in which it is about noon now. */
+function zoneAtNoon (): string {
+  let offset = ((12 - new Date().getUTCHours()) % 24 + 24) % 24
+  if (offset > 14) offset -= 24
+  return offset === 0 ? 'Etc/GMT' : offset > 0 ? `Etc/GMT-${offset}` : `Etc/GMT+${-offset}`
+}
+
 /** Starts the gateway (and the demo when no config is given). Resolves once it listens. */
 export async function start (args: string[], io: Io = defaultIo): Promise<Running | undefined> {
-  const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' } })
+  const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' }, timezone: { type: 'string' } })
   if (values.help === true) { io.out(HELP.start!); return undefined }
+  const timezone = str(values.timezone)
+  if (timezone !== undefined && str(values.config) !== undefined) throw new UsageError('--timezone is for the demo; set authorization.timezone in the config file')
   const portArg = port(values.port)
   const hostArg = host(values.host)
   let demo: Demo | undefined
@@ -150,7 +166,8 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     demo = await loadDemo({
       ...(str(values['data-dir']) !== undefined ? { dataDir: str(values['data-dir'])! } : {}),
       ...(hostArg !== undefined ? { host: hostArg } : {}),
-      ...(portArg !== undefined ? { port: portArg } : {})
+      ...(portArg !== undefined ? { port: portArg } : {}),
+      ...(timezone !== undefined ? { timezone } : {})
     })
     config = demo.config
   }
@@ -192,6 +209,18 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     io.out('Try it (in another terminal, after the export line above):')
     io.out(`  npx mcp-warden client ${db} --token "$TOKEN_READONLY" list`)
     io.out(`  npx mcp-warden client ${db} --token "$TOKEN_READONLY" call database_query '{"sql":"SELECT * FROM customers"}'`)
+    io.out('')
+    io.out('Human approval (user_delete needs a platform-ops super_admin other than the caller):')
+    io.out(`  npx mcp-warden client ${resourceUrl(config, 'api')} --token "$TOKEN_SUPER_ADMIN" call user_delete '{"userId":"u-300"}'`)
+    io.out('  -> "Approval required: ..." with the approval page\'s URL; nothing reaches the server yet.')
+    io.out('  Open that URL, sign in with the approver token below, approve; then run the same call again: it runs once.')
+    const local = localHourIn(config.authorization.timezone)
+    if (local < 9 || local >= 18) io.out(`  (It is ${String(local).padStart(2, '0')}h in ${config.authorization.timezone}: the reference policies allow high-sensitivity tools 09-18h only; to try it now, start the demo with --timezone ${zoneAtNoon()})`)
+    for (const a of demo.approvers) {
+      io.out(`  approver ${a.userId} (${a.roles.join(', ')}, ${a.department}):`)
+      io.out(`    export APPROVER_${a.userId.toUpperCase()}=${demo.approverToken({ userId: a.userId, roles: [...a.roles], department: a.department })}`)
+    }
+    io.out(`  Pending approvals: ${config.publicUrl}/approvals  (or: npx mcp-warden approvals list --url ${config.publicUrl} --token "$APPROVER_GRACE")`)
   }
   io.out('')
   io.out(`Audit records: ${config.audit.destination === 'stdout' ? 'JSON lines on stdout, below' : config.audit.destination}. Ctrl-C stops.`)

@@ -29,7 +29,7 @@ export const DEMO_APPROVERS = [
  * The demo's gateway config. `urls` are the demo upstreams' addresses; tools that only
  * read the config (cedar explain) may pass placeholders.
  */
-export function demoConfig (o: { dataDir: string, host?: string, port?: number, urls: Record<'db' | 'file' | 'api', string>, overrides?: Record<string, unknown> }): GatewayConfig {
+export function demoConfig (o: { dataDir: string, host?: string, port?: number, urls: Record<'db' | 'file' | 'api', string>, timezone?: string, overrides?: Record<string, unknown> }): GatewayConfig {
   const issuer = loadOrCreateIssuerKey(o.dataDir)
   return validateConfig({
     listen: { host: o.host ?? '127.0.0.1', port: o.port ?? 8080 },
@@ -37,7 +37,7 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
     authorization: {
       schema: join(PACKAGE_ROOT, 'cedar', 'schema.cedarschema'),
       policies: join(PACKAGE_ROOT, 'cedar', 'policies'),
-      timezone: 'Asia/Seoul'
+      timezone: o.timezone ?? 'Asia/Seoul'
     },
     upstreams: {
       db: {

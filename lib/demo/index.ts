@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { resourceUrl, type GatewayConfig } from '../config.js'
 import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
-import { DEMO_AGENTS, DEMO_ISSUER, demoConfig } from './config.js'
+import { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, demoConfig } from './config.js'
 import { createApiServer, createApiState } from './api.js'
 import { createDbServer, openDemoDatabase } from './db.js'
 import { createFileServer, seedSandbox } from './file.js'
@@ -20,6 +20,8 @@ export interface DemoOptions {
   dataDir?: string
   host?: string
   port?: number
+  /** The zone of the business-hours policies (default Asia/Seoul). */
+  timezone?: string
   /** Extra config merged over the demo's (tests use it). */
   overrides?: Record<string, unknown>
 }
@@ -30,6 +32,8 @@ export interface Demo {
   readonly dataDir: string
   /** Signs a demo agent token valid on every demo server. */
   token (agent: { agentId: string, userId?: string, roles?: string[], department?: string, scope?: string }, ttlSeconds?: number): string
+  /** The demo's approvers (DEMO_APPROVERS). */
+  readonly approvers: typeof DEMO_APPROVERS
   /** Signs a token for a person who approves calls (aud: approvals.approverAudience). */
   approverToken (person: { userId: string, roles: string[], department: string }, ttlSeconds?: number): string
   /** One token per demo role. */
@@ -71,7 +75,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const port = options.port === 0 ? await freePort(host).catch(async (err: unknown) => { await Promise.all(served.map(async s => { await s.close() })); await db.close(); throw err }) : options.port ?? 8080
   let config: GatewayConfig
   try {
-    config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, overrides: options.overrides ?? {} })
+    config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, ...(options.timezone !== undefined ? { timezone: options.timezone } : {}), overrides: options.overrides ?? {} })
   } catch (err) {
     await Promise.all(served.map(async s => { await s.close() }))
     await db.close()
@@ -113,6 +117,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     upstreams: { db: dbUp, file: fileUp, api: apiUp },
     dataDir,
     token,
+    approvers: DEMO_APPROVERS,
     approverToken,
     tokens: (ttlSeconds) => DEMO_AGENTS.map(a => ({ ...a, token: token({ agentId: a.agentId, userId: a.userId, roles: [a.role], department: a.department }, ttlSeconds) })),
     async close () {
