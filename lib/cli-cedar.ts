@@ -147,6 +147,7 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
         io.out(`context: ${now.toISOString()} = ${String(t.localHour).padStart(2, '0')}h, weekday ${t.localWeekday} in ${engine.timezone}; method ${request.method}`)
         io.out(`determining policies: ${decision.policies.length > 0 ? decision.policies.join(', ') : '(none: no policy applies, so the default is deny)'}`)
         for (const a of decision.advice) io.out(`advice: ${a}`)
+        if (decision.approval !== undefined) io.out(`approval: the call waits for a person (${decision.approval.approvers.join('; ')}); approved, it is allowed once`)
         io.out(`reason: ${decision.reason}`)
         for (const e of decision.errors) io.out(`error: ${e}`)
         io.out(`policy version: ${decision.policyVersion}`)

@@ -18,7 +18,7 @@ const hits: Record<string, number> = { db: 0, file: 0, api: 0 }
 
 t.before(async () => {
   demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-cedar-e2e-')), port: 0 })
-  for (const name of ['db', 'file', 'api'] as const) demo.upstreams[name].server.on('request', () => { hits[name]!++ })
+  for (const name of ['db', 'file', 'api'] as const) demo.upstreams[name].server.on('request', (req) => { if (req.method === 'POST') hits[name]!++ })
 })
 t.teardown(async () => { await demo.close() })
 
@@ -64,6 +64,12 @@ const EXPECTED: Record<'day' | 'night', Record<string, string[]>> = {
   }
 }
 
+/** What waits for a person's approval (listed, -32003 with an approval id, not forwarded). */
+const NEEDS_APPROVAL: Record<'day' | 'night', Record<string, string[]>> = {
+  day: { super_admin: ['config_override', 'database_drop', 'user_delete'] },
+  night: {}
+}
+
 async function connect (gw: TestGateway, server: string, token: string): Promise<Client> {
   const client = new Client({ name: 'cedar-e2e', version: '1' })
   await client.connect(new StreamableHTTPClientTransport(new URL(gw.url(server)), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
@@ -79,6 +85,7 @@ for (const period of ['day', 'night'] as const) {
       const clients: Record<string, Client> = {}
       for (const server of ['db', 'file', 'api']) clients[server] = await connect(gw, server, token)
       const allowed: string[] = []
+      const waiting: string[] = []
       for (const [tool, [server, args]] of Object.entries(ARGS)) {
         const before = hits[server]!
         try {
@@ -86,6 +93,12 @@ for (const period of ['day', 'night'] as const) {
           allowed.push(tool)
           t.ok(hits[server]! > before, `${agent.role} ${tool}: forwarded`)
         } catch (err) {
+          if (NEEDS_APPROVAL[period][agent.role]?.includes(tool) === true) {
+            t.match(err, { code: -32003, data: { approvalId: /^[A-Za-z0-9_-]{22}$/ } }, `${agent.role} ${tool}: waits for approval`)
+            t.equal(hits[server], before, `${agent.role} ${tool}: nothing forwarded`)
+            waiting.push(tool)
+            continue
+          }
           // No reference policy depends on arguments: a denied tool is hidden, and answered
           // exactly like a tool that does not exist.
           t.type(err, McpError, `${agent.role} ${tool}: a JSON-RPC error`)
@@ -100,35 +113,45 @@ for (const period of ['day', 'night'] as const) {
       // One source of truth: what an agent sees listed is exactly what it may call.
       const listed: string[] = []
       for (const c of Object.values(clients)) listed.push(...(await c.listTools()).tools.map(x => x.name))
-      t.same(listed.sort(), allowed.sort(), `${agent.role}: the listed tools are the callable tools`)
+      t.same(waiting.sort(), NEEDS_APPROVAL[period][agent.role] ?? [], `${agent.role}: exactly these wait for approval`)
+      t.same(listed.sort(), [...allowed, ...waiting].sort(), `${agent.role}: the listed tools are the callable ones and the ones a person may approve`)
       for (const c of Object.values(clients)) await c.close()
     }
-    const denial = gw.audit.find(r => r.outcome === 'deny' && r.tool === 'database_drop')!
-    t.match(denial, { decisionId: /^[0-9a-f-]{36}$/, policies: ['admin-tool-database-drop'], reason: 'hidden: admin tools require explicit approval', status: 200 }, 'the audit says why')
+    const denial = gw.audit.find(r => r.outcome === 'deny' && r.tool === 'database_drop' && r.agentId === 'reader-bot')!
+    t.match(denial, { decisionId: /^[0-9a-f-]{36}$/, policies: ['admin-tool-database-drop'], reason: 'hidden: database_drop needs the approval of a super_admin of platform-ops', status: 200 }, 'the audit says why')
     const allowedRecord = gw.audit.find(r => r.outcome === 'allow' && r.tool === 'database_query')!
     t.match(allowedRecord, { policies: Array, policyVersion: /^[0-9a-f]{16}$/ })
   })
 }
 
-t.test('an approval scope lets super_admin of platform-ops delete a user in business hours, with advice otherwise', async t => {
-  const gw = await gatewayAt(inBusinessHours())
-  t.teardown(async () => { await gw.close() })
-  const plain = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops' }))
-  t.teardown(async () => { await plain.close() })
-  const err = await plain.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } }).then(() => null, (e: McpError) => e)
-  t.equal(err?.message, 'MCP error -32602: Unknown tool: user_delete', 'without approval the tool is hidden')
-  t.match(gw.audit.at(-1), { reason: 'hidden: admin tools require explicit approval', policies: ['admin-tool-user-delete'] })
-  t.notOk((await plain.listTools()).tools.some(x => x.name === 'user_delete'), 'and not listed')
+t.test('super_admin of platform-ops: user_delete is listed and waits for a person in business hours; at night it is hidden', async t => {
+  const day = await gatewayAt(inBusinessHours())
+  const ops = demo.token({ agentId: 'ops-bot', userId: 'frank', roles: ['super_admin'], department: 'platform-ops' })
+  const client = await connect(day, 'api', ops)
+  t.ok((await client.listTools()).tools.some(x => x.name === 'user_delete'), 'listed: the agent can ask for an approval')
+  const before = hits.api!
+  const err = await client.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } }).then(() => null, (e: McpError) => e)
+  t.equal(err?.code, -32003)
+  t.match(err?.message, /Approval required: user_delete needs the approval of a super_admin of platform-ops/)
+  t.equal(hits.api, before, 'nothing forwarded')
+  t.match(day.audit.at(-1), { outcome: 'deny', policies: ['admin-tool-user-delete'], approvalId: /^[A-Za-z0-9_-]{22}$/ })
+  // A token scope no longer approves anything: approval is per call, by a person.
+  const scoped = await connect(day, 'api', demo.token({ agentId: 'ops-bot', userId: 'frank', roles: ['super_admin'], department: 'platform-ops', scope: 'approved:user_delete' }))
+  const beforeScoped = hits.api!
+  await t.rejects(scoped.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } }), { code: -32003 }, 'the old approved:<tool> scope grants nothing')
+  t.equal(hits.api, beforeScoped)
+  await client.close()
+  await scoped.close()
+  await day.close()
 
-  const approved = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops', scope: 'approved:user_delete' }))
-  t.teardown(async () => { await approved.close() })
-  const done = await approved.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } })
-  t.match((done.content as Array<{ text: string }>)[0]!.text, /"deleted": "u-100"/)
-  t.match(gw.audit.at(-1), { outcome: 'allow', policies: ['super-admin-user-delete'] })
-  const config = await connect(gw, 'api', demo.token({ agentId: 'ops-bot', roles: ['super_admin'], department: 'platform-ops', scope: 'approved:user_delete' }))
-  t.teardown(async () => { await config.close() })
-  await t.rejects(config.callTool({ name: 'config_override', arguments: { key: 'k', value: 'v' } }), { code: -32602 }, 'an approval covers one tool only')
-  t.ok((await approved.listTools()).tools.some(x => x.name === 'user_delete'), 'with approval, user_delete is listed')
+  const night = await gatewayAt(atNight())
+  t.teardown(async () => { await night.close() })
+  const late = await connect(night, 'api', ops)
+  t.teardown(async () => { await late.close() })
+  const beforeNight = hits.api!
+  await t.rejects(late.callTool({ name: 'user_delete', arguments: { userId: 'u-100' } }), { code: -32602 }, 'at night the business-hours forbid hides it: no approval can lift that')
+  t.equal(hits.api, beforeNight)
+  t.notOk((await late.listTools()).tools.some(x => x.name === 'user_delete'), 'and it is not listed')
 })
 
 t.test('reload: a bad policy set is refused and the old one stays; a good one replaces it (watch and SIGHUP)', async t => {

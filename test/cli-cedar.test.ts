@@ -25,7 +25,7 @@ t.teardown(async () => { await demo.close() })
 t.test('validate: the shipped set, and a broken one', async t => {
   const ok = await run('validate')
   t.equal(ok.code, 0)
-  t.match(ok.out, /^ok: 15 policies valid against .*schema\.cedarschema \(version [0-9a-f]{16}\)$/)
+  t.match(ok.out, /^ok: 20 policies valid against .*schema\.cedarschema \(version [0-9a-f]{16}\)$/)
   const bad = join(dir, 'bad-policies')
   cpSync(REFERENCE.policies, bad, { recursive: true })
   writeFileSync(join(bad, '99-typo.cedar'), '@id("typo") permit (principal in Mcp::Role::"readonly", action in Mcp::Action::"call_tool", resource) when { resource.sensitivty == "low" };')
@@ -37,7 +37,7 @@ t.test('validate: the shipped set, and a broken one', async t => {
 t.test('test: the shipped Cedar tests pass; a wrong expectation fails with the reason', async t => {
   const ok = await run('test')
   t.equal(ok.code, 0)
-  t.match(ok.out, /results: 34 passed, 0 failed/)
+  t.match(ok.out, /results: 40 passed, 0 failed/)
   t.match(ok.out, /test readwrite: not any tool in business hours \(payment_process\) \.\.\. ok/)
   const cases = JSON.parse(readFileSync(join(ROOT, 'cedar/tests/roles.json'), 'utf8')) as Array<{ decision: string, reason: string[] }>
   cases[0]!.decision = 'deny'
@@ -68,7 +68,12 @@ t.test('explain: the decision, the determining policies and their advice', async
   t.equal(day.code, 0)
   t.match(JSON.parse(day.out), { outcome: 'allow', policies: ['readwrite-write-tools-in-business-hours'] })
   const none = await run('explain', '--data-dir', demo.dataDir, '--token', token, '--server', 'db', '--tool', 'database_drop')
-  t.match(none.out, /advice: admin tools require explicit approval/)
+  t.match(none.out, /advice: database_drop needs the approval of a super_admin of platform-ops/)
+  t.notMatch(none.out, /approval: the call waits/, 'writer-bot may not call it even approved: no approval is offered')
+  const ops = demo.token({ agentId: 'ops-bot', userId: 'frank', roles: ['super_admin'], department: 'platform-ops' })
+  const waits = await run('explain', '--data-dir', demo.dataDir, '--token', ops, '--server', 'db', '--tool', 'database_drop', '--at', '2026-11-26T10:00:00+09:00')
+  t.equal(waits.code, 3)
+  t.match(waits.out, /approval: the call waits for a person \(a super_admin of platform-ops other than the caller's user\)/)
   const forged = await run('explain', '--data-dir', demo.dataDir, '--token', token.slice(0, -4) + 'AAAA', '--server', 'db', '--tool', 'database_query')
   t.equal(forged.code, 1)
   t.match(forged.err, /Invalid token/)

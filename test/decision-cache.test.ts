@@ -84,7 +84,10 @@ const anyAtoms = (): string[] => [
   `principal.scopes.contains("${pick(SCOPES)}")`,
   `principal.userId == "${pick(USERS)}"`,
   `principal == Mcp::Agent::"${pick(['bot-a', 'bot-b'])}"`,
-  `context.now > datetime("${pick(['2020-01-01', '2030-01-01'])}")`
+  `context.now > datetime("${pick(['2020-01-01', '2030-01-01'])}")`,
+  'context.approval.granted',
+  `context.approval.approver == "${pick(['grace', 'heidi', ''])}"`,
+  `context.approval.ageSeconds < ${pick([0, 30, 600])}`
 ]
 const toolAtoms = (): string[] => [
   ...anyAtoms(),
@@ -132,6 +135,10 @@ function randomPolicy (i: number, withArgs: boolean): string {
     ? pick(['resource', `resource == Mcp::Tool::"${pick(servers).name}/${pick(TOOLS)}"`, `resource in Mcp::Server::"${pick(servers).name}"`, 'resource is Mcp::Tool'])
     : 'resource'
   const effect = random() < 0.65 ? 'permit' : 'forbid'
+  // Some forbids ask for a person's approval instead of refusing (the approval outcome is compared too).
+  if (effect === 'forbid' && random() < 0.35) {
+    return `@id("p${i}") @advice("advice of p${i}") @approval("approver of p${i}") forbid (${principal}, ${action}, ${resourceScope})${condition(atoms())} unless { context.approval.granted };`
+  }
   return `@id("p${i}") @advice("advice of p${i}") ${effect} (${principal}, ${action}, ${resourceScope})${condition(atoms())};`
 }
 
@@ -164,12 +171,18 @@ const identities: Identity[] = Array.from({ length: 14 }, (_, i) => identityFrom
 // Instants over a week, so local hours and weekdays vary.
 const INSTANTS = Array.from({ length: 10 }, () => new Date(Date.UTC(2026, 11, 1 + Math.floor(random() * 7), Math.floor(random() * 24), Math.floor(random() * 60))))
 
+/** The approval a request carries: none most of the time, else granted or not, by someone, some time ago. */
+function randomApproval (): Pick<AuthzRequest, 'approval'> {
+  if (random() < 0.6) return {}
+  return { approval: { granted: random() < 0.7, approver: pick(['grace', 'heidi', '']), ageSeconds: pick([0, 5, 120]) } }
+}
+
 function randomRequest (withArgs: boolean): AuthzRequest {
   // A fresh Identity object with the same claims now and then: the key is built from values.
   const base = pick(identities)
   const identity = random() < 0.1 ? { ...base } : base
   const server: UpstreamConfig = pick(servers)
-  const timing = random() < 0.85 ? { now: pick(INSTANTS) } : {}
+  const timing = { ...(random() < 0.85 ? { now: pick(INSTANTS) } : {}), ...randomApproval() }
   const kind = random()
   if (kind < 0.6) {
     const args = random() < 0.3 ? undefined : { sql: pick(SQL), ...(random() < 0.5 ? { limit: Math.floor(random() * 300) } : {}) }
@@ -181,9 +194,9 @@ function randomRequest (withArgs: boolean): AuthzRequest {
   return { identity, server, action: 'connect', method: pick(METHODS), ...timing }
 }
 
-const comparable = (d: Decision) => ({ outcome: d.outcome, allowed: d.allowed, policies: [...d.policies], advice: [...d.advice], reason: d.reason, errors: [...d.errors], policyVersion: d.policyVersion })
+const comparable = (d: Decision) => ({ outcome: d.outcome, allowed: d.allowed, policies: [...d.policies], advice: [...d.advice], reason: d.reason, errors: [...d.errors], policyVersion: d.policyVersion, approval: d.approval })
 
-const outcomes = { allow: 0, deny: 0, error: 0 }
+const outcomes = { allow: 0, deny: 0, error: 0, approval: 0 }
 /** Decides `n` generated requests with both engines; returns the cache's hits. */
 function agree (t: Test, cached: CedarEngine, plain: CedarEngine, n: number, withArgs: boolean, label: string): number {
   const set = cached.policySet
@@ -196,6 +209,7 @@ function agree (t: Test, cached: CedarEngine, plain: CedarEngine, n: number, wit
     const b = plain.authorize(r)
     ids.add(a.decisionId)
     outcomes[b.outcome]++
+    if (b.approval !== undefined) outcomes.approval++
     if (JSON.stringify(comparable(a)) !== JSON.stringify(comparable(b))) {
       if (mismatches++ < 3) t.same(comparable(a), comparable(b), `${label}: request ${i} ${JSON.stringify({ ...r, identity: { ...r.identity } })}`)
     }
@@ -250,6 +264,7 @@ t.test('generated policy sets, each decided with and without the cache, then rel
   }
   t.ok(sets >= 8, `${sets} generated sets were decided`)
   t.ok(outcomes.allow > 1000 && outcomes.deny > 1000, `allows and denies both (${JSON.stringify(outcomes)})`)
+  t.ok(outcomes.approval > 20, `and calls waiting for approval (${outcomes.approval})`)
   t.ok(hits > 1000, `the cache answered part of them (${hits} hits)`)
 })
 
@@ -270,7 +285,7 @@ t.test('the analysis: what keys a decision', async t => {
   t.notOk(r.actions.get('connect')!.cacheable, 'reading context.now: nothing is remembered')
   r = analyse(permit({ op: 'All' }, { '==': { left: v('context'), right: { Record: {} } } }))
   t.notOk(r.actions.get('connect')!.cacheable, 'context used whole: nothing is remembered')
-  r = analyse(permit({ op: 'All' }, dot(v('context'), 'approval')))
+  r = analyse(permit({ op: 'All' }, dot(v('context'), 'requester')))
   t.notOk(r.actions.get('connect')!.cacheable, 'a context field the engine does not fill: nothing is remembered')
   r = analyse(permit(toolAction, { like: { left: dot(v('resource'), 'name'), pattern: ['Wildcard'] } }))
   t.ok(r.actions.get('call_tool')!.resourceId, 'resource.name: tools are keyed by id')
