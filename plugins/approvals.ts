@@ -210,7 +210,10 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
     const version = envelopeVersion(m)
     let body: Record<string, unknown>
     if (version !== undefined && isModernVersion(version)) {
-      body = { jsonrpc: '2.0', id: m.id, result: { resultType: 'input_required', inputRequests: { [r.id]: { method: 'elicitation/create', params: elicitation } }, requestState: r.id } }
+      // This era's URL elicitation has no elicitationId (and no completion notification): the
+      // input request's key is the approval id, and the client retries once its handler is done.
+      const { elicitationId: _id, ...params } = elicitation
+      body = { jsonrpc: '2.0', id: m.id, result: { resultType: 'input_required', inputRequests: { [r.id]: { method: 'elicitation/create', params } }, requestState: r.id } }
     } else {
       const sessionId = request.headers['mcp-session-id']
       const client = typeof sessionId === 'string' ? await store.client(r.server, sessionId) : null
