@@ -14,6 +14,7 @@ import { resolve as resolvePath } from 'node:path'
 import { KeyRing, rotateKeys } from './tokens/keys.js'
 import { cedarCommand, CedarUsageError } from './cli-cedar.js'
 import { toolsCommand, ToolsUsageError } from './cli-tools.js'
+import { approvalsCommand, ApprovalsUsageError } from './cli-approvals.js'
 
 const pkg = { version: VERSION }
 
@@ -39,6 +40,7 @@ Commands:
   cedar     policy tools: validate, test, explain, format, schema
   keys      the ephemeral-token signing keys: list, rotate
   tools     tool pinning: list, diff, approve, pin
+  approvals  human approvals: list, show, approve, deny
 
 Run "mcp-warden <command> --help" for a command's options.`,
   start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
@@ -377,15 +379,18 @@ export async function main (argv: string[], io: Io = defaultIo): Promise<number>
         return keysCommand(rest, io)
       case 'tools':
         return await toolsCommand(rest, io)
+      case 'approvals':
+        return await approvalsCommand(rest, io)
       default:
         io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
         return 2
     }
   } catch (err) {
     const e = err as Error & { code?: string }
-    if (err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
+    const usage = err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError || err instanceof ApprovalsUsageError
+    if (usage) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
     else if (e.code === 'MCPW_ERR_CONFIG_INVALID') io.err(`mcp-warden: ${e.message}`)
     else io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
-    return err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError ? 2 : 1
+    return usage ? 2 : 1
   }
 }

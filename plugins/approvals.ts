@@ -292,7 +292,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       .header('content-security-policy', PAGE_CSP)
       .header('cache-control', 'no-store')
       .header('x-content-type-options', 'nosniff')
-      .header('referrer-policy', 'no-referrer')
+      .header('referrer-policy', 'same-origin')
       .header('x-frame-options', 'DENY')
       .type('text/html; charset=utf-8')
   }

@@ -185,6 +185,7 @@ function hostStore (t: Test, c: GatewayConfig, state: { up: boolean, closed: num
     replay: inner.replay,
     tokens: inner.tokens,
     pins: inner.pins,
+    approvals: inner.approvals,
     rateLimitRedis: undefined,
     available: () => state.up,
     ready: async () => {},

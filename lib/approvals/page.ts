@@ -34,7 +34,7 @@ export function layout (title: string, body: string, who?: string, signOutCsrf?:
     : `<header><span>Signed in as <strong>${e(who)}</strong></span><form class="inline" method="post" action="/approvals/sign-out"><input type="hidden" name="csrf" value="${e(signOutCsrf ?? '')}"><button type="submit">Sign out</button></form></header>`
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<meta name="referrer" content="no-referrer"><title>${e(title)} · mcp-warden</title><style>${STYLE}</style></head>
+<meta name="referrer" content="same-origin"><title>${e(title)} · mcp-warden</title><style>${STYLE}</style></head>
 <body><main>${bar}${body}</main></body></html>`
 }
 
