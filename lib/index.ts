@@ -36,3 +36,8 @@ export { FilePinStore, definitionHash, type PinStore, type PinEntry } from './to
 export { default as metricsPlugin } from '../plugins/metrics.js'
 export { default as healthPlugin } from '../plugins/health.js'
 export { startStage, stagesOf, type Stage } from './timing.js'
+export { default as approvalsPlugin } from '../plugins/approvals.js'
+export { verifyWebhook, signWebhook, SIGNATURE_HEADER as APPROVAL_SIGNATURE_HEADER, TIMESTAMP_HEADER as APPROVAL_TIMESTAMP_HEADER } from './approvals/webhook.js'
+export { MemoryApprovalStore } from './approvals/memory.js'
+export { RedisApprovalStore } from './approvals/redis.js'
+export type { ApprovalRecord, ApprovalStore, ApprovalEvent } from './approvals/types.js'
