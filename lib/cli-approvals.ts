@@ -283,7 +283,7 @@ export async function approvalsCommand (args: string[], io: Io, env: NodeJS.Proc
         const a = await api(target, 'GET', `/approvals/${id}`)
         if (json) printJson(a)
         const view = a.body.approval as View | undefined
-        if ((a.status === 200 || a.status === 403) && view !== undefined && !json) for (const line of describe(view)) io.out(line)
+        if (a.status === 200 && view !== undefined && !json) for (const line of describe(view)) io.out(line)
         if (a.status === 403) { complain(io, `you may not decide on this approval: ${messageOf(a)}`); return 1 }
         if (a.status !== 200) return refused(a, io, `approval ${id}`)
         return 0

@@ -46,6 +46,8 @@ export interface ApprovalsOptions {
 /** The approver's session on the pages: the claims the gateway needs, not the token. */
 interface SessionValue {
   userId: string
+  /** Every id the approver's token named (user id, sub, agent id), compared as sameId does. */
+  ids: string[]
   roles: string[]
   department: string | null
   issuer: string
@@ -57,6 +59,8 @@ interface SessionValue {
 interface Approver {
   readonly identity: Identity
   readonly ref: ApproverRef
+  /** Every id the approver's token named, as sameId spells them. */
+  readonly ids: readonly string[]
   /** The session's CSRF nonce; null for a Bearer token (no cookie, so no CSRF). */
   readonly nonce: string | null
 }
@@ -66,7 +70,7 @@ const SIGN_IN_SECONDS = 600
 const NOT_FOUND = 'No approval is waiting under this address: it may have expired, been decided already, or never existed.'
 
 /** An approver as the Cedar principal: an Identity built from what their token said. */
-function approverIdentity (v: Omit<SessionValue, 'nonce' | 'via'>, exp: number): Identity {
+function approverIdentity (v: Omit<SessionValue, 'nonce' | 'via' | 'ids'>, exp: number): Identity {
   return Object.freeze({
     agentId: v.userId,
     userId: v.userId,
@@ -81,6 +85,21 @@ function approverIdentity (v: Omit<SessionValue, 'nonce' | 'via'>, exp: number):
     actor: null,
     claims: {}
   })
+}
+
+/**
+ * An id as people and identity providers may spell it differently: NFKC, case-folded, without
+ * invisible format or control characters and spaces. "Frank", "frank " and full-width "ｆｒａｎｋ"
+ * are one person when the gateway asks whether an approver is the requester.
+ */
+export function sameId (id: string): string {
+  return id.normalize('NFKC').replace(/[\p{Cc}\p{Cf}\p{Z}\s]/gu, '').toLowerCase()
+}
+
+/** The ids a token names for its holder: the user id claim, `sub`, the agent id claim. */
+function idsOf (claims: Record<string, unknown>, config: GatewayConfig): string[] {
+  const names = config.identity.claims
+  return [...new Set([claims[names.userId], claims.sub, claims[names.agentId]].filter((v): v is string => typeof v === 'string' && v !== '').map(sameId).filter(v => v !== ''))]
 }
 
 /** The public view of an approval (API, CLI): no binding digest. */
@@ -258,6 +277,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
           userId: identity.userId ?? '',
           department: identity.department ?? '',
           issuer: identity.issuer,
+          requesterIds: idsOf(identity.claims as Record<string, unknown>, config).concat(sameId(identity.agentId)).filter((v, i, all) => v !== '' && all.indexOf(v) === i),
           server: r.server.name,
           tool: r.tool ?? '',
           arguments: args.text,
@@ -297,28 +317,43 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       .type('text/html; charset=utf-8')
   }
 
+  // Resource URLs of the MCP routes: a token for any of them is an agent's, never an approver's.
+  const agentAudiences = new Set([...config.upstreams.keys()].map(name => `${publicUrl}/servers/${name}/mcp`).concat(`${publicUrl}/mcp`))
+
+  /** Verifies an approver token: the identity provider's signature, the approvals audience, and nothing an agent token carries. */
+  async function checkApproverToken (token: string): Promise<Record<string, unknown>> {
+    const claims = await verifyApproverToken(token)
+    const aud = audiences(claims)
+    if (!aud.includes(cfg.approverAudience)) throw new TokenInvalidError(`the token is not for the approvals (its aud must include ${cfg.approverAudience})`)
+    if (aud.some(a => agentAudiences.has(a))) throw new TokenInvalidError('the token is also an agent token for this gateway\'s MCP routes: an approver token is for the approvals only')
+    checkTokenTimes(claims, config.identity)
+    const userClaim = claims[config.identity.claims.userId]
+    if (userClaim !== undefined && typeof userClaim !== 'string') throw new TokenInvalidError(`the token's ${config.identity.claims.userId} claim is not a string`)
+    return claims
+  }
+
   /** The approver of a request: a Bearer approver token, else the page session; null when neither. */
   async function approverOf (request: FastifyRequest): Promise<Approver | null> {
     const header = request.headers.authorization
     if (header !== undefined) {
       const token = bearerToken(header)
       if (token === undefined) throw new TokenInvalidError('the Authorization header is not "Bearer <token>"')
-      const claims = await verifyApproverToken(token)
-      if (!audiences(claims).includes(cfg.approverAudience)) throw new TokenInvalidError(`the token is not for the approvals (its aud must include ${cfg.approverAudience})`)
-      checkTokenTimes(claims, config.identity)
+      const claims = await checkApproverToken(token)
       const id = identityFromClaims(claims, config.identity)
       const userId = id.userId ?? id.subject ?? id.agentId
       const identity = approverIdentity({ userId, roles: [...id.roles], department: id.department, issuer: id.issuer }, id.expiresAt)
-      return { identity, ref: { userId, issuer: id.issuer, via: 'token' }, nonce: null }
+      return { identity, ref: { userId, issuer: id.issuer, via: 'token' }, ids: idsOf(claims, config), nonce: null }
     }
     const s = signer.open<SessionValue>('session', readCookies(request.headers.cookie).get(SESSION_COOKIE))
-    if (s === undefined) return null
-    return { identity: approverIdentity(s, 0), ref: { userId: s.userId, issuer: s.issuer, via: s.via }, nonce: s.nonce }
+    if (s === undefined || !Array.isArray(s.ids)) return null
+    return { identity: approverIdentity(s, 0), ref: { userId: s.userId, issuer: s.issuer, via: s.via }, ids: s.ids, nonce: s.nonce }
   }
 
   /** Why this approver may not decide on this approval, or undefined when they may. */
   function refusalFor (a: Approver, r: ApprovalRecord): { reason: string, decision?: Decision } | undefined {
-    if (a.ref.userId === r.userId) return { reason: 'You cannot approve a call made for your own user.' }
+    if (r.userId !== '' && a.ids.includes(sameId(r.userId))) return { reason: 'You cannot approve a call made for your own user.' }
+    const requester = (r.requesterIds ?? [r.agentId]).map(sameId)
+    if (a.ids.some(id => requester.includes(id))) return { reason: 'You cannot approve a call made by your own agent identity.' }
     const server = upstreamOf(r.server)
     if (server === undefined) return { reason: `The server ${r.server} is no longer configured.` }
     const decision = cedar.engine.authorizeApproval({
@@ -354,6 +389,11 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
 
   await app.register(async function routes (scope) {
     await scope.register(formbody, { bodyLimit: 64 * 1024 })
+    // Nothing an approval answer says is to be kept by a cache: JSON for the CLI included.
+    scope.addHook('onSend', async (_request, reply, payload) => {
+      void reply.header('cache-control', 'no-store')
+      return payload
+    })
     scope.setErrorHandler(async (error, request, reply) => {
       const status = (error as { statusCode?: number }).statusCode ?? 500
       if (status >= 500) request.log.error({ err: error }, 'approval page failed')
@@ -365,7 +405,8 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
     scope.get('/approvals', async (request, reply) => {
       const a = await approverOf(request)
       if (a === null) return await toSignIn(request, reply)
-      const pending = await store.pending()
+      // Only what this approver may decide: the others' arguments are not theirs to read.
+      const pending = (await store.pending()).filter(r => refusalFor(a, r) === undefined)
       if (wantsJson(request)) return await reply.send({ approvals: pending.map(r => publicView(r, pageUrl(r.id))) })
       const bits = sessionBits(a)
       return await securePage(reply).send(listPage(pending, bits.who, bits.signOutCsrf))
@@ -403,16 +444,14 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       let claims: Record<string, unknown>
       try {
         if (typeof body.token !== 'string' || body.token.length > 16_384) throw new TokenInvalidError('no token was given')
-        claims = await verifyApproverToken(body.token.trim())
-        if (!audiences(claims).includes(cfg.approverAudience)) throw new TokenInvalidError(`the token is not for the approvals (its aud must include ${cfg.approverAudience})`)
-        checkTokenTimes(claims, config.identity)
+        claims = await checkApproverToken(body.token.trim())
       } catch (err) {
         const fresh = randomToken()
         void reply.header('set-cookie', cookie(SIGN_IN_COOKIE, signer.seal('pre', fresh, Math.floor(Date.now() / 1000) + SIGN_IN_SECONDS), { path: '/approvals', secure, maxAgeSeconds: SIGN_IN_SECONDS }))
         return await securePage(reply.code(401)).send(signInPage({ next, oidc: oidc !== undefined, csrf: signer.csrf(fresh, 'sign-in'), error: `Sign-in refused: ${(err as Error).message}` }))
       }
       const id = identityFromClaims(claims, config.identity)
-      startSession(reply, { userId: id.userId ?? id.subject ?? id.agentId, roles: [...id.roles], department: id.department, issuer: id.issuer, via: 'token' }, id.expiresAt)
+      startSession(reply, { userId: id.userId ?? id.subject ?? id.agentId, ids: idsOf(claims, config), roles: [...id.roles], department: id.department, issuer: id.issuer, via: 'token' }, id.expiresAt)
       return await reply.redirect(next, 303)
     })
 
@@ -433,8 +472,10 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
         request.log.warn({ error: (err as Error).message }, 'approver OIDC sign-in refused')
         return await securePage(reply.code(401)).send(messagePage('Sign-in refused', (err as Error).message))
       }
+      const userClaim = claims[config.identity.claims.userId]
+      if (userClaim !== undefined && typeof userClaim !== 'string') return await securePage(reply.code(401)).send(messagePage('Sign-in refused', `The ID token's ${config.identity.claims.userId} claim is not a string.`))
       const id = identityFromClaims(claims, { ...config.identity, issuer: cfg.signIn.issuer })
-      startSession(reply, { userId: id.userId ?? id.subject ?? id.agentId, roles: [...id.roles], department: id.department, issuer: id.issuer, via: 'oidc' }, id.expiresAt)
+      startSession(reply, { userId: id.userId ?? id.subject ?? id.agentId, ids: idsOf(claims, config), roles: [...id.roles], department: id.department, issuer: id.issuer, via: 'oidc' }, id.expiresAt)
       return await reply.redirect(signIn.next, 303)
     })
 
@@ -461,16 +502,13 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       const refused = refusalFor(a, r)
       if (refused !== undefined) {
         auditApproval(request, r, { method: 'approvals/view', outcome: 'deny', reason: `approver ${a.ref.userId} refused: ${refused.reason}`, approver: a.ref.userId, status: 403, ...(refused.decision !== undefined ? { decision: refused.decision } : {}) })
-        if (wantsJson(request)) return await reply.code(403).send({ error: 'forbidden', message: refused.reason, approval: publicView(r, pageUrl(r.id)) })
+        if (wantsJson(request)) return await reply.code(403).send({ error: 'forbidden', message: refused.reason })
+        const bits = sessionBits(a)
+        return await securePage(reply.code(403)).send(messagePage('Not yours to approve', refused.reason, bits.who, bits.signOutCsrf))
       }
       if (wantsJson(request)) return await reply.send({ approval: publicView(r, pageUrl(r.id)) })
       const bits = sessionBits(a)
-      return await securePage(reply.code(refused !== undefined ? 403 : 200)).send(approvalPage({
-        record: r,
-        ...(refused !== undefined ? { refusal: refused.reason } : {}),
-        csrf: a.nonce !== null ? signer.csrf(a.nonce, r.id) : '',
-        ...bits
-      }))
+      return await securePage(reply).send(approvalPage({ record: r, csrf: a.nonce !== null ? signer.csrf(a.nonce, r.id) : '', ...bits }))
     })
 
     scope.post('/approvals/:id', async (request, reply) => {

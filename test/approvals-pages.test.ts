@@ -133,7 +133,7 @@ t.test('token sign-in: login CSRF, wrong tokens, open redirects; then the sessio
 })
 
 t.test('approve through the page: the CSRF token is bound to one approval, and what the agent sent is escaped', async t => {
-  const hostile = '<script>alert(1)</script>"\'&<img src=x onerror=alert(2)>'
+  const hostile = '<script>alert(1)</script>"\'&<img src=x onerror=alert(2)>\u202Epmt_sgol\u200b'
   const first = await ask(hostile)
   const second = await ask('another call')
   const { cookie } = await signIn(approverToken())
@@ -142,6 +142,8 @@ t.test('approve through the page: the CSRF token is bound to one approval, and w
   t.notOk(view.text.includes('<script>alert(1)'), 'no script from the arguments in the page')
   t.notOk(view.text.includes('<img src=x'), 'no element from the arguments in the page')
   t.match(view.text, /&lt;script&gt;alert\(1\)&lt;\/script&gt;/, 'the arguments are shown as text')
+  t.notOk(/[\u202E\u200B]/.test(view.text), 'no bidi override or zero-width character reaches the page')
+  t.match(view.text, /\\u\{202E\}pmt_sgol\\u\{200B\}/, 'they are shown as marks instead')
   const csrfFirst = csrfOf(view.text, `/approvals/${first}`)
   const origin = new URL(PUBLIC_URL).origin
 

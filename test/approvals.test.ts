@@ -10,7 +10,8 @@ import { request } from 'undici'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { ElicitationCompleteNotificationSchema, McpError } from '@modelcontextprotocol/sdk/types.js'
-import { demoConfig, startDemo, type Demo } from '../lib/demo/index.js'
+import { demoConfig, DEMO_ISSUER, startDemo, type Demo } from '../lib/demo/index.js'
+import { loadOrCreateIssuerKey, signAgentToken } from '../lib/dev-tokens.js'
 import { REFERENCE, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 import { inBusinessHours } from './fixtures/time.js'
 
@@ -257,4 +258,74 @@ t.test('approval requests per agent are rate limited; a call already waiting is 
   t.equal(body.error.code, -32029)
   t.match(body.error.message, /approvals\.rateLimit/)
   t.equal(hits.api, before, 'nothing forwarded')
+})
+
+/** A token of the demo issuer with any claims (an identity provider that signs what it is told). */
+function signed (claims: Record<string, unknown>, audience: string | string[]): string {
+  return signAgentToken(loadOrCreateIssuerKey(demo.dataDir).privateKeyPem, { issuer: DEMO_ISSUER, audience, agentId: String(claims.agentId ?? 'someone'), claims })
+}
+
+t.test('no approving yourself: not as the calling agent, not under another spelling of your user id, not with a token that is also an agent token', async t => {
+  const gw = await gateway()
+  t.teardown(async () => { await gw.close() })
+  const approvals = gw.config.approvals.approverAudience
+  const apiRoute = gw.resource('api')
+  // An agent acting for no user, whose identity provider also lets it approve.
+  const solo = { agentId: 'solo-bot', roles: ['super_admin'], department: 'platform-ops' }
+  const client = await connect(gw, 'api', demo.token(solo))
+  t.teardown(async () => { await client.close() })
+  const id = ((await refused(client.callTool({ name: 'config_override', arguments: { key: 'solo', value: '1' } }))).data as { approvalId: string }).approvalId
+  const both = signed({ ...solo, sub: 'solo-bot' }, [apiRoute, approvals])
+  const dual = await api(gw, 'POST', `/approvals/${id}`, both, { decision: 'approve' })
+  t.equal(dual.status, 401, 'a token that is also an agent token is never an approver token')
+  t.match(dual.json.message, /also an agent token/)
+  const asAgent = await api(gw, 'POST', `/approvals/${id}`, signed({ ...solo, sub: 'solo-bot' }, approvals), { decision: 'approve' })
+  t.equal(asAgent.status, 403, 'the calling agent\'s own id may not approve')
+  t.match(asAgent.json.message, /own agent identity/)
+
+  // frank's call; approvers that are frank under other spellings.
+  const frankCall = await connect(gw, 'api', demo.token(OPS))
+  t.teardown(async () => { await frankCall.close() })
+  const fid = ((await refused(frankCall.callTool({ name: 'config_override', arguments: { key: 'frank', value: '1' } }))).data as { approvalId: string }).approvalId
+  for (const spelling of ['Frank', 'frank ', 'ｆｒａｎｋ', 'fr\u200bank']) {
+    const r = await api(gw, 'POST', `/approvals/${fid}`, signed({ userId: spelling, agentId: 'p', sub: 'p', roles: ['super_admin'], department: 'platform-ops' }, approvals), { decision: 'approve' })
+    t.equal(r.status, 403, `userId ${JSON.stringify(spelling)} is frank`)
+  }
+  const bySub = await api(gw, 'POST', `/approvals/${fid}`, signed({ sub: 'frank', agentId: 'frank', roles: ['super_admin'], department: 'platform-ops' }, approvals), { decision: 'approve' })
+  t.equal(bySub.status, 403, 'frank without a userId claim (sub only) is frank too')
+  const array = await api(gw, 'POST', `/approvals/${fid}`, signed({ userId: ['frank'], sub: 'x-user', agentId: 'x-user', roles: ['super_admin'], department: 'platform-ops' }, approvals), { decision: 'approve' })
+  t.equal(array.status, 401, 'a userId claim that is not a string is refused')
+  t.equal(gw.audit.filter(r => r.tool === 'config_override' && r.upstreamTokenId !== undefined).length, 0, 'nothing ran')
+})
+
+t.test('an approver reads only what they may decide: the list is filtered and a refused view shows no arguments', async t => {
+  const gw = await gateway()
+  t.teardown(async () => { await gw.close() })
+  const client = await connect(gw, 'api', demo.token(OPS))
+  t.teardown(async () => { await client.close() })
+  const secret = { key: 'payments.api_key', value: 'sk_live_SECRET_VALUE' }
+  const id = ((await refused(client.callTool({ name: 'config_override', arguments: secret }))).data as { approvalId: string }).approvalId
+  const nobody = signed({ userId: 'nobody', sub: 'nobody', agentId: 'nobody' }, gw.config.approvals.approverAudience)
+  const list = await api(gw, 'GET', '/approvals', nobody)
+  t.equal(list.status, 200)
+  t.same(list.json.approvals, [], 'an approver without rights sees nothing waiting')
+  const heidi = await api(gw, 'GET', `/approvals/${id}`, demo.approverToken(HEIDI))
+  t.equal(heidi.status, 403)
+  t.notOk(JSON.stringify(heidi.json).includes('sk_live'), 'a refused view carries no arguments')
+  const grace = await api(gw, 'GET', '/approvals', demo.approverToken(GRACE))
+  t.ok(grace.json.approvals.some((x: { id: string }) => x.id === id), 'the right approver sees it')
+  const raw = await request(`${gw.base}/approvals`, { headers: { authorization: `Bearer ${demo.approverToken(GRACE)}` } })
+  t.equal(raw.headers['cache-control'], 'no-store', 'JSON answers are not cached either')
+  await raw.body.dump()
+})
+
+t.test('argument level: an amount with more than 4 decimals is refused, never rounded under the threshold', async t => {
+  const gw = await gateway()
+  t.teardown(async () => { await gw.close() })
+  const client = await connect(gw, 'api', demo.token({ agentId: 'payments-bot', userId: 'erin', roles: ['payment_admin'], department: 'finance' }))
+  t.teardown(async () => { await client.close() })
+  const e = await refused(client.callTool({ name: 'payment_process', arguments: { amount: 1000.00004, currency: 'EUR', recipient: 'acme' } }))
+  t.equal(e.code, -32003)
+  t.match(e.message, /at most 4 decimal places/)
+  t.equal(gw.audit.filter(r => r.tool === 'payment_process' && r.upstreamTokenId !== undefined).length, 0)
 })

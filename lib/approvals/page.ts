@@ -9,10 +9,18 @@ import type { ApprovalRecord } from './types.js'
 export const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
-export function escapeHtml (text: string): string {
-  return text.replace(/[&<>"']/g, c => ESCAPES[c]!)
+/**
+ * HTML-escapes text from an agent, and shows what a reader could not see: control and invisible
+ * format characters (bidi overrides, zero-width characters, tags) and line separators become
+ * `\u{…}` marks, so "\u202Epmt_sgol" cannot pass for "logs_tmp". `keepNewlines` keeps line
+ * feeds (the pretty-printed arguments).
+ */
+export function escapeHtml (text: string, keepNewlines = false): string {
+  return text
+    .replace(/[\p{Cc}\p{Cf}\u2028\u2029]/gu, c => keepNewlines && c === '\n' ? c : `\\u{${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}}`)
+    .replace(/[&<>"']/g, c => ESCAPES[c]!)
 }
-const e = escapeHtml
+const e = (text: string): string => escapeHtml(text)
 
 const STYLE = `body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1b1f24}
 main{max-width:860px;margin:0 auto;padding:24px}
@@ -45,8 +53,6 @@ function prettyArguments (text: string): string {
 
 export interface ApprovalView {
   readonly record: ApprovalRecord
-  /** The approver's right to decide, as Cedar and the gateway said; a reason when not. */
-  readonly refusal?: string
   readonly csrf: string
   readonly who: string
   readonly signOutCsrf: string
@@ -69,9 +75,7 @@ export function approvalPage (v: ApprovalView): string {
     ['Policy version', r.policyVersion],
     ['Approval id', r.id]
   ]
-  const form = v.refusal !== undefined
-    ? `<p class="note">${e(v.refusal)}</p>`
-    : `<form method="post" action="/approvals/${e(r.id)}">
+  const form = `<form method="post" action="/approvals/${e(r.id)}">
 <input type="hidden" name="csrf" value="${e(v.csrf)}">
 <label for="reason">Reason (optional)</label>
 <textarea id="reason" name="reason" rows="3" maxlength="500"></textarea>
@@ -82,7 +86,7 @@ export function approvalPage (v: ApprovalView): string {
 <p>An agent asks to run the call below. Approving lets exactly this call, with exactly these arguments, run once, for this agent and user.</p>
 <dl>${rows.map(([k, val]) => `<dt>${e(k)}</dt><dd>${e(val)}</dd>`).join('')}</dl>
 <h2>Arguments</h2>
-<pre id="arguments">${e(prettyArguments(r.arguments))}</pre>
+<pre id="arguments">${escapeHtml(prettyArguments(r.arguments), true)}</pre>
 ${form}
 <p><a href="/approvals">All pending approvals</a></p>`, v.who, v.signOutCsrf)
 }

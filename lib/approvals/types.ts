@@ -27,6 +27,8 @@ export interface ApprovalRecord {
   readonly department: string
   /** The agent token's issuer. */
   readonly issuer: string
+  /** Every id the agent's token named (user id, sub, agent id; see sameId): none of them may approve it. */
+  readonly requesterIds?: readonly string[]
   readonly server: string
   readonly tool: string
   /** The call's arguments as JSON text (what the page shows; attacker controlled, escaped there). */

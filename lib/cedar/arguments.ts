@@ -59,6 +59,9 @@ export function recordTypeOf (schema: unknown): { type: 'Record', attributes: Re
 
 function decimal (n: number, path: string): Json {
   if (!Number.isFinite(n) || Math.abs(n) > 922337203685477) throw new ArgumentMismatchError(path, 'a number within the decimal range')
+  // Cedar's decimal has four fraction digits: a number with more is refused, never rounded (1000.00004
+  // rounded would slip under a "greater than 1000" rule).
+  if (Number(n.toFixed(4)) !== n) throw new ArgumentMismatchError(path, 'a number with at most 4 decimal places')
   let s = n.toFixed(4).replace(/0+$/, '').replace(/\.$/, '.0')
   if (!s.includes('.')) s += '.0'
   return { __extn: { fn: 'decimal', arg: s } } as unknown as Json
