@@ -33,7 +33,7 @@ import { APPROVAL_ID, argumentsDigest, bindingOf, newApprovalId } from '../lib/a
 import { createOidcClient, authorizationUrl, newSignIn, type SignInState } from '../lib/approvals/oidc.js'
 import { approvalPage, decidedPage, listPage, messagePage, PAGE_CSP, signInPage } from '../lib/approvals/page.js'
 import { CookieSigner, SESSION_COOKIE, SIGN_IN_COOKIE, cookie, randomToken, readCookies } from '../lib/approvals/session.js'
-import type { ApprovalRecord, ApproverRef } from '../lib/approvals/types.js'
+import { approvalView, type ApprovalRecord, type ApproverRef } from '../lib/approvals/types.js'
 import { sendWebhook, webhookBody, type WebhookEvent } from '../lib/approvals/webhook.js'
 import { provide, type AuditRecord } from './decorations.js'
 
@@ -100,30 +100,6 @@ export function sameId (id: string): string {
 function idsOf (claims: Record<string, unknown>, config: GatewayConfig): string[] {
   const names = config.identity.claims
   return [...new Set([claims[names.userId], claims.sub, claims[names.agentId]].filter((v): v is string => typeof v === 'string' && v !== '').map(sameId).filter(v => v !== ''))]
-}
-
-/** The public view of an approval (API, CLI): no binding digest. */
-function publicView (r: ApprovalRecord, url: string): Record<string, unknown> {
-  return {
-    id: r.id,
-    url,
-    status: r.status,
-    server: r.server,
-    tool: r.tool,
-    agentId: r.agentId,
-    userId: r.userId,
-    department: r.department,
-    arguments: r.arguments,
-    argumentsSha256: r.argumentsSha256,
-    policies: r.policies,
-    approvers: r.approvers,
-    advice: r.advice,
-    policyVersion: r.policyVersion,
-    requestedAt: new Date(r.requestedAt).toISOString(),
-    expiresAt: new Date(r.expiresAt).toISOString(),
-    approver: r.approver?.userId ?? null,
-    reason: r.reason
-  }
 }
 
 /** The message without the 2026-07-28 retry members the gateway asked for (they are not the upstream's). */
@@ -407,7 +383,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       if (a === null) return await toSignIn(request, reply)
       // Only what this approver may decide: the others' arguments are not theirs to read.
       const pending = (await store.pending()).filter(r => refusalFor(a, r) === undefined)
-      if (wantsJson(request)) return await reply.send({ approvals: pending.map(r => publicView(r, pageUrl(r.id))) })
+      if (wantsJson(request)) return await reply.send({ approvals: pending.map(r => approvalView(r, pageUrl(r.id), true)) })
       const bits = sessionBits(a)
       return await securePage(reply).send(listPage(pending, bits.who, bits.signOutCsrf))
     })
@@ -506,7 +482,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
         const bits = sessionBits(a)
         return await securePage(reply.code(403)).send(messagePage('Not yours to approve', refused.reason, bits.who, bits.signOutCsrf))
       }
-      if (wantsJson(request)) return await reply.send({ approval: publicView(r, pageUrl(r.id)) })
+      if (wantsJson(request)) return await reply.send({ approval: approvalView(r, pageUrl(r.id), true) })
       const bits = sessionBits(a)
       return await securePage(reply).send(approvalPage({ record: r, csrf: a.nonce !== null ? signer.csrf(a.nonce, r.id) : '', ...bits }))
     })
@@ -549,7 +525,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       }
       auditApproval(request, decided, { method: `approvals/${verb === 'approved' ? 'approve' : 'deny'}`, outcome: verb === 'approved' ? 'allow' : 'deny', reason: `${verb} by ${a.ref.userId}${reason !== null ? `: ${reason}` : ''}`, approver: a.ref.userId, status: 200 })
       notify('approval.decided', decided)
-      if (json) return await reply.send({ approval: publicView(decided, pageUrl(decided.id)) })
+      if (json) return await reply.send({ approval: approvalView(decided, pageUrl(decided.id), true) })
       return await securePage(reply).send(decidedPage(decided, bits.who, bits.signOutCsrf))
     })
   })

@@ -19,11 +19,11 @@ import { request } from 'undici'
 import { chromium, type Browser, type BrowserContext, type Page, type Response } from 'playwright-core'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { McpError } from '@modelcontextprotocol/sdk/types.js'
 import { demoConfig, startDemo, type Demo } from '../lib/demo/index.js'
 import { REFERENCE, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 import { OIDC_SCOPE, startOidcProvider, type OidcProviderFixture, type OidcUser } from './fixtures/oidc-signin.js'
 import { inBusinessHours } from './fixtures/time.js'
+import { refused } from './fixtures/refused.js'
 
 const IMAGES = new URL('../docs/images/', import.meta.url).pathname
 const VIEWPORT = { width: 1280, height: 800 }
@@ -95,16 +95,6 @@ function browserTests (executablePath: string): void {
     const client = new Client({ name: 'approval-page-test', version: '1' })
     await client.connect(new StreamableHTTPClientTransport(new URL(gw.url('api')), { requestInit: { headers: { authorization: `Bearer ${demo.token(OPS)}` } } }))
     return client
-  }
-
-  async function refused (p: Promise<unknown>): Promise<McpError> {
-    try {
-      await p
-    } catch (err) {
-      if (err instanceof McpError) return err
-      throw err
-    }
-    throw new Error('the call was not refused')
   }
 
   /** The approval the agent's call asks for: its id and page URL (the call is not forwarded). */

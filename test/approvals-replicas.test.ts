@@ -122,9 +122,13 @@ t.test('the session on A hears notifications/elicitation/complete when B approve
   let heard: (id: string) => void = () => {}
   const completed = new Promise<string>(resolve => { heard = resolve })
   client.setNotificationHandler(ElicitationCompleteNotificationSchema, async (n) => { heard(n.params.elicitationId) })
+  const getsBefore = up.received.filter(r => r.method === 'GET').length
   await client.connect(new StreamableHTTPClientTransport(new URL(a.url('echo')), { requestInit: { headers: { authorization: `Bearer ${agent()}` } } }))
   t.teardown(async () => { await client.close() })
-  await new Promise(resolve => setTimeout(resolve, 300)) // the client's GET stream opens after initialize
+  // The client opens its GET stream after initialize: wait until it reached the upstream through A.
+  const until = Date.now() + 10_000
+  while (up.received.filter(r => r.method === 'GET').length === getsBefore && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
+  await new Promise(resolve => setTimeout(resolve, 300))
 
   const err = await client.callTool({ name: 'echo', arguments: { text: 'over the stream' } }).then(() => null, (e: { code: number, data: any }) => e)
   t.equal(err?.code, -32042)

@@ -9,19 +9,27 @@ import t from 'tap'
 import { request } from 'undici'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { ElicitationCompleteNotificationSchema, McpError } from '@modelcontextprotocol/sdk/types.js'
+import { ElicitationCompleteNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
 import { demoConfig, DEMO_ISSUER, startDemo, type Demo } from '../lib/demo/index.js'
 import { loadOrCreateIssuerKey, signAgentToken } from '../lib/dev-tokens.js'
 import { REFERENCE, startWithConfig, type TestGateway } from './fixtures/gateway.js'
 import { inBusinessHours } from './fixtures/time.js'
+import { refused } from './fixtures/refused.js'
 
 let demo: Demo
 /** POSTs each demo upstream received. */
 const hits: Record<string, number> = { db: 0, file: 0, api: 0 }
+/** GET streams each demo upstream was asked for. */
+const streams: Record<string, number> = { db: 0, file: 0, api: 0 }
 
 t.before(async () => {
   demo = await startDemo({ dataDir: mkdtempSync(join(tmpdir(), 'mcpw-approvals-')), port: 0 })
-  for (const name of ['db', 'file', 'api'] as const) demo.upstreams[name].server.on('request', (req) => { if (req.method === 'POST') hits[name]!++ })
+  for (const name of ['db', 'file', 'api'] as const) {
+    demo.upstreams[name].server.on('request', (req) => {
+      if (req.method === 'POST') hits[name]!++
+      if (req.method === 'GET') streams[name]!++
+    })
+  }
 })
 t.teardown(async () => { await demo.close() })
 
@@ -43,16 +51,6 @@ async function connect (gw: TestGateway, server: string, token: string, capabili
   const client = new Client({ name: 'approvals-test', version: '1' }, { capabilities })
   await client.connect(new StreamableHTTPClientTransport(new URL(gw.url(server)), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
   return client
-}
-
-async function refused (p: Promise<unknown>): Promise<McpError> {
-  try {
-    await p
-  } catch (err) {
-    if (err instanceof McpError) return err
-    throw err
-  }
-  throw new Error('the call was not refused')
 }
 
 /** An approver's call of the approvals API. */
@@ -164,18 +162,27 @@ t.test('an approval is bound to the exact call: other arguments, another agent, 
   t.not((expired.data as { approvalId: string }).approvalId, first)
   t.equal((await api(gw, 'GET', `/approvals/${first}`, grace)).status, 404, 'an expired approval reads like an unknown one')
   t.equal(hits.api, before, 'nothing was forwarded in all of this')
+  // Each refused call is audited with the approval it now waits for.
+  for (const [what, e] of [['changed arguments', changed], ['another agent', otherAgent], ['after a denial', afterDeny], ['expired', expired]] as const) {
+    const id = (e.data as { approvalId: string }).approvalId
+    t.ok(gw.audit.some(r => r.method === 'tools/call' && r.outcome === 'deny' && r.approvalId === id && r.reason.startsWith('approval required')), `${what}: audited`)
+  }
+  t.ok(gw.audit.some(r => r.event === 'approval' && r.method === 'approvals/deny' && r.approvalId === denyMe && r.approver === 'grace'), 'the denial is audited')
 })
 
 t.test('a client that declared URL elicitation gets -32042 and notifications/elicitation/complete on its session', async t => {
   const gw = await gateway()
   t.teardown(async () => { await gw.close() })
+  const streamsBefore = streams.db!
   const client = await connect(gw, 'db', demo.token(OPS), { elicitation: { url: {} } })
   t.teardown(async () => { await client.close() })
   const completed: string[] = []
   let resolveCompleted: () => void = () => {}
   const completion = new Promise<void>(resolve => { resolveCompleted = resolve })
   client.setNotificationHandler(ElicitationCompleteNotificationSchema, async (n) => { completed.push(n.params.elicitationId); resolveCompleted() })
-  // The SDK opens its GET stream after initialize; give it a moment to be open at the gateway.
+  // The SDK opens its GET stream after initialize: wait until it reached the server through the gateway.
+  const until = Date.now() + 10_000
+  while (streams.db === streamsBefore && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
   await new Promise(resolve => setTimeout(resolve, 300))
 
   const before = hits.db!

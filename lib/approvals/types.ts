@@ -94,3 +94,31 @@ export interface ClientTraits {
   readonly urlElicitation: boolean
   readonly protocolVersion: string
 }
+
+/**
+ * What people and programs are shown of an approval (the API, the CLI, the webhook): never its
+ * binding digest; the arguments only where the reader is signed in (not in the webhook).
+ */
+export function approvalView (r: ApprovalRecord, url: string, withArguments: boolean): Record<string, unknown> {
+  return {
+    id: r.id,
+    url,
+    status: r.status,
+    server: r.server,
+    tool: r.tool,
+    agentId: r.agentId,
+    userId: r.userId,
+    department: r.department,
+    ...(withArguments ? { arguments: r.arguments } : {}),
+    argumentsSha256: r.argumentsSha256,
+    policies: r.policies,
+    approvers: r.approvers,
+    advice: r.advice,
+    policyVersion: r.policyVersion,
+    requestedAt: new Date(r.requestedAt).toISOString(),
+    expiresAt: new Date(r.expiresAt).toISOString(),
+    approver: r.approver?.userId ?? null,
+    reason: r.reason,
+    decidedAt: r.decidedAt !== null ? new Date(r.decidedAt).toISOString() : null
+  }
+}

@@ -9,7 +9,7 @@
  */
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { request } from 'undici'
-import type { ApprovalRecord } from './types.js'
+import { approvalView, type ApprovalRecord } from './types.js'
 
 export const SIGNATURE_HEADER = 'x-mcp-warden-signature'
 export const TIMESTAMP_HEADER = 'x-mcp-warden-timestamp'
@@ -31,25 +31,7 @@ export type WebhookEvent = 'approval.requested' | 'approval.decided'
 
 /** The body of a notification: what an approver needs to find the call, not the arguments themselves. */
 export function webhookBody (event: WebhookEvent, r: ApprovalRecord, url: string): string {
-  return JSON.stringify({
-    event,
-    approval: {
-      id: r.id,
-      url,
-      status: r.status,
-      server: r.server,
-      tool: r.tool,
-      agentId: r.agentId,
-      userId: r.userId,
-      argumentsSha256: r.argumentsSha256,
-      policies: r.policies,
-      approvers: r.approvers,
-      advice: r.advice,
-      requestedAt: new Date(r.requestedAt).toISOString(),
-      expiresAt: new Date(r.expiresAt).toISOString(),
-      ...(r.approver !== null ? { approver: r.approver.userId, reason: r.reason, decidedAt: r.decidedAt !== null ? new Date(r.decidedAt).toISOString() : null } : {})
-    }
-  })
+  return JSON.stringify({ event, approval: approvalView(r, url, false) })
 }
 
 /** Sends one notification; resolves with the receiver's status, rejects on a network failure or timeout. */

@@ -404,6 +404,58 @@ function describe (r: AuthzRequest): string {
 }
 
 /**
+ * One call into Cedar with a pre-parsed set: a decision (allow, or deny with `whyDenied` as its
+ * reason when no advice says why), or an `error` decision for anything that failed. The Wasm
+ * instance is replaced when the call throws.
+ */
+function evaluate (
+  set: CompiledPolicySet,
+  base: { decisionId: string, policyVersion: string },
+  call: Pick<CedarWasm.StatefulAuthorizationCall, 'principal' | 'action' | 'resource' | 'context' | 'entities'>,
+  whyDenied: (policies: readonly string[]) => string,
+  refusedWhat: string
+): Decision {
+  const fail = (error: string): Decision => ({ ...base, outcome: 'error', allowed: false, policies: [], advice: [], errors: [error], reason: ENGINE_ERROR_REASON })
+  if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
+    return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
+  }
+  let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
+  try {
+    answer = cedar.statefulIsAuthorized({ ...call, preparsedSchemaName: set.schemaName, preparsedPolicySetId: set.policySetId, validateRequest: true })
+  } catch (err) {
+    // Cedar answers its own errors as values; a throw is the instance itself failing.
+    const message = (err as Error).message
+    replaceCedarInstance(`Cedar threw: ${message}`)
+    return fail(`the Cedar engine failed (${message}); this ${refusedWhat} is denied`)
+  }
+  if (answer.type !== 'success') return fail(messages(answer.errors))
+  const { decision, diagnostics } = answer.response
+  if (diagnostics.errors.length > 0) {
+    return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
+  }
+  const policies = Object.freeze([...diagnostics.reason].sort())
+  const advice = Object.freeze(policies.map(id => set.advice.get(id)).filter((a): a is string => a !== undefined))
+  switch (decision) {
+    case 'allow':
+      return { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
+    case 'deny':
+      return {
+        ...base,
+        outcome: 'deny',
+        allowed: false,
+        policies,
+        advice,
+        errors: [],
+        reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : whyDenied(policies)
+      }
+    default: {
+      const never: never = decision
+      return fail(`unexpected decision ${String(never)}`)
+    }
+  }
+}
+
+/**
  * Decides requests against the current policy set. `swap` replaces the set atomically:
  * a decision uses one set from start to end.
  */
@@ -490,48 +542,20 @@ export class CedarEngine {
         attrs: { userId: a.userId ?? a.agentId, department: a.department ?? '', roles: [...a.roles], issuer: a.issuer },
         parents: a.roles.map(role => uid('Mcp::Role', role))
       }
-      if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
-        return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
-      }
-      let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
-      try {
-        answer = cedar.statefulIsAuthorized({
-          principal: approver,
-          action: uid('Mcp::Action', 'approve'),
-          resource,
-          context: {
-            now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
-            localHour,
-            localWeekday,
-            timezone: this.timezone,
-            requester: { ...r.requester },
-            policies: [...r.policies]
-          },
-          entities,
-          preparsedSchemaName: set.schemaName,
-          preparsedPolicySetId: set.policySetId,
-          validateRequest: true
-        })
-      } catch (err) {
-        const message = (err as Error).message
-        replaceCedarInstance(`Cedar threw: ${message}`)
-        return fail(`the Cedar engine failed (${message}); this approval is refused`)
-      }
-      if (answer.type !== 'success') return fail(messages(answer.errors))
-      const { decision, diagnostics } = answer.response
-      if (diagnostics.errors.length > 0) return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
-      const policies = Object.freeze([...diagnostics.reason].sort())
-      const advice = Object.freeze(policies.map(id => set.advice.get(id)).filter((x): x is string => x !== undefined))
-      if (decision === 'allow') return { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
-      return {
-        ...base,
-        outcome: 'deny',
-        allowed: false,
-        policies,
-        advice,
-        errors: [],
-        reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : `no policy lets ${a.userId ?? a.agentId} approve calls of ${r.server.name}/${r.tool}`
-      }
+      return evaluate(set, base, {
+        principal: approver,
+        action: uid('Mcp::Action', 'approve'),
+        resource,
+        context: {
+          now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
+          localHour,
+          localWeekday,
+          timezone: this.timezone,
+          requester: { ...r.requester },
+          policies: [...r.policies]
+        },
+        entities
+      }, () => `no policy lets ${a.userId ?? a.agentId} approve calls of ${r.server.name}/${r.tool}`, 'approval')
     } catch (err) {
       return fail((err as Error).message)
     }
@@ -596,55 +620,8 @@ export class CedarEngine {
       }
       if (cedarArguments !== undefined) context.arguments = cedarArguments
       const { principal, resource, entities } = requestEntities(r)
-      if (!health.healthy && (Date.now() - health.lastAttempt < 1000 || !replaceCedarInstance(health.lastError ?? 'unhealthy'))) {
-        return fail(`the Cedar engine is unavailable: ${health.lastError ?? ''}`)
-      }
-      let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
-      try {
-        answer = cedar.statefulIsAuthorized({
-          principal,
-          action: uid('Mcp::Action', action),
-          resource,
-          context,
-          entities,
-          preparsedSchemaName: set.schemaName,
-          preparsedPolicySetId: set.policySetId,
-          validateRequest: true
-        })
-      } catch (err) {
-        // Cedar answers its own errors as values; a throw is the instance itself failing.
-        const message = (err as Error).message
-        replaceCedarInstance(`Cedar threw: ${message}`)
-        return fail(`the Cedar engine failed (${message}); this request is denied`)
-      }
-      if (answer.type !== 'success') return fail(messages(answer.errors))
-      const { decision, diagnostics } = answer.response
-      if (diagnostics.errors.length > 0) {
-        return fail(diagnostics.errors.map(e => `policy "${e.policyId}": ${e.error.message}`).join('; '))
-      }
-      const policies = Object.freeze([...diagnostics.reason].sort())
-      const advice = Object.freeze(policies.map(id => set.advice.get(id)).filter((a): a is string => a !== undefined))
-      let made: Decision
-      switch (decision) {
-        case 'allow':
-          made = { ...base, outcome: 'allow', allowed: true, policies, advice, errors: [], reason: `allowed by ${policies.join(', ')}` }
-          break
-        case 'deny':
-          made = {
-            ...base,
-            outcome: 'deny',
-            allowed: false,
-            policies,
-            advice,
-            errors: [],
-            reason: advice.length > 0 ? advice.join('; ') : policies.length > 0 ? `forbidden by ${policies.join(', ')}` : `no policy permits ${describe(r)}`
-          }
-          break
-        default: {
-          const never: never = decision
-          return fail(`unexpected decision ${String(never)}`)
-        }
-      }
+      let made = evaluate(set, base, { principal, action: uid('Mcp::Action', action), resource, context, entities }, () => `no policy permits ${describe(r)}`, 'request')
+      if (made.outcome === 'error') return made
       // Errors are never remembered: the next request is decided afresh.
       // A deny no policy explains names the request in its reason; that is rebuilt on a hit, so
       // nothing the agent sent is kept with the remembered decision.
