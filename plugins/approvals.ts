@@ -321,7 +321,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       return { identity, ref: { userId, issuer: id.issuer, via: 'token' }, ids: idsOf(claims, config), nonce: null }
     }
     const s = signer.open<SessionValue>('session', readCookies(request.headers.cookie).get(SESSION_COOKIE))
-    if (s === undefined || !Array.isArray(s.ids)) return null
+    if (s === undefined || !Array.isArray(s.ids) || await store.sessionRevoked(s.nonce)) return null
     return { identity: approverIdentity(s, 0), ref: { userId: s.userId, issuer: s.issuer, via: s.via }, ids: s.ids, nonce: s.nonce }
   }
 
@@ -461,6 +461,8 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       if (a === null || a.nonce === null || !sameOrigin(request) || !signer.checkCsrf(a.nonce, 'sign-out', body.csrf)) {
         return await securePage(reply.code(403)).send(messagePage('Refused', 'This form did not come from this gateway.'))
       }
+      // Signed out on every replica, for as long as the cookie could still be presented.
+      await store.revokeSession(a.nonce, Date.now() + SESSION_SECONDS * 1000)
       void reply.header('set-cookie', cookie(SESSION_COOKIE, '', { path: '/approvals', secure, maxAgeSeconds: 0 }))
       return await reply.redirect('/approvals/sign-in', 303)
     })

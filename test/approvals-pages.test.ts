@@ -166,6 +166,7 @@ t.test('approve through the page: the CSRF token is bound to one approval, and w
   const out = await page('POST', '/approvals/sign-out', { cookie, origin, form: { csrf: csrfOf(view.text, '/approvals/sign-out') } })
   t.equal(out.status, 303)
   t.match(out.cookies.join('\n'), /mcpw_approver=; .*Max-Age=0/)
+  t.equal((await page('GET', '/approvals', { cookie })).status, 303, 'a copy of the signed-out cookie is no session')
 })
 
 t.test('OIDC sign-in against a real provider; a callback whose state is not this browser\'s is refused', async t => {

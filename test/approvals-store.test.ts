@@ -122,6 +122,11 @@ for (const [kind, open] of Object.entries(kinds)) {
     await a.rememberClient('api', 's-1', { urlElicitation: true, protocolVersion: '2025-11-25' }, 60)
     t.same(await b.client('api', 's-1'), { urlElicitation: true, protocolVersion: '2025-11-25' })
     t.equal(await b.client('api', 's-2'), null)
+    t.notOk(await b.sessionRevoked('nonce-1'))
+    await a.revokeSession('nonce-1', Date.now() + 300)
+    t.ok(await b.sessionRevoked('nonce-1'), 'signed out on every replica')
+    await sleep(350)
+    t.notOk(await b.sessionRevoked('nonce-1'), 'remembered only while the cookie could be presented')
   })
 }
 

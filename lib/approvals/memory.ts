@@ -10,6 +10,7 @@ export class MemoryApprovalStore implements ApprovalStore {
   readonly #counters = new Map<string, { n: number, until: number }>()
   readonly #listeners = new Set<(event: ApprovalEvent) => void>()
   readonly #clients = new BoundedCache<ClientTraits>(100_000)
+  readonly #revoked = new BoundedCache<true>(100_000)
 
   #sweep (now: number): void {
     for (const [id, r] of this.#byId) {
@@ -96,6 +97,14 @@ export class MemoryApprovalStore implements ApprovalStore {
 
   async client (server: string, sessionId: string): Promise<ClientTraits | null> {
     return this.#clients.get(`${server}\n${sessionId}`) ?? null
+  }
+
+  async revokeSession (nonce: string, until: number): Promise<void> {
+    this.#revoked.set(nonce, true, until)
+  }
+
+  async sessionRevoked (nonce: string): Promise<boolean> {
+    return this.#revoked.get(nonce) === true
   }
 
   onDecided (listener: (event: ApprovalEvent) => void): () => void {

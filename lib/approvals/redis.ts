@@ -166,6 +166,14 @@ export class RedisApprovalStore implements ApprovalStore {
     return raw === null ? null : JSON.parse(raw) as ClientTraits
   }
 
+  async revokeSession (nonce: string, until: number): Promise<void> {
+    await guarded(async () => await this.#redis.set(`${this.#prefix}approver-signed-out:${digest(nonce)}`, '1', 'PXAT', Math.max(until, Date.now() + 1)))
+  }
+
+  async sessionRevoked (nonce: string): Promise<boolean> {
+    return await guarded(async () => await this.#redis.exists(`${this.#prefix}approver-signed-out:${digest(nonce)}`)) === 1
+  }
+
   onDecided (listener: (event: ApprovalEvent) => void): () => void {
     this.#listeners.add(listener)
     return () => { this.#listeners.delete(listener) }

@@ -83,6 +83,10 @@ export interface ApprovalStore {
   rememberClient (server: string, sessionId: string, client: ClientTraits, ttlSeconds: number): Promise<void>
   /** What the session declared, or null when it is not known. */
   client (server: string, sessionId: string): Promise<ClientTraits | null>
+  /** Ends an approver's page session before its cookie expires (sign-out): refused on every replica until `until` (ms). */
+  revokeSession (nonce: string, until: number): Promise<void>
+  /** Whether a page session was signed out. */
+  sessionRevoked (nonce: string): Promise<boolean>
   /** Calls `listener` on every approve/deny, on this replica or another; returns an unsubscribe. */
   onDecided (listener: (event: ApprovalEvent) => void): () => void
   close (): Promise<void>
