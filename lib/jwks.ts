@@ -9,6 +9,7 @@
  */
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { request } from 'undici'
+import { BodyLimitError, readAtMost } from './http-body.js'
 
 export class NoMatchingKeyError extends Error {
   override name = 'NoMatchingKeyError'
@@ -61,19 +62,10 @@ async function fetchKeys (url: string, timeoutMs: number, maxBytes: number): Pro
       await res.body.dump()
       throw new JwksUnavailableError(`the JWKS answered ${res.statusCode}`)
     }
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      size += chunk.length
-      if (size > maxBytes) {
-        res.body.destroy()
-        throw new JwksUnavailableError(`the JWKS is larger than ${maxBytes} bytes`)
-      }
-      chunks.push(chunk)
-    }
-    text = Buffer.concat(chunks).toString('utf8')
+    text = (await readAtMost(res.body, maxBytes)).toString('utf8')
   } catch (err) {
     if (err instanceof JwksUnavailableError) throw err
+    if (err instanceof BodyLimitError) throw new JwksUnavailableError(`the JWKS is larger than ${maxBytes} bytes`)
     throw new JwksUnavailableError(`the JWKS could not be fetched: ${(err as Error).message}`)
   }
   let doc: unknown

@@ -13,6 +13,7 @@ import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
 import { jsonRpcMessage, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
+import { BodyLimitError, readAtMost } from '../lib/http-body.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
 import {
@@ -50,17 +51,12 @@ const CREDENTIAL_PLUGINS: Readonly<Record<string, { name: string, export: string
 
 /** The body, read whole up to `limit` bytes; more is UpstreamTooLargeError. */
 async function readLimited (body: AsyncIterable<Buffer> & { destroy: () => void }, limit: number, server: string): Promise<string> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of body) {
-    size += chunk.length
-    if (size > limit) {
-      body.destroy()
-      throw new UpstreamTooLargeError(server, String(limit))
-    }
-    chunks.push(chunk)
+  try {
+    return (await readAtMost(body, limit)).toString('utf8')
+  } catch (err) {
+    if (err instanceof BodyLimitError) throw new UpstreamTooLargeError(server, String(limit))
+    throw err
   }
-  return Buffer.concat(chunks).toString('utf8')
 }
 
 /** One JSON-RPC message (an object), or a refusal. */

@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto'
 import { createDecoder, createVerifier, type Algorithm } from 'fast-jwt'
 import { request } from 'undici'
+import { BodyLimitError, readAtMost } from '../http-body.js'
 import { remoteJwks } from '../jwks.js'
 import { randomToken } from './session.js'
 
@@ -26,15 +27,15 @@ const MAX_BYTES = 256 * 1024
 
 async function getJson (url: string, init: { method?: 'GET' | 'POST', headers?: Record<string, string>, body?: string } = {}): Promise<{ status: number, json: unknown }> {
   const res = await request(url, { method: init.method ?? 'GET', headers: { accept: 'application/json', ...init.headers }, body: init.body ?? null, headersTimeout: 5000, bodyTimeout: 5000 })
-  let size = 0
-  const chunks: Buffer[] = []
-  for await (const c of res.body as AsyncIterable<Buffer>) {
-    size += c.length
-    if (size > MAX_BYTES) { res.body.destroy(); throw new OidcError(`${new URL(url).origin} answered more than ${MAX_BYTES} bytes`) }
-    chunks.push(c)
+  let body: Buffer
+  try {
+    body = await readAtMost(res.body, MAX_BYTES)
+  } catch (err) {
+    if (err instanceof BodyLimitError) throw new OidcError(`${new URL(url).origin} answered more than ${MAX_BYTES} bytes`)
+    throw err
   }
   let json: unknown
-  try { json = JSON.parse(Buffer.concat(chunks).toString('utf8')) } catch { throw new OidcError(`${url} did not answer JSON (HTTP ${res.statusCode})`) }
+  try { json = JSON.parse(body.toString('utf8')) } catch { throw new OidcError(`${url} did not answer JSON (HTTP ${res.statusCode})`) }
   return { status: res.statusCode, json }
 }
 
