@@ -20,7 +20,7 @@ import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
 import { methodSpec } from '../lib/mcp-methods.js'
 import {
-  CedarEngine, compilePolicySet, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
+  CedarEngine, compilePolicySet, listable, onEngineFailure, readPolicySource, type AuthzRequest
 } from '../lib/cedar/engine.js'
 import { provided, provide, type ApprovalGate, type ReloadResult } from './decorations.js'
 
@@ -32,11 +32,6 @@ export interface CedarAuthzOptions {
 function withoutArguments (r: AuthzRequest): AuthzRequest {
   const { arguments: _arguments, ...rest } = r
   return rest
-}
-
-/** Whether a list shows what a decision is about: allowed, or allowed once a person approves the call. */
-export function visible (decision: Decision): boolean {
-  return decision.allowed || decision.approval !== undefined
 }
 
 /** The Cedar request for an MCP message on a server route. */
@@ -136,7 +131,7 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
     // tool that does not exist, so its existence is not revealed. A tool that needs a person's
     // approval is visible.
     if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' && decision.approval === undefined &&
-        (authzRequest.arguments === undefined || !visible(engine.authorize(withoutArguments(authzRequest))))) {
+        (authzRequest.arguments === undefined || !listable(engine.authorize(withoutArguments(authzRequest))))) {
       throw refusal(new UnknownToolError(authzRequest.tool!), { reason: `hidden: ${decision.reason}` })
     }
     throw refusal(new AccessDeniedError(decision.reason), {

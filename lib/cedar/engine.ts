@@ -173,6 +173,14 @@ export type Decision =
 
 export const ENGINE_ERROR_REASON = 'policy engine error'
 
+/**
+ * Whether lists show what a decision is about: it is allowed, or it would be once a person
+ * approves the call. Tool lists and the "hidden tool" answer to a call both use this one rule.
+ */
+export function listable (decision: Decision): boolean {
+  return decision.allowed || decision.approval !== undefined
+}
+
 export interface PolicyFile { readonly file: string, readonly text: string }
 export interface PolicySource { readonly schemaText: string, readonly files: readonly PolicyFile[] }
 

@@ -13,7 +13,7 @@ import { ownFetch } from '../credentials/index.js'
 import { nameSet, type Finding, type ScanContext, type ToolScanner } from './scanner.js'
 import { contentHash, definitionHash, pinnedPart, type NewTools, type PinStore } from './pins.js'
 import { ToolJudge } from './judge.js'
-import type { AuthzRequest, Decision } from '../cedar/engine.js'
+import { listable, type AuthzRequest, type Decision } from '../cedar/engine.js'
 import type { TokenMinter } from '../tokens/minter.js'
 import { listUpstreamTools } from '../cedar/schema-gen.js'
 import { targetRequest } from '../mcp-methods.js'
@@ -478,8 +478,7 @@ export class ToolGuard {
     let allowed = this.#decisions.get(key)
     if (allowed === undefined) {
       // A tool whose calls need a person's approval is listed: the agent can ask for one.
-      const d = cedar.authorize({ ...r, identity, server })
-      allowed = d.allowed || d.approval !== undefined
+      allowed = listable(cedar.authorize({ ...r, identity, server }))
       if (this.#decisions.size >= MAX_DECISIONS) this.#decisions.clear()
       this.#decisions.set(key, allowed)
     }
