@@ -10,6 +10,7 @@ import { signAgentToken } from './dev-tokens.js'
 import { buildGateway } from './gateway.js'
 import type { Demo, DemoOptions } from './demo/index.js'
 import { VERSION } from './version.js'
+import { localTime, zoneWhereHourIs } from './cedar/time.js'
 import { resolve as resolvePath } from 'node:path'
 import { KeyRing, rotateKeys } from './tokens/keys.js'
 import { cedarCommand, CedarUsageError } from './cli-cedar.js'
@@ -136,18 +137,6 @@ async function loadDemo (options: DemoOptions): Promise<Demo> {
   return await startDemo(options)
 }
 
-/** The local hour in an IANA zone now. */
-function localHourIn (zone: string): number {
-  return Number(new Intl.DateTimeFormat('en-GB', { timeZone: zone, hour: '2-digit', hourCycle: 'h23' }).format(new Date()))
-}
-
-/** A fixed-offset zone in which it is about noon now. */
-function zoneAtNoon (): string {
-  let offset = ((12 - new Date().getUTCHours()) % 24 + 24) % 24
-  if (offset > 14) offset -= 24
-  return offset === 0 ? 'Etc/GMT' : offset > 0 ? `Etc/GMT-${offset}` : `Etc/GMT+${-offset}`
-}
-
 /** Starts the gateway (and the demo when no config is given). Resolves once it listens. */
 export async function start (args: string[], io: Io = defaultIo): Promise<Running | undefined> {
   const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' }, timezone: { type: 'string' } })
@@ -216,8 +205,8 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     io.out(`  npx mcp-warden client ${resourceUrl(config, 'api')} --token "$TOKEN_SUPER_ADMIN" call user_delete '{"userId":"u-300"}'`)
     io.out('  -> "Approval required: ..." with the approval page\'s URL; nothing reaches the server yet.')
     io.out('  Open that URL, sign in with the approver token below, approve; then run the same call again: it runs once.')
-    const local = localHourIn(config.authorization.timezone)
-    if (local < 9 || local >= 18) io.out(`  (It is ${String(local).padStart(2, '0')}h in ${config.authorization.timezone}: the reference policies allow high-sensitivity tools 09-18h only; to try it now, start the demo with --timezone ${zoneAtNoon()})`)
+    const local = localTime(new Date(), config.authorization.timezone).localHour
+    if (local < 9 || local >= 18) io.out(`  (It is ${String(local).padStart(2, '0')}h in ${config.authorization.timezone}: the reference policies allow high-sensitivity tools 09-18h only; to try it now, start the demo with --timezone ${zoneWhereHourIs(12)})`)
     for (const a of demo.approvers) {
       io.out(`  approver ${a.userId} (${a.roles.join(', ')}, ${a.department}):`)
       io.out(`    export APPROVER_${a.userId.toUpperCase()}=${demo.approverToken({ userId: a.userId, roles: [...a.roles], department: a.department })}`)

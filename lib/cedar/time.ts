@@ -28,3 +28,10 @@ export function localTime (at: Date, timeZone: string): { localHour: number, loc
   }
   return { localHour, localWeekday }
 }
+
+/** A fixed-offset IANA zone (`Etc/GMT±N`) in which the local hour is `hour` at `at`. */
+export function zoneWhereHourIs (hour: number, at = new Date()): string {
+  let offset = ((hour - at.getUTCHours()) % 24 + 24) % 24
+  if (offset > 14) offset -= 24
+  return offset === 0 ? 'Etc/GMT' : offset > 0 ? `Etc/GMT-${offset}` : `Etc/GMT+${-offset}`
+}
