@@ -6,7 +6,7 @@
  * people (reasons): it is printed through {@link terminalSafe}, so that no control character or
  * escape sequence of it reaches the approver's terminal.
  */
-import { parseArgs } from 'node:util'
+import { parseOptions } from './cli-args.js'
 import { request } from 'undici'
 import { APPROVAL_ID } from './approvals/binding.js'
 
@@ -224,20 +224,9 @@ function refused (a: Answer, io: Io, what: string): number {
 
 export async function approvalsCommand (args: string[], io: Io, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [sub, ...rest] = args
-  let parsed: ReturnType<typeof parseArgs>
-  try {
-    parsed = parseArgs({
-      args: rest,
-      allowPositionals: true,
-      options: {
-        url: { type: 'string' }, token: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' },
-        timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }
-      }
-    })
-  } catch (err) {
-    throw new ApprovalsUsageError((err as Error).message)
-  }
-  const { values: v, positionals } = parsed
+  const { values: v, positionals } = parseOptions(rest, {
+    url: { type: 'string' }, token: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' }
+  }, m => new ApprovalsUsageError(m))
   if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h' || v.help === true) { io.out(APPROVALS_HELP); return sub === undefined ? 1 : 0 }
   if (!['list', 'show', 'approve', 'deny'].includes(sub)) throw new ApprovalsUsageError(`unknown approvals command "${terminalSafe(sub)}"\n\n${APPROVALS_HELP}`)
   const decides = sub === 'approve' || sub === 'deny'

@@ -3,7 +3,7 @@
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { parseArgs } from 'node:util'
+import { parseOptions } from './cli-args.js'
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
 import { loadConfig, type GatewayConfig } from './config.js'
 import { compilePolicySet, CedarEngine, readPolicySource, requestEntities, type AuthzRequest } from './cedar/engine.js'
@@ -60,23 +60,13 @@ function files (paths: string[], fallbackDir: string, ext: string): string[] {
 
 export async function cedarCommand (args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args
-  let parsed: ReturnType<typeof parseArgs>
-  try {
-    parsed = parseArgs({
-      args: rest,
-      allowPositionals: true,
-      options: {
-        config: { type: 'string' }, schema: { type: 'string' }, policies: { type: 'string' },
-        token: { type: 'string' }, server: { type: 'string' }, tool: { type: 'string' }, args: { type: 'string' },
-        uri: { type: 'string' }, prompt: { type: 'string' }, method: { type: 'string' }, at: { type: 'string' },
-        json: { type: 'boolean' }, check: { type: 'boolean' }, write: { type: 'boolean' }, out: { type: 'string' },
-        'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' }
-      }
-    })
-  } catch (err) {
-    throw new CedarUsageError((err as Error).message)
-  }
-  const { values: v, positionals } = parsed
+  const { values: v, positionals } = parseOptions(rest, {
+    config: { type: 'string' }, schema: { type: 'string' }, policies: { type: 'string' },
+    token: { type: 'string' }, server: { type: 'string' }, tool: { type: 'string' }, args: { type: 'string' },
+    uri: { type: 'string' }, prompt: { type: 'string' }, method: { type: 'string' }, at: { type: 'string' },
+    json: { type: 'boolean' }, check: { type: 'boolean' }, write: { type: 'boolean' }, out: { type: 'string' },
+    'data-dir': { type: 'string' }
+  }, m => new CedarUsageError(m))
   if (sub === undefined || sub === 'help' || sub === '--help' || v.help === true) { io.out(CEDAR_HELP); return sub === undefined ? 1 : 0 }
 
   const str = (k: string): string | undefined => typeof v[k] === 'string' ? v[k] : undefined

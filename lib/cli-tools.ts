@@ -2,7 +2,7 @@
  * `mcp-warden tools …`: the operator's side of tool pinning.
  */
 import { resolve } from 'node:path'
-import { parseArgs } from 'node:util'
+import { parseOptions } from './cli-args.js'
 import { loadConfig, type GatewayConfig } from './config.js'
 import { listUpstreamTools } from './cedar/schema-gen.js'
 import { KeyRing } from './tokens/keys.js'
@@ -42,13 +42,7 @@ function lines (value: unknown): string[] {
 
 export async function toolsCommand (args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args
-  let parsed: ReturnType<typeof parseArgs>
-  try {
-    parsed = parseArgs({ args: rest, allowPositionals: true, options: { config: { type: 'string' }, pins: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
-  } catch (err) {
-    throw new ToolsUsageError((err as Error).message)
-  }
-  const { values, positionals } = parsed
+  const { values, positionals } = parseOptions(rest, { config: { type: 'string' }, pins: { type: 'string' } }, m => new ToolsUsageError(m))
   if (sub === undefined || sub === 'help' || sub === '--help' || values.help === true) { io.out(TOOLS_HELP); return sub === undefined ? 1 : 0 }
   const config = typeof values.config === 'string' ? loadConfig(values.config) : undefined
   const file = typeof values.pins === 'string' ? resolve(values.pins) : config?.toolScan.pins ?? resolve('.mcp-warden/pins.json')

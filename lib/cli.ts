@@ -2,7 +2,8 @@
  * The `mcp-warden` command: start, token, client.
  */
 import { readFileSync } from 'node:fs'
-import { parseArgs, type ParseArgsConfig } from 'node:util'
+import type { ParseArgsConfig } from 'node:util'
+import { parseOptions } from './cli-args.js'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { loadConfig, resourceUrl, type GatewayConfig } from './config.js'
@@ -86,12 +87,8 @@ Examples:
 
 class UsageError extends Error {}
 
-function parse (args: string[], options: ParseArgsConfig['options']): ReturnType<typeof parseArgs> {
-  try {
-    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true })
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
+function parse (args: string[], options: NonNullable<ParseArgsConfig['options']>): ReturnType<typeof parseOptions> {
+  return parseOptions(args, options, m => new UsageError(m))
 }
 
 function str (v: unknown): string | undefined { return typeof v === 'string' ? v : undefined }
