@@ -9,6 +9,7 @@ import { KeyRing } from './tokens/keys.js'
 import { TokenMinter } from './tokens/minter.js'
 import { mintingFetch } from './tokens/fetch.js'
 import { FilePinStore, type PinStore } from './tools/pins.js'
+import { definitionDiff, type DefinitionDiffLine } from './tools/diff.js'
 import { DEFAULT_RULES_FILE, loadRules, ToolScanner } from './tools/scanner.js'
 import { RedisStore } from './stores/redis.js'
 import { startStdioBridges } from './stdio-bridge.js'
@@ -36,8 +37,21 @@ Options:
   --config FILE   a gateway config (toolScan.pins, and the upstreams for pin)
   --pins FILE     the pins file (default ./.mcp-warden/pins.json)`
 
-function lines (value: unknown): string[] {
-  return JSON.stringify(value, null, 2).split('\n')
+/** Unchanged lines shown around each change. */
+const CONTEXT_LINES = 2
+
+/** The changed lines of a diff with a little context, as `- `, `+ ` and `  ` lines; `  …` where lines are left out. */
+function shownDiff (diff: readonly DefinitionDiffLine[]): string[] {
+  const near = (i: number): boolean => diff.slice(Math.max(0, i - CONTEXT_LINES), i + CONTEXT_LINES + 1).some(l => l.op !== ' ')
+  const out: string[] = []
+  let skipped = false
+  for (const [i, line] of diff.entries()) {
+    if (line.op === ' ' && !near(i)) { skipped = true; continue }
+    if (skipped && out.length > 0) out.push('  …')
+    skipped = false
+    out.push(`${line.op} ${line.text}`)
+  }
+  return out
 }
 
 export async function toolsCommand (args: string[], io: Io): Promise<number> {
@@ -69,7 +83,9 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
         io.out(`${key}  ${state}`)
         const shown = e.pending ?? e.pinned
         const findings = shown === undefined ? [] : scanner.scan(shown.definition)
-        for (const f of findings) io.out(`    quarantined by ${f.rule} at ${f.path}: ${f.excerpt}`)
+        const waived = e.waived !== undefined && e.waived.hash === shown?.hash ? e.waived : undefined
+        if (waived !== undefined && findings.length > 0) io.out(`    accepted despite its findings by ${waived.by} at ${waived.at}:`)
+        for (const f of findings) io.out(`    ${waived !== undefined ? 'waived' : 'quarantined by'} ${f.rule} at ${f.path}: ${f.excerpt}`)
       }
       return 0
     }
@@ -81,10 +97,7 @@ async function run (sub: string, store: PinStore, file: string, config: GatewayC
         io.out(e.pinned === undefined
           ? `${key}: new since the upstream's tools were first pinned (${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`
           : `${key}: changed since pinned (${e.pinned.hash.slice(0, 12)} -> ${e.pending.hash.slice(0, 12)}, seen ${e.pending.at})`)
-        const before = e.pinned === undefined ? [] : lines(e.pinned.definition)
-        const after = lines(e.pending.definition)
-        for (const l of before) if (!after.includes(l)) io.out(`- ${l}`)
-        for (const l of after) if (!before.includes(l)) io.out(`+ ${l}`)
+        for (const l of shownDiff(definitionDiff(e.pinned?.definition, e.pending.definition))) io.out(l)
       }
       if (pending === 0) io.out('no changes waiting for approval')
       return pending === 0 ? 0 : 1

@@ -186,6 +186,7 @@ function hostStore (t: Test, c: GatewayConfig, state: { up: boolean, closed: num
     tokens: inner.tokens,
     pins: inner.pins,
     approvals: inner.approvals,
+    decisions: inner.decisions,
     rateLimitRedis: undefined,
     available: () => state.up,
     ready: async () => {},

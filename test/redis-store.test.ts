@@ -12,6 +12,7 @@ import { KeyRing } from '../lib/tokens/keys.js'
 import { TokenMinter } from '../lib/tokens/minter.js'
 import { messageBinding } from '../lib/tokens/binding.js'
 import { readyz, redisAvailable, startRedis, type RedisServer } from './fixtures/redis.js'
+import { waivesOnStore } from './fixtures/pin-waivers.js'
 
 if (!redisAvailable()) throw new Error('these tests need redis-server on the PATH (apt-get install -y redis-server)')
 
@@ -116,6 +117,10 @@ t.test('tool pins: first sight pins, a change is pending on every replica, appro
   t.equal(await b.pins.check('db', tool), 'match', 'an operator pin replaces what was pinned')
 })
 
+t.test('tool pin waivers: only the pinned or pending hash; written on one replica, seen by the other at once; kept across a change', async t => {
+  await waivesOnStore(t, a.pins, b.pins, b.pins)
+})
+
 t.test('Redis down: every operation fails closed at once; back: the store recovers by itself', async t => {
   const s = new RedisStore(redis.url)
   t.teardown(async () => { await s.close() })
@@ -129,6 +134,8 @@ t.test('Redis down: every operation fails closed at once; back: the store recove
   await t.rejects(s.replay.use('jti-down', Math.floor(Date.now() / 1000) + 60), StoreUnavailableError, 'a jti is never accepted unchecked')
   await t.rejects(s.tokens.get('k'), StoreUnavailableError)
   await t.rejects(s.pins.check('db', { name: 'new-tool', description: 'x' }), StoreUnavailableError, 'an unpinned tool is not passed unchecked')
+  await t.rejects(s.pins.entry('db', 'new-tool'), StoreUnavailableError, 'no waiver is assumed either way')
+  await t.rejects(s.pins.waive('db', 'new-tool', 'x'.repeat(43), 'alice'), StoreUnavailableError)
   t.ok(Date.now() - started < 1000, 'refusals are immediate, not queued')
   // An upstream verifying the gateway's tokens with this replay store cannot decide: 503, never
   // a pass (the jti is unchecked) and never a 401 (the credentials were not at fault).

@@ -1,6 +1,7 @@
 import { FilePinStore, type PinStore } from '../tools/pins.js'
 import { MemoryApprovalStore } from '../approvals/memory.js'
-import type { GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
+import type { DecisionFeed, GatewayStore, ReplayStore, SessionStore, TokenCache } from './types.js'
+import type { AuditRecord } from '../../plugins/decorations.js'
 import { BoundedCache } from '../bounded-cache.js'
 
 interface Entry { server: string, sessionId: string, principal: string, expires: number }
@@ -118,6 +119,28 @@ export class MemoryTokenCache implements TokenCache {
   async set (key: string, token: string, until: number): Promise<void> { this.#entries.set(key, token, until) }
 }
 
+/** The decision feed of one process: a publish calls every subscriber at once; there is no history. */
+export class MemoryDecisionFeed implements DecisionFeed {
+  // One entry per subscribe call: the same function subscribed twice is called twice, removed once per removal.
+  readonly #subscribers = new Set<{ fn: (record: AuditRecord) => void }>()
+
+  publish (record: AuditRecord): void {
+    for (const s of [...this.#subscribers]) {
+      try { s.fn(record) } catch { /* a failing subscriber neither stops the others nor the caller */ }
+    }
+  }
+
+  subscribe (fn: (record: AuditRecord) => void): () => void {
+    const entry = { fn }
+    this.#subscribers.add(entry)
+    return () => { this.#subscribers.delete(entry) }
+  }
+
+  async history (_max: number): Promise<AuditRecord[]> { return [] }
+
+  close (): void { this.#subscribers.clear() }
+}
+
 /** The embedded default (`store: memory`): one process, pins in the `toolScan.pins` file. */
 export class MemoryStore implements GatewayStore {
   readonly kind = 'memory' as const
@@ -125,6 +148,7 @@ export class MemoryStore implements GatewayStore {
   readonly replay = new MemoryReplayStore()
   readonly tokens = new MemoryTokenCache()
   readonly approvals = new MemoryApprovalStore()
+  readonly decisions = new MemoryDecisionFeed()
   readonly rateLimitRedis = undefined
   readonly pins: PinStore
 
@@ -138,5 +162,6 @@ export class MemoryStore implements GatewayStore {
     await this.sessions.close()
     await this.replay.close()
     await this.approvals.close()
+    this.decisions.close()
   }
 }

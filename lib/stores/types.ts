@@ -5,6 +5,7 @@
  */
 import type { PinStore } from '../tools/pins.js'
 import type { ApprovalStore } from '../approvals/types.js'
+import type { AuditRecord } from '../../plugins/decorations.js'
 
 export interface SessionStore {
   /**
@@ -34,6 +35,19 @@ export interface TokenCache {
   set (key: string, token: string, until: number): Promise<void>
 }
 
+/**
+ * The audit records of every replica, for the console's index. The audit file stays the record
+ * of truth: the feed is best effort, and a record may arrive twice (the index drops repeats).
+ */
+export interface DecisionFeed {
+  /** Hands a record to every subscriber (of every replica); never throws, never waits. */
+  publish (record: AuditRecord): void
+  /** Calls `fn` with each record published from now on; returns its removal. */
+  subscribe (fn: (record: AuditRecord) => void): () => void
+  /** The newest `max` records still kept, oldest first (none in the memory store). */
+  history (max: number): Promise<AuditRecord[]>
+}
+
 /** Everything the gateway shares between replicas, from one place (`store:` in the config). */
 export interface GatewayStore {
   readonly kind: 'memory' | 'redis'
@@ -44,6 +58,8 @@ export interface GatewayStore {
   readonly approvals: ApprovalStore
   /** The tool pins (the memory store keeps them in the `toolScan.pins` file). */
   readonly pins: PinStore
+  /** Audit records of every replica, for the console's index (published only while a console runs). */
+  readonly decisions: DecisionFeed
   /** The ioredis client @fastify/rate-limit keeps its counters in; undefined: in memory. */
   readonly rateLimitRedis: unknown
   /** False while the store cannot be reached: every MCP request is then refused with 503. */

@@ -10,8 +10,8 @@ import type { GatewayConfig, UpstreamConfig } from '../config.js'
 import { principalKey, type Identity } from '../identity.js'
 import { localTime } from '../cedar/time.js'
 import { ownFetch } from '../credentials/index.js'
-import { nameSet, type Finding, type ScanContext, type ToolScanner } from './scanner.js'
-import { contentHash, definitionHash, pinnedPart, type NewTools, type PinStore } from './pins.js'
+import { nameSet, type Finding, type ScanContext, type ToolLike, type ToolScanner } from './scanner.js'
+import { contentHash, definitionHash, pinnedPart, type NewTools, type PinCheck, type PinEntry, type PinStore } from './pins.js'
 import { ToolJudge } from './judge.js'
 import { listable, type AuthzRequest, type Decision } from '../cedar/engine.js'
 import type { TokenMinter } from '../tokens/minter.js'
@@ -23,7 +23,10 @@ export interface ToolReview {
   readonly quarantined: boolean
   /** Why a quarantined tool is: rule ids, or "changed since pinned". */
   readonly reason: string
+  /** The findings that hold the tool back (none when the operator waived them for this definition). */
   readonly findings: readonly Finding[]
+  /** Findings the operator accepted for this very definition (PinStore.waive): shown, not held against it. */
+  readonly waivedFindings?: readonly Finding[]
   /** Held back only until the judge's verdict is in (toolScan.judge). */
   readonly pending?: boolean
   /** The pin store's generation the review was made at: a review of an older one may be out of date. */
@@ -31,6 +34,33 @@ export interface ToolReview {
 }
 
 export interface CatalogEntry { readonly tool: Tool, readonly review: ToolReview }
+
+/** A tool held back from agents, as an operator reviews it (ToolGuard.quarantined). */
+export interface QuarantinedTool {
+  readonly server: string
+  readonly tool: string
+  /** The full hash of the definition waiting for a decision (the pending one, or the one served). */
+  readonly hash: string
+  /**
+   * `finding`: the scanner's rules (or the judge) flag the definition; `changed`: it is not the
+   * pinned one; `new`: it appeared after the upstream's tools were pinned (toolScan.newTools:
+   * quarantine); `other`: held for a reason an approval does not lift (the same text as another
+   * quarantined tool, a name listed twice, too many tools).
+   */
+  readonly kind: 'finding' | 'changed' | 'new' | 'other'
+  readonly reason: string
+  /** The findings that hold it back (none for a definition whose findings were waived). */
+  readonly findings: readonly Finding[]
+  /** The definition held, as it is pinned (pinnedPart). */
+  readonly definition: ToolLike
+  /** The pinned definition, when there is one other than the held one. */
+  readonly pinned?: ToolLike
+  /** When the held definition was first seen (recorded as pending, or pinned). */
+  readonly seenAt?: string
+}
+
+/** The least of a definition hash an approval must name: as `mcp-warden tools list` shows it. */
+const MIN_HASH_PREFIX = 12
 
 /** What one caller (agent, user, session) has been listed by one upstream: pages by their hash. */
 interface CallerCatalog {
@@ -99,6 +129,17 @@ export const MAX_TOOLS_PER_UPSTREAM = 10_000
 export const REFRESH_MS = 5000
 /** How long the pages of an upstream's first list count as that first list. */
 const FIRST_LIST_MS = 60_000
+
+/**
+ * Why a definition is held back by its findings or its pin, or undefined when neither holds it.
+ * Findings come first: an approval of the pin does not lift them.
+ */
+function heldBecause (server: string, name: string, hash: string, findings: readonly Finding[], pin: PinCheck): string | undefined {
+  if (findings.length > 0) return `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
+  if (pin === 'changed') return `quarantined: the upstream served a definition other than the pinned one; review it with mcp-warden tools diff and approve it with mcp-warden tools approve ${server}/${name} HASH`
+  if (pin === 'new') return `quarantined: a tool that appeared after the upstream's tools were first pinned (toolScan.newTools: quarantine); review it and approve it with mcp-warden tools approve ${server}/${name} ${hash.slice(0, 12)}`
+  return undefined
+}
 
 /** The gateway's view of each upstream's tools: reviews (scan + pin) and visibility decisions. */
 /** What the guard needs from the gateway around it. */
@@ -178,9 +219,17 @@ export class ToolGuard {
       const verdict = await this.#judge.judge(server, hash, pinnedPart(tool))
       if (verdict.quarantine) findings = [{ rule: verdict.pending === true ? 'judge-pending' : verdict.failed ? 'judge-unavailable' : 'judge', path: '', excerpt: verdict.reason.slice(0, 80), description: 'the judge at toolScan.judge.url' }]
     }
+    // A definition the operator accepted despite its findings (a waiver of this very hash): they
+    // hold nothing back, and neither does the same text quarantined under another name.
+    let waivedFindings: readonly Finding[] | undefined
+    if (findings.length > 0 && (await this.#pins.entry(server, tool.name))?.waived?.hash === hash) {
+      waivedFindings = findings
+      findings = []
+    }
     // What was quarantined under one name stays quarantined under another.
     const content = `${server}\n${contentHash(tool)}`
-    let twin = this.#quarantinedContent.get(content)
+    let twin = waivedFindings === undefined ? this.#quarantinedContent.get(content) : undefined
+    if (waivedFindings !== undefined && this.#quarantinedContent.get(content) === tool.name) this.#quarantinedContent.delete(content)
     const held = twin === undefined ? this.#changedContent.get(content) : undefined
     if (held !== undefined && held !== tool.name) {
       // Held for approval under another name: still so only while that definition waits.
@@ -189,11 +238,8 @@ export class ToolGuard {
       else this.#changedContent.delete(content)
     }
     const pin = await this.#pins.check(server, tool, hash, newTools)
-    let reason = 'ok'
-    if (findings.length > 0) reason = `quarantined by ${[...new Set(findings.map(f => f.rule))].join(', ')}`
-    else if (pin === 'changed') reason = `quarantined: the upstream served a definition other than the pinned one; review it with mcp-warden tools diff and approve it with mcp-warden tools approve ${server}/${tool.name} HASH`
-    else if (pin === 'new') reason = `quarantined: a tool that appeared after the upstream's tools were first pinned (toolScan.newTools: quarantine); review it and approve it with mcp-warden tools approve ${server}/${tool.name} ${hash.slice(0, 12)}`
-    else if (twin !== undefined && twin !== tool.name) reason = `quarantined: the same definition as quarantined tool ${twin}`
+    let reason = heldBecause(server, tool.name, hash, findings, pin) ?? 'ok'
+    if (reason === 'ok' && twin !== undefined && twin !== tool.name) reason = `quarantined: the same definition as quarantined tool ${twin}`
     // A definition still waiting for the judge is held back from this answer only: nothing is
     // remembered about it (its verdict, when in, decides).
     const waiting = findings.length === 1 && findings[0]!.rule === 'judge-pending'
@@ -207,7 +253,135 @@ export class ToolGuard {
       this.#announced.add(key)
       this.#deps.log.warn({ server, tool: tool.name, hash, reason, ...(findings.length > 0 ? { findings } : {}) }, 'tool quarantined')
     }
-    return { hash, quarantined: reason !== 'ok', reason, findings, pinGeneration: this.#pins.generation, ...(waiting ? { pending: true } : {}) }
+    return { hash, quarantined: reason !== 'ok', reason, findings, pinGeneration: this.#pins.generation, ...(waiting ? { pending: true } : {}), ...(waivedFindings !== undefined ? { waivedFindings } : {}) }
+  }
+
+  /**
+   * Every tool held back from agents, for an operator to review: the tools of each upstream's
+   * lists whose review is quarantined (made again when a pin changed since it was made), and every
+   * definition the pin store holds for approval, seen by this process or not. Sorted by server,
+   * then tool. A definition still waiting for the judge's verdict is not listed.
+   */
+  async quarantined (): Promise<QuarantinedTool[]> {
+    const listed: Array<[string, string, CatalogEntry]> = []
+    for (const [server, c] of this.#catalogs) {
+      for (const name of [...c.tools.keys()]) {
+        const entry = await this.#listedNow(server, name)
+        if (entry !== undefined) listed.push([server, name, entry])
+      }
+    }
+    // Read after the reviews above, which may have recorded a pending definition.
+    const entries = await this.#pins.entries()
+    const out: QuarantinedTool[] = []
+    const seen = new Set<string>()
+    for (const [server, name, entry] of listed) {
+      seen.add(`${server}/${name}`)
+      const held = this.#held(server, name, entries.get(`${server}/${name}`), entry)
+      if (held !== undefined) out.push(held)
+    }
+    for (const [key, entry] of entries) {
+      const slash = key.indexOf('/')
+      if (entry.pending === undefined || seen.has(key) || slash < 0) continue
+      const held = this.#held(key.slice(0, slash), key.slice(slash + 1), entry, undefined)
+      if (held !== undefined) out.push(held)
+    }
+    const order = (a: string, b: string): number => a < b ? -1 : a > b ? 1 : 0
+    return out.sort((a, b) => order(a.server, b.server) || order(a.tool, b.tool))
+  }
+
+  /**
+   * An operator's decision on a quarantined tool: `hash` (in full, or its first 12 characters at
+   * least) must be the definition held now. A pending definition is approved (pinned); a definition
+   * the scanner flags is accepted despite its findings (a waiver recorded with `by`); both when both
+   * hold it. Refused when something else is held now (the definition changed since it was
+   * reviewed), when nothing is, or when what holds it is not lifted by an approval.
+   */
+  async approveQuarantined (server: string, tool: string, hash: string, by: string): Promise<{ ok: boolean, message: string }> {
+    const target = `${server}/${tool}`
+    if (!new RegExp(`^[A-Za-z0-9_-]{${MIN_HASH_PREFIX},64}$`).test(hash)) return { ok: false, message: `not approved: name the definition by its hash, in full or by its first ${MIN_HASH_PREFIX} characters at least` }
+    if (by.trim() === '') return { ok: false, message: 'not approved: who approves is recorded, and was not given' }
+    // The review first: made again, it may record a pending definition.
+    const listed = await this.#listedNow(server, tool)
+    const entry = await this.#pins.entry(server, tool)
+    const held = this.#held(server, tool, entry, listed)
+    if (held === undefined) return { ok: false, message: `not approved: nothing is held for ${target}` }
+    if (!held.hash.startsWith(hash)) return { ok: false, message: `not approved: the definition held for ${target} is now ${held.hash.slice(0, MIN_HASH_PREFIX)}, not ${hash.slice(0, MIN_HASH_PREFIX)}; it changed since it was reviewed: review it again` }
+    if (held.kind === 'other') return { ok: false, message: `not approved: ${target} is held for a reason an approval does not lift (${held.reason})` }
+    if (entry?.pending?.hash === held.hash && !await this.#pins.approve(server, tool, held.hash)) {
+      return { ok: false, message: `not approved: the definition held for ${target} changed meanwhile; review it again` }
+    }
+    if (held.findings.length > 0 && !await this.#pins.waive(server, tool, held.hash, by)) {
+      return { ok: false, message: `not approved: the definition of ${target} with these findings is neither pinned nor waiting any more; review it again` }
+    }
+    this.#deps.log.info({ server, tool, hash: held.hash, kind: held.kind, by, ...(held.findings.length > 0 ? { waived: held.findings.map(f => f.rule) } : {}) }, 'quarantined tool approved')
+    return { ok: true, message: `approved ${target} (${held.hash.slice(0, MIN_HASH_PREFIX)})${held.findings.length > 0 ? ' despite its findings' : ''}: the next tools/list shows it to the agents the policies allow` }
+  }
+
+  /**
+   * The tool as this upstream's lists last showed it, its quarantined review made again when a pin
+   * changed since (an approval or a waiver may have lifted it). A quarantine that does not come
+   * from the pins (a name listed twice, too many tools) has no pin generation and is kept.
+   */
+  async #listedNow (server: string, name: string): Promise<CatalogEntry | undefined> {
+    const c = this.#catalogs.get(server)
+    const entry = c?.tools.get(name)
+    if (c === undefined || entry === undefined) return undefined
+    const review = entry.review
+    if (!review.quarantined || review.pinGeneration === undefined || review.pinGeneration === this.#pins.generation) return entry
+    const now = { tool: entry.tool, review: await this.review(server, entry.tool) }
+    if (c.tools.get(name) === entry) c.tools.set(name, now)
+    return now
+  }
+
+  /** What holds one tool back, from its pin entry and its last listed review; undefined when nothing does. */
+  #held (server: string, name: string, entry: PinEntry | undefined, listed: CatalogEntry | undefined): QuarantinedTool | undefined {
+    const pending = entry?.pending
+    // A review without a pin generation was not decided by the pins (a name listed twice, too many
+    // tools): nothing an operator approves lifts it, whatever waits in the pin store.
+    const notByPins = listed?.review.quarantined === true && listed.review.pinGeneration === undefined
+    if (pending !== undefined && !notByPins) {
+      const hash = pending.hash
+      const reviewed = listed?.review.hash === hash && listed.review.pending !== true ? listed.review : undefined
+      const findings = reviewed?.findings ?? (entry?.waived?.hash === hash ? [] : this.#scanned(server, pending.definition, hash))
+      const pin: PinCheck = entry?.pinned !== undefined ? 'changed' : 'new'
+      return {
+        server,
+        tool: name,
+        hash,
+        kind: findings.length > 0 ? 'finding' : pin,
+        reason: reviewed?.quarantined === true ? reviewed.reason : heldBecause(server, name, hash, findings, pin)!,
+        findings,
+        definition: pending.definition,
+        ...(entry?.pinned !== undefined && entry.pinned.hash !== hash ? { pinned: entry.pinned.definition } : {}),
+        seenAt: pending.at
+      }
+    }
+    const review = listed?.review
+    if (listed === undefined || review === undefined || !review.quarantined || review.pending === true) return undefined
+    const pinned = entry?.pinned
+    return {
+      server,
+      tool: name,
+      hash: review.hash,
+      kind: review.findings.length > 0 && !notByPins ? 'finding' : 'other',
+      reason: review.reason,
+      findings: review.findings,
+      definition: pinnedPart(listed.tool),
+      ...(pinned !== undefined && pinned.hash !== review.hash ? { pinned: pinned.definition } : {}),
+      ...(pinned?.hash === review.hash ? { seenAt: pinned.at } : {})
+    }
+  }
+
+  /** The rules' findings on a definition (cached by server, name and hash, as review() caches them). */
+  #scanned (server: string, tool: ToolLike, hash: string): readonly Finding[] {
+    const key = `${server}/${tool.name}\n${hash}`
+    let findings = this.#findings.get(key)
+    if (findings === undefined) {
+      if (this.#findings.size >= MAX_DECISIONS) this.#findings.clear()
+      findings = this.#scanner.scan(tool, this.#scanContext(server, []))
+      this.#findings.set(key, findings)
+    }
+    return findings
   }
 
   /**
@@ -450,7 +624,9 @@ export class ToolGuard {
       let review = reviewed[i]!
       if ((counts.get(tool.name) ?? 0) > 1) {
         // A clean and a poisoned definition under one name: both are quarantined together.
-        review = { ...review, quarantined: true, reason: 'the upstream listed this name more than once in one list' }
+        // Not a pin's doing: no pin generation, so no later pin change makes it look lifted.
+        const { pinGeneration: _made, ...reviewed } = review
+        review = { ...reviewed, quarantined: true, reason: 'the upstream listed this name more than once in one list' }
         if (!out.has(tool.name)) this.#deps.log.warn({ server, tool: tool.name }, 'tool quarantined: its name appears more than once in one list')
       }
       if (out.get(tool.name)?.quarantined === true) continue

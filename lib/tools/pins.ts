@@ -5,6 +5,9 @@
  * whichever definition the upstream serves meanwhile. With
  * `toolScan.newTools: quarantine`, a name that appears after an upstream's first tools were
  * pinned is held as pending too (an entry with no pinned definition yet).
+ * A definition the scanner flags can be accepted all the same: a waiver records that one
+ * definition hash was accepted despite its findings, by whom and when. It covers that hash only:
+ * any other definition of the tool is scanned and decided anew.
  * The file store is one JSON file, replaced atomically and re-read when it changes, so
  * `mcp-warden tools approve` takes effect in a running gateway.
  */
@@ -14,7 +17,9 @@ import { canonicalHash } from '../tokens/binding.js'
 import type { ToolLike } from './scanner.js'
 
 export interface PinRecord { readonly hash: string, readonly definition: ToolLike, readonly at: string }
-export interface PinEntry { readonly pinned?: PinRecord, readonly pending?: PinRecord }
+/** A definition accepted despite the scanner's findings: its full hash, who accepted it and when. */
+export interface Waiver { readonly hash: string, readonly by: string, readonly at: string }
+export interface PinEntry { readonly pinned?: PinRecord, readonly pending?: PinRecord, readonly waived?: Waiver }
 /** `new`: a name first seen after the upstream's first pins, held for approval (newTools: quarantine). */
 export type PinCheck = 'pinned-now' | 'match' | 'changed' | 'new'
 export type NewTools = 'review' | 'quarantine'
@@ -33,9 +38,17 @@ export interface PinStore {
    * `hash` is given and the pending definition's hash does not start with it.
    */
   approve (server: string, tool: string, hash?: string): Promise<boolean>
-  /** Pins a definition, replacing what was pinned. */
+  /**
+   * Accepts one definition despite the scanner's findings: `hash` (in full) must be the pinned or
+   * the pending definition's. It replaces the tool's earlier waiver, and covers only that hash.
+   * False when the hash is neither.
+   */
+  waive (server: string, tool: string, hash: string, by: string): Promise<boolean>
+  /** Pins a definition, replacing what was pinned (a waiver stays, for the hash it names). */
   pin (server: string, tool: ToolLike): Promise<void>
   entries (): Promise<ReadonlyMap<string, PinEntry>>
+  /** One tool's entry, as `entries()` has it. */
+  entry (server: string, tool: string): Promise<PinEntry | undefined>
   /** Whether any tool of this upstream is pinned (its first list has been seen). */
   hasPins (server: string): Promise<boolean>
 }
@@ -60,6 +73,9 @@ export function contentHash (tool: ToolLike): string {
   return canonicalHash(rest)
 }
 
+/** What of an entry outlives a change of its pinned or pending definition: the waiver. */
+const kept = (entry: PinEntry | undefined): { waived?: Waiver } => entry?.waived !== undefined ? { waived: entry.waived } : {}
+
 export class FilePinStore implements PinStore {
   readonly #file: string
   #data = new Map<string, PinEntry>()
@@ -76,6 +92,11 @@ export class FilePinStore implements PinStore {
 
   /** Re-reads the file when it changed (looked at most once a second, and always before a write). */
   #load (force = false): void {
+    // Changes not written yet are never read over: a forced read writes them first, another waits.
+    if (this.#pendingSave !== undefined) {
+      if (!force) return
+      this.#save()
+    }
     const now = Date.now()
     if (!force && now - this.#checkedAt < 1000) return
     this.#checkedAt = now
@@ -118,10 +139,10 @@ export class FilePinStore implements PinStore {
     const record = { hash, definition: pinnedPart(tool), at: new Date().toISOString() }
     if (entry?.pinned === undefined) {
       if (newTools === 'quarantine') {
-        if (entry?.pending?.hash !== hash) { this.#data.set(key, { pending: record }); this.#saveSoon() }
+        if (entry?.pending?.hash !== hash) { this.#data.set(key, { pending: record, ...kept(entry) }); this.#saveSoon() }
         return 'new'
       }
-      this.#data.set(key, { pinned: record })
+      this.#data.set(key, { pinned: record, ...kept(entry) })
       this.#saveSoon()
       return 'pinned-now'
     }
@@ -130,7 +151,7 @@ export class FilePinStore implements PinStore {
     // the tool stays held until it is approved or the pinned one is pinned again.
     if (entry.pinned.hash === hash) return entry.pending !== undefined ? 'changed' : 'match'
     if (entry.pending?.hash !== hash) {
-      this.#data.set(key, { pinned: entry.pinned, pending: record })
+      this.#data.set(key, { pinned: entry.pinned, pending: record, ...kept(entry) })
       this.#saveSoon()
     }
     return 'changed'
@@ -153,19 +174,35 @@ export class FilePinStore implements PinStore {
     const entry = this.#data.get(key)
     if (entry?.pending === undefined) return false
     if (hash !== undefined && !entry.pending.hash.startsWith(hash)) return false
-    this.#data.set(key, { pinned: { ...entry.pending, at: new Date().toISOString() } })
+    this.#data.set(key, { pinned: { ...entry.pending, at: new Date().toISOString() }, ...kept(entry) })
+    this.#save()
+    return true
+  }
+
+  async waive (server: string, tool: string, hash: string, by: string): Promise<boolean> {
+    this.#load(true)
+    const key = `${server}/${tool}`
+    const entry = this.#data.get(key)
+    if (entry === undefined || (entry.pinned?.hash !== hash && entry.pending?.hash !== hash)) return false
+    this.#data.set(key, { ...entry, waived: { hash, by, at: new Date().toISOString() } })
     this.#save()
     return true
   }
 
   async pin (server: string, tool: ToolLike): Promise<void> {
     this.#load(true)
-    this.#data.set(`${server}/${tool.name}`, { pinned: { hash: definitionHash(tool), definition: pinnedPart(tool), at: new Date().toISOString() } })
+    const key = `${server}/${tool.name}`
+    this.#data.set(key, { pinned: { hash: definitionHash(tool), definition: pinnedPart(tool), at: new Date().toISOString() }, ...kept(this.#data.get(key)) })
     this.#save()
   }
 
   async entries (): Promise<ReadonlyMap<string, PinEntry>> {
     this.#load(true)
     return this.#data
+  }
+
+  async entry (server: string, tool: string): Promise<PinEntry | undefined> {
+    this.#load()
+    return this.#data.get(`${server}/${tool}`)
   }
 }
