@@ -6,10 +6,10 @@ import { join, resolve } from 'node:path'
 import { parseOptions } from './cli-args.js'
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs'
 import { loadConfig, type GatewayConfig } from './config.js'
-import { compilePolicySet, CedarEngine, readPolicySource, requestEntities, type AuthzRequest } from './cedar/engine.js'
+import { compilePolicySet, CedarEngine, readPolicySource, type AuthzRequest } from './cedar/engine.js'
 import { runCedarTests } from './cedar/run-tests.js'
 import { listUpstreamTools, schemaWithToolActions } from './cedar/schema-gen.js'
-import { localTime } from './cedar/time.js'
+import { explainLines } from './cedar/explain.js'
 import { demoConfig } from './demo/config.js'
 import { identityFromClaims, verifyAgentToken } from './identity.js'
 import { PACKAGE_ROOT } from './version.js'
@@ -129,18 +129,7 @@ export async function cedarCommand (args: string[], io: Io): Promise<number> {
       if (v.json === true) {
         io.out(JSON.stringify(decision, null, 2))
       } else {
-        const { principal, resource } = requestEntities(request)
-        const t = localTime(now, engine.timezone)
-        io.out(`decision: ${decision.outcome}`)
-        io.out(`request: ${principal.type}::${JSON.stringify(principal.id)} ${request.action} ${resource.type}::${JSON.stringify(resource.id)}`)
-        io.out(`agent: roles [${identity.roles.join(', ')}], department ${identity.department ?? '(none)'}, scopes [${identity.scopes.join(', ')}]`)
-        io.out(`context: ${now.toISOString()} = ${String(t.localHour).padStart(2, '0')}h, weekday ${t.localWeekday} in ${engine.timezone}; method ${request.method}`)
-        io.out(`determining policies: ${decision.policies.length > 0 ? decision.policies.join(', ') : '(none: no policy applies, so the default is deny)'}`)
-        for (const a of decision.advice) io.out(`advice: ${a}`)
-        if (decision.approval !== undefined) io.out(`approval: the call waits for a person (${decision.approval.approvers.join('; ')}); approved, it is allowed once`)
-        io.out(`reason: ${decision.reason}`)
-        for (const e of decision.errors) io.out(`error: ${e}`)
-        io.out(`policy version: ${decision.policyVersion}`)
+        for (const line of explainLines(engine, request, decision)) io.out(line)
       }
       return decision.allowed ? 0 : 3
     }

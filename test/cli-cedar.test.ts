@@ -25,7 +25,7 @@ t.teardown(async () => { await demo.close() })
 t.test('validate: the shipped set, and a broken one', async t => {
   const ok = await run('validate')
   t.equal(ok.code, 0)
-  t.match(ok.out, /^ok: 20 policies valid against .*schema\.cedarschema \(version [0-9a-f]{16}\)$/)
+  t.match(ok.out, /^ok: 23 policies valid against .*schema\.cedarschema \(version [0-9a-f]{16}\)$/)
   const bad = join(dir, 'bad-policies')
   cpSync(REFERENCE.policies, bad, { recursive: true })
   writeFileSync(join(bad, '99-typo.cedar'), '@id("typo") permit (principal in Mcp::Role::"readonly", action in Mcp::Action::"call_tool", resource) when { resource.sensitivty == "low" };')

@@ -143,6 +143,16 @@ export interface ApproveRequest {
   now?: Date
 }
 
+/** A person using the operator console. */
+export interface ConsoleRequest {
+  /** The person, read from their token like an agent's identity. */
+  person: Identity
+  action: 'view_console' | 'operate_console' | 'approve_console'
+  /** The page or action asked for (`context.page`). */
+  page: string
+  now?: Date
+}
+
 interface DecisionBase {
   readonly decisionId: string
   /** Ids of the policies that determined the decision. */
@@ -205,6 +215,10 @@ export function readPolicySource (schemaFile: string, policiesDir: string): Poli
 export interface CompiledPolicySet {
   readonly version: string
   readonly policyIds: readonly string[]
+  /** Each policy's text, by id. */
+  readonly texts: ReadonlyMap<string, string>
+  /** Set for a set compiled with `preparse: false`: what each decision passes to Cedar. */
+  readonly stateless?: { readonly schemaText: string, readonly texts: Readonly<Record<string, string>> }
   readonly advice: ReadonlyMap<string, string>
   /** Policies annotated @approval("who"), by id: they ask for a person's approval instead of denying. */
   readonly approvals: ReadonlyMap<string, string>
@@ -291,8 +305,12 @@ function actionsOf (schemaText: string): { toolActions: Map<string, CedarType | 
   return { toolActions: out, actionParents }
 }
 
-/** Validates (strict) and pre-parses a policy source; throws PolicySetError with the validator's words. */
-export function compilePolicySet (source: PolicySource): CompiledPolicySet {
+/**
+ * Validates (strict) and pre-parses a policy source; throws PolicySetError with the validator's words.
+ * `preparse: false` (a set tried once, such as the console playground's edited text) keeps the
+ * set out of the Wasm instance: its decisions pass the schema and policy text with each call.
+ */
+export function compilePolicySet (source: PolicySource, options: { preparse?: boolean } = {}): CompiledPolicySet {
   const check = cedar.checkParseSchema(source.schemaText)
   if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
   const { texts, advice, approvals, json } = splitPolicies(source.files)
@@ -307,12 +325,17 @@ export function compilePolicySet (source: PolicySource): CompiledPolicySet {
   const schemaName = `schema-${version}`
   const policySetId = `policies-${version}`
   const entry: Preparsed = { schemaName, schemaText: source.schemaText, policySetId, texts }
-  preparseInto(cedar, entry)
-  preparsed.set(version, entry)
+  const preparse = options.preparse ?? true
+  if (preparse) {
+    preparseInto(cedar, entry)
+    preparsed.set(version, entry)
+  }
   const { toolActions, actionParents } = actionsOf(source.schemaText)
   return Object.freeze({
     version,
     policyIds: Object.keys(texts).sort(),
+    texts: new Map(Object.entries(texts)),
+    ...(preparse ? {} : { stateless: { schemaText: source.schemaText, texts } }),
     advice,
     approvals,
     toolActions,
@@ -429,7 +452,9 @@ function evaluate (
   }
   let answer: ReturnType<typeof CedarWasm.statefulIsAuthorized>
   try {
-    answer = cedar.statefulIsAuthorized({ ...call, preparsedSchemaName: set.schemaName, preparsedPolicySetId: set.policySetId, validateRequest: true })
+    answer = set.stateless !== undefined
+      ? cedar.isAuthorized({ ...call, schema: set.stateless.schemaText, policies: { staticPolicies: set.stateless.texts }, validateRequest: true })
+      : cedar.statefulIsAuthorized({ ...call, preparsedSchemaName: set.schemaName, preparsedPolicySetId: set.policySetId, validateRequest: true })
   } catch (err) {
     // Cedar answers its own errors as values; a throw is the instance itself failing.
     const message = (err as Error).message
@@ -566,6 +591,40 @@ export class CedarEngine {
       }, () => `no policy lets ${a.userId ?? a.agentId} approve calls of ${r.server.name}/${r.tool}`, 'approval')
     } catch (err) {
       return fail((err as Error).message)
+    }
+  }
+
+  /**
+   * Whether a person may use the operator console for `page` (`Mcp::Action::"view_console"`,
+   * `operate_console`, `approve_console` on `Mcp::Console::"console"`): decided in Cedar every
+   * time, never remembered.
+   */
+  authorizeConsole (r: ConsoleRequest): Decision {
+    const set = this.#set
+    const base = { decisionId: randomUUID(), policyVersion: set.version }
+    try {
+      const now = r.now ?? new Date()
+      const { localHour, localWeekday } = localTime(now, this.timezone)
+      const p = r.person
+      const person = uid('Mcp::Operator', p.userId ?? p.agentId)
+      return evaluate(set, base, {
+        principal: person,
+        action: uid('Mcp::Action', r.action),
+        resource: uid('Mcp::Console', 'console'),
+        context: {
+          now: { __extn: { fn: 'datetime', arg: now.toISOString() } },
+          localHour,
+          localWeekday,
+          timezone: this.timezone,
+          page: r.page
+        },
+        entities: [
+          { uid: person, attrs: { userId: p.userId ?? p.agentId, department: p.department ?? '', roles: [...p.roles], issuer: p.issuer }, parents: p.roles.map(role => uid('Mcp::Role', role)) },
+          { uid: uid('Mcp::Console', 'console'), attrs: {}, parents: [] }
+        ]
+      }, () => `no policy lets ${p.userId ?? p.agentId} ${r.action.replace('_console', '')} the console`, 'console request')
+    } catch (err) {
+      return { ...base, outcome: 'error', allowed: false, policies: [], advice: [], errors: [(err as Error).message], reason: ENGINE_ERROR_REASON }
     }
   }
 
