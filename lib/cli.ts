@@ -45,7 +45,7 @@ Commands:
   approvals  human approvals: list, show, approve, deny
 
 Run "mcp-warden <command> --help" for a command's options.`,
-  start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR]
+  start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--admin-port PORT] [--data-dir DIR]
 
 Starts the gateway. With --config, serves the upstreams of that YAML or JSON file.
 Without it, starts the embedded demo: three MCP servers on loopback (db, file, api)
@@ -58,7 +58,9 @@ Options:
   --data-dir DIR    demo only: where the demo keeps its issuer key, database and sandbox
                     (default ./.mcp-warden/demo)
   --timezone ZONE   demo only: the IANA zone of the business-hours policies (default
-                    Asia/Seoul; e.g. Etc/GMT-3 to try high-sensitivity tools at another hour)`,
+                    Asia/Seoul; e.g. Etc/GMT-3 to try high-sensitivity tools at another hour)
+  --admin-port PORT the admin listener's port: health, metrics and the operator console
+                    (overrides admin.listen.port; demo default: the listen port + 1)`,
   token: `Usage: mcp-warden token --key FILE --issuer ISS --agent ID --audience URL [options]
 
 Signs an agent JWT for development and tests. The algorithm follows the key:
@@ -114,6 +116,8 @@ function host (v: unknown): string | undefined {
 
 export interface Running {
   readonly url: string
+  /** The admin listener's base URL (health, metrics, the console), when there is one. */
+  readonly adminUrl?: string
   readonly config: GatewayConfig
   close (): Promise<void>
 }
@@ -136,11 +140,12 @@ async function loadDemo (options: DemoOptions): Promise<Demo> {
 
 /** Starts the gateway (and the demo when no config is given). Resolves once it listens. */
 export async function start (args: string[], io: Io = defaultIo): Promise<Running | undefined> {
-  const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' }, timezone: { type: 'string' } })
+  const { values } = parse(args, { config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'admin-port': { type: 'string' }, 'data-dir': { type: 'string' }, timezone: { type: 'string' } })
   if (values.help === true) { io.out(HELP.start!); return undefined }
   const timezone = str(values.timezone)
   if (timezone !== undefined && str(values.config) !== undefined) throw new UsageError('--timezone is for the demo; set authorization.timezone in the config file')
   const portArg = port(values.port)
+  const adminPortArg = port(values['admin-port'])
   const hostArg = host(values.host)
   let demo: Demo | undefined
   let config: GatewayConfig
@@ -150,11 +155,17 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     if (hostArg !== undefined || portArg !== undefined) {
       config = Object.freeze({ ...config, listen: Object.freeze({ host: hostArg ?? config.listen.host, port: portArg ?? config.listen.port }) })
     }
+    if (adminPortArg !== undefined) {
+      if (config.admin === undefined) throw new UsageError('--admin-port needs admin.listen in the config file')
+      config = Object.freeze({ ...config, admin: Object.freeze({ listen: Object.freeze({ host: config.admin.listen.host, port: adminPortArg }) }) })
+    }
   } else {
     demo = await loadDemo({
       ...(str(values['data-dir']) !== undefined ? { dataDir: str(values['data-dir'])! } : {}),
       ...(hostArg !== undefined ? { host: hostArg } : {}),
       ...(portArg !== undefined ? { port: portArg } : {}),
+      // The console beside the demo: on the next port, or any free one when the port is.
+      adminPort: adminPortArg ?? (portArg === 0 ? 0 : (portArg ?? 8080) + 1),
       ...(timezone !== undefined ? { timezone } : {})
     })
     config = demo.config
@@ -210,6 +221,22 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     }
     io.out(`  Pending approvals: ${config.publicUrl}/approvals  (or: npx mcp-warden approvals list --url ${config.publicUrl} --token "$APPROVER_GRACE")`)
   }
+  const admin = config.admin !== undefined ? app.mcpWarden.admin.server.address() as import('node:net').AddressInfo | null : null
+  const adminUrl = admin !== null ? `http://${admin.family === 'IPv6' ? `[${admin.address}]` : admin.address}:${admin.port}` : undefined
+  if (adminUrl !== undefined) {
+    io.out('')
+    io.out(`Admin listener: ${adminUrl}  (/healthz, /readyz, /metrics)`)
+    if (config.console.enabled) {
+      io.out(`Operator console: ${config.console.url ?? adminUrl}/console`)
+      if (demo !== undefined) {
+        io.out('  Sign in with an operator token (paste it on the sign-in page):')
+        for (const o of demo.operators) {
+          io.out(`  ${o.userId} (${o.roles.join(', ')}):`)
+          io.out(`    ${demo.operatorToken({ userId: o.userId, roles: [...o.roles], department: o.department })}`)
+        }
+      }
+    }
+  }
   io.out('')
   io.out(`Audit records: ${config.audit.destination === 'stdout' ? 'JSON lines on stdout, below' : config.audit.destination}. Ctrl-C stops.`)
 
@@ -218,7 +245,7 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
     closing ??= (async () => { await app.close(); await demo?.close() })()
     await closing
   }
-  return { url, config, close }
+  return { url, config, close, ...(adminUrl !== undefined ? { adminUrl } : {}) }
 }
 
 export function token (args: string[], io: Io = defaultIo): void {

@@ -21,7 +21,8 @@ export type {
   TokensConfig,
   JudgeConfig,
   RateLimitConfig,
-  GatewayConfig
+  GatewayConfig,
+  ConsoleConfig
 } from './config/types.js'
 export { secretRef, windowMs, validateConfig } from './config/normalise.js'
 export { loadConfig } from './config/load.js'

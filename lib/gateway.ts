@@ -23,6 +23,7 @@ import toolFilter from '../plugins/tool-filter.js'
 import tokenExchange from '../plugins/token-exchange.js'
 import upstreamSecret from '../plugins/upstream-secret.js'
 import health from '../plugins/health.js'
+import operatorConsole from '../plugins/console.js'
 import { provide } from '../plugins/decorations.js'
 import { createGatewayTokens, type GatewayTokens } from './tokens/gateway-tokens.js'
 
@@ -60,6 +61,21 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     forceCloseConnections: true
   })
 
+  // The admin listener (admin.listen): health, metrics and the console, off the public port.
+  // It starts when the gateway is ready, so a port in use fails the boot, and closes with it.
+  if (config.admin !== undefined) {
+    const adminListen = config.admin.listen
+    const admin = Fastify({
+      loggerInstance: app.log.child({ listener: 'admin' }),
+      genReqId: () => randomUUID(),
+      return503OnClosing: true,
+      forceCloseConnections: true
+    })
+    provide(app, 'admin', admin)
+    app.addHook('onReady', async () => { await admin.listen({ host: adminListen.host, port: adminListen.port }) })
+    app.addHook('onClose', async () => { await admin.close() })
+  }
+
   // stdio upstreams get a local Streamable HTTP bridge; the plugins see its URL.
   const bridged = await startStdioBridges(config, app.log)
   app.addHook('onClose', async () => { await bridged.close() })
@@ -87,6 +103,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     await app.register(mcpProxy, { config })
     await app.register(aggregate, { config })
     await app.register(health, { config })
+    await app.register(operatorConsole, { config, tokens })
   } catch (err) {
     await app.close().catch(() => {})
     await bridged.close()

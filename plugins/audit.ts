@@ -51,7 +51,19 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
   const dest = opts.stream ?? (opts.config.audit.destination === 'stdout'
     ? pino.destination({ dest: 1, sync: false })
     : pino.destination({ dest: opts.config.audit.destination, mkdir: true, sync: false }))
-  const sink: AuditSink = { write (record) { dest.write(JSON.stringify(record) + '\n') } }
+  const listeners = new Set<(record: AuditRecord) => void>()
+  const sink: AuditSink = {
+    write (record) {
+      dest.write(JSON.stringify(record) + '\n')
+      for (const listener of listeners) {
+        try { listener(record) } catch (err) { app.log.error({ err }, 'audit listener failed') }
+      }
+    },
+    onRecord (listener) {
+      listeners.add(listener)
+      return () => { listeners.delete(listener) }
+    }
+  }
   provide(app, 'audit', sink)
 
   app.decorateRequest(written, false)

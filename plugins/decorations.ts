@@ -107,7 +107,9 @@ export interface AuditRecord {
    * (`token-exchange`, with `resource`, `scope`, `actor`), a request an upstream sent the agent
    * on a stream (`upstream-request`: sampling, elicitation, …).
    */
-  event?: 'token-exchange' | 'upstream-request' | 'approval'
+  event?: 'token-exchange' | 'upstream-request' | 'approval' | 'console'
+  /** The operator who acted in the console (`event: console`). */
+  operator?: string
   /** The approval a call asked for or used, or that an approver acted on. */
   approvalId?: string
   /** The approver's user id: who approved the call that ran, or who acted on the approval page. */
@@ -126,6 +128,8 @@ export interface AuditRecord {
 /** `app.mcpWarden.audit` (audit): where audit records go, one JSON line each, built from the fields above only. */
 export interface AuditSink {
   write (record: AuditRecord): void
+  /** Calls `listener` with every record written from now on (the console's index); returns its removal. */
+  onRecord (listener: (record: AuditRecord) => void): () => void
 }
 
 /** What the plugins provide on `app.mcpWarden`; each member exists once its plugin is registered. */
@@ -138,6 +142,8 @@ export interface McpWarden {
   store: GatewayStore
   /** approvals. */
   approvals: ApprovalGate
+  /** The admin listener's own Fastify instance (`admin.listen`), where health, metrics and the console are served. */
+  admin: FastifyInstance
   /** mcp-proxy. */
   sessionStreams: SessionStreams
   /** audit. */

@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type { GatewayStore } from '../lib/stores/types.js'
 import { engineHealth } from '../lib/cedar/engine.js'
-import type {} from './decorations.js'
+import { provided } from './decorations.js'
 
 export interface HealthOptions {
   config: GatewayConfig
@@ -23,8 +23,10 @@ async function health (app: FastifyInstance, opts: HealthOptions): Promise<void>
     cedar = app.hasPlugin('mcp-warden-cedar-authz')
   })
 
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_request, reply) => {
+  // On the admin listener when there is one (the public listener then has no such routes).
+  const routes = provided(app, 'admin') ?? app
+  routes.get('/healthz', async () => ({ status: 'ok' }))
+  routes.get('/readyz', async (_request, reply) => {
     const storeUp = store?.available() ?? true
     const engine = cedar ? engineHealth() : undefined
     const ready = storeUp && (engine?.healthy ?? true)

@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import { declareStages, stagesOf } from '../lib/timing.js'
 import { MCP_METHODS } from '../lib/mcp-methods.js'
-import { provide } from './decorations.js'
+import { provide, provided } from './decorations.js'
 
 const HTTP_METHODS = new Set(['GET', 'POST', 'DELETE'])
 
@@ -54,7 +54,9 @@ async function metrics (app: FastifyInstance, opts: MetricsOptions): Promise<voi
     })
   })
 
-  app.get('/metrics', async (_request, reply) => {
+  // On the admin listener when there is one (the public listener then has no such route).
+  const routes = provided(app, 'admin') ?? app
+  routes.get('/metrics', async (_request, reply) => {
     void reply.type(registry.contentType)
     return await registry.metrics()
   })

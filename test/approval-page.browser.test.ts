@@ -11,9 +11,9 @@
  * Needs Chromium (`chromium` or `chromium-browser` on PATH, or /usr/bin/chromium); with
  * MCPW_SKIP_BROWSER=1 the test is skipped instead.
  */
-import { accessSync, constants, mkdirSync, mkdtempSync } from 'node:fs'
+import { mkdirSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { chromium, type Browser, type BrowserContext, type Page, type Response } from 'playwright-core'
@@ -24,6 +24,7 @@ import { REFERENCE, startWithConfig, type TestGateway } from './fixtures/gateway
 import { OIDC_SCOPE, startOidcProvider, type OidcProviderFixture, type OidcUser } from './fixtures/oidc-signin.js'
 import { inBusinessHours } from './fixtures/time.js'
 import { refused } from './fixtures/refused.js'
+import { withChromium } from './fixtures/browser.js'
 
 const IMAGES = new URL('../docs/images/', import.meta.url).pathname
 const VIEWPORT = { width: 1280, height: 800 }
@@ -35,27 +36,7 @@ const FRANK: OidcUser = { sub: 'frank', userId: 'frank', roles: ['super_admin'],
 /** Markup an agent could put into its arguments to run script on the approver's page. */
 const INJECTION = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script></pre><b id="injected">bold</b>'
 
-/** The Chromium executable: `chromium` or `chromium-browser` on PATH, else /usr/bin/chromium. */
-function findChromium (): string | undefined {
-  const executable = (file: string): boolean => {
-    try { accessSync(file, constants.X_OK); return true } catch { return false }
-  }
-  for (const name of ['chromium', 'chromium-browser']) {
-    for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-      if (dir !== '' && executable(join(dir, name))) return join(dir, name)
-    }
-  }
-  return executable('/usr/bin/chromium') ? '/usr/bin/chromium' : undefined
-}
-
-const executablePath = findChromium()
-if (process.env.MCPW_SKIP_BROWSER === '1') {
-  t.test('the approval pages in a real browser', { skip: 'MCPW_SKIP_BROWSER=1: the browser test is skipped' }, async () => {})
-} else if (executablePath === undefined) {
-  t.fail('Chromium is not installed: no chromium or chromium-browser on PATH and no /usr/bin/chromium. Install it (Debian: apt-get install -y chromium) or set MCPW_SKIP_BROWSER=1 to skip this test.')
-} else {
-  browserTests(executablePath)
-}
+withChromium('the approval pages in a real browser', browserTests)
 
 function browserTests (executablePath: string): void {
   let demo: Demo

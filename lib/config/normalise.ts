@@ -10,7 +10,7 @@ import type { Static } from '@sinclair/typebox'
 import { parse as parseDuration } from '@lukeed/ms'
 import { isTimeZone } from '../cedar/time.js'
 import { checkSchema, fail, type UpstreamAuthSchema, type UpstreamSchema, type VaultSchema } from './schema.js'
-import type { ApprovalsConfig, GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
+import type { ApprovalsConfig, ConsoleConfig, GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
 
 const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
 
@@ -173,6 +173,21 @@ function rateLimitConfig (raw: NonNullable<RawConfig['rateLimit']>, upstreams: R
   return { max: raw.max, timeWindowMs, tools, unauthenticated }
 }
 
+function consoleConfig (cfg: RawConfig, base: string): ConsoleConfig {
+  const c = cfg.console
+  if (c.enabled && cfg.admin === undefined) fail('console.enabled', 'the console is served on the admin listener: set admin.listen too')
+  if (c.enabled && cfg.admin !== undefined && cfg.admin.listen.port !== 0 && cfg.admin.listen.port === cfg.listen.port && cfg.admin.listen.host === cfg.listen.host) fail('admin.listen', 'must differ from listen (the admin listener is a second port)')
+  let url: string | undefined
+  if (c.url !== undefined) {
+    const u = parseUrl('console.url', c.url, ['http:', 'https:'])
+    if (u.search !== '' || u.hash !== '' || u.pathname !== '/') fail('console.url', 'must be an origin only, like https://console.example.com (the console lives under /console)')
+    url = u.origin
+  }
+  const audience = c.audience ?? `${base}/console`
+  parseUrl('console.audience', audience, ['http:', 'https:', 'urn:'])
+  return { enabled: c.enabled, ...(url !== undefined ? { url } : {}), audience, maxRecords: c.maxRecords }
+}
+
 function approvalsConfig (raw: RawConfig['approvals'], base: string, baseDir: string): ApprovalsConfig {
   if (raw.notify !== undefined) parseUrl('approvals.notify.url', raw.notify.url)
   if (raw.signIn !== undefined) {
@@ -320,6 +335,8 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     aggregate: cfg.aggregate,
     ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
     audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
+    ...(cfg.admin !== undefined ? { admin: { listen: cfg.admin.listen } } : {}),
+    console: consoleConfig(cfg, base),
     logRequests: cfg.logRequests,
     logLevel: cfg.logLevel,
     serverTiming: cfg.serverTiming

@@ -183,6 +183,18 @@ export const ConfigSchema = Type.Object({
   audit: Type.Object({
     destination: Str({ default: 'stdout' })
   }, { ...strict, default: {} }),
+  admin: Type.Optional(Type.Object({
+    listen: Type.Object({
+      host: Str({ default: '127.0.0.1' }),
+      port: Type.Integer({ minimum: 0, maximum: 65535 })
+    }, strict)
+  }, strict)),
+  console: Type.Object({
+    enabled: Type.Boolean({ default: false }),
+    url: Type.Optional(Str()),
+    audience: Type.Optional(Str()),
+    maxRecords: Type.Integer({ minimum: 100, maximum: 10_000_000, default: 100_000 })
+  }, { ...strict, default: {} }),
   serverTiming: Type.Boolean({ default: false }),
   logRequests: Type.Boolean({ default: false }),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' })

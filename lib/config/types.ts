@@ -166,6 +166,10 @@ export interface GatewayConfig {
   /** Per-agent request limits; absent: none. Windows in milliseconds. */
   readonly rateLimit?: RateLimitConfig
   readonly audit: { readonly destination: string }
+  /** A second listener for /healthz, /readyz, /metrics and the console; absent: they are on the public listener. */
+  readonly admin?: { readonly listen: { readonly host: string, readonly port: number } }
+  /** The operator console (DESIGN §13), on the admin listener. */
+  readonly console: ConsoleConfig
   /** Fastify's per-request info lines on the MCP routes too (off: the audit record is the request record). */
   readonly logRequests: boolean
   readonly logLevel: string
@@ -184,4 +188,14 @@ export interface ApprovalsConfig {
   readonly notify?: { readonly url: string, readonly secret: SecretRef, readonly timeoutMs: number }
   /** OIDC sign-in (authorization code + PKCE) of approvers at the approval page. */
   readonly signIn?: { readonly issuer: string, readonly clientId: string, readonly clientSecret?: SecretRef, readonly scopes: readonly string[] }
+}
+
+export interface ConsoleConfig {
+  readonly enabled: boolean
+  /** The console's own base URL as browsers reach it (OIDC redirect, Origin checks); absent: the admin listener's address. */
+  readonly url?: string
+  /** The `aud` an operator's JWT must carry (default `<publicUrl>/console`). */
+  readonly audience: string
+  /** Audit records the console's index keeps (the oldest go first). */
+  readonly maxRecords: number
 }

@@ -25,11 +25,17 @@ export const DEMO_APPROVERS = [
   { userId: 'heidi', roles: ['approver'], department: 'finance' }
 ] as const
 
+/** People who use the demo's operator console (reference policies: viewer, operator, approver roles). */
+export const DEMO_OPERATORS = [
+  { userId: 'olivia', roles: ['operator', 'approver'], department: 'platform-ops' },
+  { userId: 'victor', roles: ['viewer'], department: 'security' }
+] as const
+
 /**
  * The demo's gateway config. `urls` are the demo upstreams' addresses; tools that only
  * read the config (cedar explain) may pass placeholders.
  */
-export function demoConfig (o: { dataDir: string, host?: string, port?: number, urls: Record<'db' | 'file' | 'api', string>, timezone?: string, overrides?: Record<string, unknown> }): GatewayConfig {
+export function demoConfig (o: { dataDir: string, host?: string, port?: number, urls: Record<'db' | 'file' | 'api', string>, timezone?: string, adminPort?: number, overrides?: Record<string, unknown> }): GatewayConfig {
   const issuer = loadOrCreateIssuerKey(o.dataDir)
   return validateConfig({
     listen: { host: o.host ?? '127.0.0.1', port: o.port ?? 8080 },
@@ -67,6 +73,8 @@ export function demoConfig (o: { dataDir: string, host?: string, port?: number, 
     rateLimit: { max: 600, timeWindow: '1 minute', tools: { 'api/payment_process': { max: 5, timeWindow: '1 minute' } } },
     serverTiming: true,
     logLevel: 'warn',
+    // With an admin port: health, metrics and the operator console there, the audit in a file (the console's index reads it on start).
+    ...(o.adminPort !== undefined ? { admin: { listen: { host: o.host ?? '127.0.0.1', port: o.adminPort } }, console: { enabled: true }, audit: { destination: join(o.dataDir, 'audit.jsonl') } } : {}),
     ...o.overrides
   }, o.dataDir)
 }

@@ -6,11 +6,11 @@ import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { resourceUrl, type GatewayConfig } from '../config.js'
 import { loadOrCreateIssuerKey, signAgentToken } from '../dev-tokens.js'
-import { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, demoConfig } from './config.js'
+import { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, DEMO_OPERATORS, demoConfig } from './config.js'
 import { createApiServer, createApiState } from './api.js'
 import { createDbServer, openDemoDatabase } from './db.js'
 import { createFileServer, seedSandbox } from './file.js'
-export { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, demoConfig } from './config.js'
+export { DEMO_AGENTS, DEMO_APPROVERS, DEMO_ISSUER, DEMO_OPERATORS, demoConfig } from './config.js'
 import { serveMcp, type ServedMcp, type ServeOptions } from './serve.js'
 import { checkNodeRequest, createUpstreamVerifier, type UpstreamVerifier } from '../upstream.js'
 import { freePort } from '../http-body.js'
@@ -22,6 +22,8 @@ export interface DemoOptions {
   port?: number
   /** The zone of the business-hours policies (default Asia/Seoul). */
   timezone?: string
+  /** Serve health, metrics and the operator console on this second port (0: any free port); absent: no console. */
+  adminPort?: number
   /** Extra config merged over the demo's (tests use it). */
   overrides?: Record<string, unknown>
 }
@@ -34,6 +36,10 @@ export interface Demo {
   token (agent: { agentId: string, userId?: string, roles?: string[], department?: string, scope?: string }, ttlSeconds?: number): string
   /** The demo's approvers (DEMO_APPROVERS). */
   readonly approvers: typeof DEMO_APPROVERS
+  /** The demo's console users (DEMO_OPERATORS). */
+  readonly operators: typeof DEMO_OPERATORS
+  /** Signs a token for a person who uses the operator console (aud: console.audience). */
+  operatorToken (person: { userId: string, roles: string[], department: string }, ttlSeconds?: number): string
   /** Signs a token for a person who approves calls (aud: approvals.approverAudience). */
   approverToken (person: { userId: string, roles: string[], department: string }, ttlSeconds?: number): string
   /** One token per demo role. */
@@ -75,7 +81,7 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
   const port = options.port === 0 ? await freePort(host).catch(async (err: unknown) => { await Promise.all(served.map(async s => { await s.close() })); await db.close(); throw err }) : options.port ?? 8080
   let config: GatewayConfig
   try {
-    config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, ...(options.timezone !== undefined ? { timezone: options.timezone } : {}), overrides: options.overrides ?? {} })
+    config = demoConfig({ dataDir, host, port, urls: { db: dbUp.url, file: fileUp.url, api: apiUp.url }, ...(options.timezone !== undefined ? { timezone: options.timezone } : {}), ...(options.adminPort !== undefined ? { adminPort: options.adminPort } : {}), overrides: options.overrides ?? {} })
   } catch (err) {
     await Promise.all(served.map(async s => { await s.close() }))
     await db.close()
@@ -112,9 +118,20 @@ export async function startDemo (options: DemoOptions = {}): Promise<Demo> {
     department: person.department,
     ttlSeconds
   })
+  const operatorToken: Demo['operatorToken'] = (person, ttlSeconds = 12 * 3600) => signAgentToken(issuer.privateKeyPem, {
+    issuer: DEMO_ISSUER,
+    audience: config.console.audience,
+    agentId: person.userId,
+    userId: person.userId,
+    roles: person.roles,
+    department: person.department,
+    ttlSeconds
+  })
   return {
     config,
     upstreams: { db: dbUp, file: fileUp, api: apiUp },
+    operators: DEMO_OPERATORS,
+    operatorToken,
     dataDir,
     token,
     approvers: DEMO_APPROVERS,
