@@ -36,7 +36,7 @@ const call = (server: UpstreamConfig, tool: string, roles: string[]): AuthzReque
   ({ identity: agent(roles), server, action: 'call_tool', method: 'tools/call', tool })
 
 t.test('the reference policy set compiles with its @id names and advice', async t => {
-  t.equal(reference.policyIds.length, 20)
+  t.equal(reference.policyIds.length, 23)
   t.ok(reference.policyIds.includes('readonly-read-tools'))
   t.equal(reference.advice.get('admin-tool-database-drop'), 'database_drop needs the approval of a super_admin of platform-ops')
   t.equal(reference.approvals.get('admin-tool-database-drop'), 'a super_admin of platform-ops other than the caller\'s user')
