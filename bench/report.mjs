@@ -41,7 +41,7 @@ function barChart (title, rows, note = '') {
 }
 writeFileSync(join(resultsDir, 'hops.svg'), barChart(`mcp-warden: time per stage of a tools/call (µs, ${r.machine.cpus} cores, ${r.date.slice(0, 10)})`,
   hops.map(([name, h]) => ({ label: name, bars: [{ value: h.p99_us, color: '#f2b880', text: `p99 ${h.p99_us} µs` }, { value: h.p50_us, color: '#2e6fba', text: `p50 ${h.p50_us} µs` }] }))))
-const TIER_LABEL = { bare: 'bare proxy', identity: '+ identity', cedar: '+ Cedar', full: 'full chain' }
+const TIER_LABEL = { bare: 'bare proxy', identity: '+ identity', cedar: '+ Cedar', full: 'full chain', console: 'full + console' }
 const chartC = r.ladder.some(x => x.connections === 10) ? 10 : r.ladder[0].connections
 const ladderAt = (kind) => r.ladder.find(x => x.upstream === kind && x.connections === chartC)
 writeFileSync(join(resultsDir, 'ladder.svg'), barChart(`mcp-warden: gateway CPU per forwarded tools/call (µs, ${chartC} connections, ${r.date.slice(0, 10)})`,
@@ -185,7 +185,8 @@ a result first (a denial is a 200 too). Each rung is its own gateway process in 
 upstream as server \`db\`, with the shipped policies: **bare proxy** (mcp-context + mcp-proxy; a
 fixed identity and an allow decision stand in for the identity and Cedar plugins), **+ identity**
 (the agent's JWT verified), **+ Cedar** (every message decided), **full chain** (\`buildGateway\`:
-+ tool filter, rate limits, an ephemeral token per call, audit to a file). Upstreams: **raw**, a
++ tool filter, rate limits, an ephemeral token per call, audit to a file), **full + console** (the
+same with the admin listener and the operator console: every audit record also indexed). Upstreams: **raw**, a
 node:http responder answering from prepared bytes (the gateway is the bottleneck), and **sdk**,
 the MCP SDK's server (stateless Streamable HTTP, a server per request), which on the full rung
 verifies each ephemeral token with mcp-warden/upstream. *CPU/call* is the gateway process's CPU

@@ -11,7 +11,9 @@
 //               (stand-ins registered under the identity and Cedar plugins' names);
 //     identity  + the identity plugin (JWT verified, audience per server);
 //     cedar     + the Cedar plugin with the shipped policies;
-//     full      buildGateway: + tool filter, rate limits, ephemeral token per call, audit to a file.
+//     full      buildGateway: + tool filter, rate limits, ephemeral token per call, audit to a file;
+//     console   the full chain with the admin listener and the operator console enabled (each
+//               record indexed, each agent's identity remembered for the playground).
 // Each process reports its address, and, when asked, the CPU time it spent since the last
 // `reset`; the gateway also reports the per-stage timings it recorded, and its memory.
 import { createServer } from 'node:http'
@@ -124,7 +126,7 @@ if (role === 'upstream') {
   const [tier, kind, publicKeyPem, upstreamPort, gatewayPort] = args
   const dir = mkdtempSync(join(tmpdir(), `mcpw-bench-${tier}-${kind}-`))
   writeFileSync(join(dir, 'issuer.pub.pem'), publicKeyPem)
-  const full = tier === 'full'
+  const full = tier === 'full' || tier === 'console'
   const auth = full ? { type: 'ephemeral' } : { type: 'none' }
   const up = `http://127.0.0.1:${upstreamPort}`
   const tools = { database_query: { sensitivity: 'low', readOnly: true } }
@@ -135,9 +137,11 @@ if (role === 'upstream') {
     authorization: { schema: join(root, 'cedar/schema.cedarschema'), policies: join(root, 'cedar/policies'), watch: false },
     tokens: { keysDir: join(dir, 'keys') },
     toolScan: { pins: join(dir, 'pins.json') },
-    upstreams: { db: { url: kind === 'raw' ? `${up}/raw` : `${up}/sdk/${full ? 'mcp' : 'direct'}`, auth, tools } },
+    // Only the full rung's tokens are checked by the SDK upstream (it knows that gateway's JWKS).
+    upstreams: { db: { url: kind === 'raw' ? `${up}/raw` : `${up}/sdk/${tier === 'full' ? 'mcp' : 'direct'}`, auth, tools } },
     limits: { maxSessionsPerAgent: 100_000 },
     audit: { destination: join(dir, 'audit.log') },
+    ...(tier === 'console' ? { admin: { listen: { host: '127.0.0.1', port: 0 } }, console: { enabled: true } } : {}),
     logLevel: 'silent'
   })
   const app = full ? await buildGateway(config, { logger: false }) : await ladderGateway(tier, config)
