@@ -261,3 +261,28 @@ export function createBearerVerifier (config: IdentityConfig, gatewayIssuer: str
 export async function verifyAgentToken (token: string, config: IdentityConfig): Promise<Record<string, unknown>> {
   return await createBearerVerifier(config, config.issuer, () => undefined)(token)
 }
+
+/**
+ * A checker of the tokens people present (approvers, console operators): a JWT of the identity
+ * provider (`identity.issuer`) whose `aud` includes `audience` and none of `agentAudiences` (an
+ * agent's token for this gateway's MCP routes never signs a person in), within its times, with a
+ * string user id claim. `what` names the token in refusals ("an approver token is for the approvals only").
+ */
+export function createPersonTokenCheck (config: IdentityConfig, o: { audience: string, agentAudiences: ReadonlySet<string>, purpose: string, role: string }): (token: string) => Promise<Record<string, unknown>> {
+  const verify = createBearerVerifier(config, config.issuer, () => undefined)
+  return async (token) => {
+    const claims = await verify(token)
+    const aud = audiences(claims)
+    if (!aud.includes(o.audience)) throw new TokenInvalidError(`the token is not for ${o.purpose} (its aud must include ${o.audience})`)
+    if (aud.some(a => o.agentAudiences.has(a))) throw new TokenInvalidError(`the token is also an agent token for this gateway's MCP routes: ${o.role} token is for ${o.purpose} only`)
+    checkTokenTimes(claims, config)
+    const userClaim = claims[config.claims.userId]
+    if (userClaim !== undefined && typeof userClaim !== 'string') throw new TokenInvalidError(`the token's ${config.claims.userId} claim is not a string`)
+    return claims
+  }
+}
+
+/** The resource URLs of a gateway's MCP routes: the audiences of agent tokens. */
+export function agentAudiencesOf (publicUrl: string, servers: Iterable<string>): ReadonlySet<string> {
+  return new Set([...servers].map(name => `${publicUrl}/servers/${name}/mcp`).concat(`${publicUrl}/mcp`))
+}

@@ -26,7 +26,7 @@ import type { GatewayConfig } from '../lib/config.js'
 import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 import type { Decision } from '../lib/cedar/engine.js'
 import { ApprovalRateLimitError, TokenInvalidError } from '../lib/errors.js'
-import { audiences, bearerToken, budgetKey, checkTokenTimes, createBearerVerifier, identityFromClaims, type Identity } from '../lib/identity.js'
+import { agentAudiencesOf, bearerToken, budgetKey, createPersonTokenCheck, identityFromClaims, type Identity } from '../lib/identity.js'
 import { envelopeVersion, isModernVersion, type McpMessage } from '../lib/jsonrpc.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { APPROVAL_ID, argumentsDigest, bindingOf, newApprovalId } from '../lib/approvals/binding.js'
@@ -121,7 +121,6 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
   const secure = publicUrl.startsWith('https:')
   const pageUrl = (id: string): string => `${publicUrl}/approvals/${id}`
   const signer = new CookieSigner(() => createHash('sha256').update('mcp-warden approvals\0').update(keys.current().privateKeyPem).digest())
-  const verifyApproverToken = createBearerVerifier(config.identity, config.identity.issuer, () => undefined)
   const webhookSecret = cfg.notify !== undefined ? createSecretProvider(cfg.notify.secret) : undefined
   const oidcSecret = cfg.signIn?.clientSecret !== undefined ? createSecretProvider(cfg.signIn.clientSecret) : undefined
   const oidc = cfg.signIn !== undefined
@@ -293,20 +292,8 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
       .type('text/html; charset=utf-8')
   }
 
-  // Resource URLs of the MCP routes: a token for any of them is an agent's, never an approver's.
-  const agentAudiences = new Set([...config.upstreams.keys()].map(name => `${publicUrl}/servers/${name}/mcp`).concat(`${publicUrl}/mcp`))
-
   /** Verifies an approver token: the identity provider's signature, the approvals audience, and nothing an agent token carries. */
-  async function checkApproverToken (token: string): Promise<Record<string, unknown>> {
-    const claims = await verifyApproverToken(token)
-    const aud = audiences(claims)
-    if (!aud.includes(cfg.approverAudience)) throw new TokenInvalidError(`the token is not for the approvals (its aud must include ${cfg.approverAudience})`)
-    if (aud.some(a => agentAudiences.has(a))) throw new TokenInvalidError('the token is also an agent token for this gateway\'s MCP routes: an approver token is for the approvals only')
-    checkTokenTimes(claims, config.identity)
-    const userClaim = claims[config.identity.claims.userId]
-    if (userClaim !== undefined && typeof userClaim !== 'string') throw new TokenInvalidError(`the token's ${config.identity.claims.userId} claim is not a string`)
-    return claims
-  }
+  const checkApproverToken = createPersonTokenCheck(config.identity, { audience: cfg.approverAudience, agentAudiences: agentAudiencesOf(publicUrl, config.upstreams.keys()), purpose: 'the approvals', role: 'an approver' })
 
   /** The approver of a request: a Bearer approver token, else the page session; null when neither. */
   async function approverOf (request: FastifyRequest): Promise<Approver | null> {

@@ -25,7 +25,7 @@ import type { GatewayTokens } from '../lib/tokens/gateway-tokens.js'
 import { compilePolicySet, readPolicySource, CedarEngine, type AuthzRequest, type ConsoleRequest, type Decision } from '../lib/cedar/engine.js'
 import { explainLines } from '../lib/cedar/explain.js'
 import { ConfigError, TokenInvalidError } from '../lib/errors.js'
-import { audiences, checkTokenTimes, createBearerVerifier, identityFromClaims, type Identity } from '../lib/identity.js'
+import { agentAudiencesOf, createPersonTokenCheck, identityFromClaims, type Identity } from '../lib/identity.js'
 import { targetRequest } from '../lib/mcp-methods.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { createOidcClient, authorizationUrl, newSignIn, type SignInState } from '../lib/approvals/oidc.js'
@@ -116,8 +116,6 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
   }
 
   const signer = new CookieSigner(() => createHash('sha256').update('mcp-warden console\0').update(keys.current().privateKeyPem).digest())
-  const verifyToken = createBearerVerifier(config.identity, config.identity.issuer, () => undefined)
-  const agentAudiences = new Set([...config.upstreams.keys()].map(name => `${config.publicUrl}/servers/${name}/mcp`).concat(`${config.publicUrl}/mcp`))
   const signIn = config.approvals.signIn
   const oidcSecret = signIn?.clientSecret !== undefined ? createSecretProvider(signIn.clientSecret) : undefined
   const oidc = signIn !== undefined
@@ -178,16 +176,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
   })
 
   // ---- people --------------------------------------------------------------------------------
-  async function checkOperatorToken (token: string): Promise<Record<string, unknown>> {
-    const claims = await verifyToken(token)
-    const aud = audiences(claims)
-    if (!aud.includes(cfg.audience)) throw new TokenInvalidError(`the token is not for the console (its aud must include ${cfg.audience})`)
-    if (aud.some(a => agentAudiences.has(a))) throw new TokenInvalidError('the token is also an agent token for this gateway\'s MCP routes: an operator token is for the console only')
-    checkTokenTimes(claims, config.identity)
-    const userClaim = claims[config.identity.claims.userId]
-    if (userClaim !== undefined && typeof userClaim !== 'string') throw new TokenInvalidError(`the token's ${config.identity.claims.userId} claim is not a string`)
-    return claims
-  }
+  const checkOperatorToken = createPersonTokenCheck(config.identity, { audience: cfg.audience, agentAudiences: agentAudiencesOf(config.publicUrl, config.upstreams.keys()), purpose: 'the console', role: 'an operator' })
 
   async function personOf (request: FastifyRequest): Promise<Person | null> {
     const s = signer.open<Session>('console-session', readCookies(request.headers.cookie).get(CONSOLE_COOKIE))

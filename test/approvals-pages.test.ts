@@ -10,6 +10,7 @@ import { PUBLIC_URL, startGateway, type TestGateway } from './fixtures/gateway.j
 import { makeIssuer } from './fixtures/keys.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { startOidcProvider, OIDC_SCOPE, type OidcProviderFixture } from './fixtures/oidc-signin.js'
+import { cookieOf, fetchPage, type Page } from './fixtures/pages.js'
 
 const POLICIES = { schema: new URL('../cedar/schema.cedarschema', import.meta.url).pathname, policies: new URL('./fixtures/cedar/needs-approval', import.meta.url).pathname, watch: false }
 const issuer = makeIssuer('EdDSA')
@@ -43,21 +44,9 @@ async function ask (text: string): Promise<string> {
   return body.error.data.approvalId
 }
 
-interface Page { status: number, headers: Record<string, string | string[] | undefined>, text: string, cookies: string[] }
 async function page (method: 'GET' | 'POST', path: string, o: { cookie?: string, form?: Record<string, string>, origin?: string } = {}): Promise<Page> {
-  const res = await request(`${gw.base}${path}`, {
-    method,
-    headers: {
-      ...(o.cookie !== undefined ? { cookie: o.cookie } : {}),
-      ...(o.origin !== undefined ? { origin: o.origin } : {}),
-      ...(o.form !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {})
-    },
-    ...(o.form !== undefined ? { body: new URLSearchParams(o.form).toString() } : {})
-  })
-  const set = res.headers['set-cookie']
-  return { status: res.statusCode, headers: res.headers, text: await res.body.text(), cookies: set === undefined ? [] : Array.isArray(set) ? set : [set] }
+  return await fetchPage(gw.base, method, path, o)
 }
-const cookieOf = (p: Page, name: string): string | undefined => p.cookies.map(c => c.split(';', 1)[0]!).find(c => c.startsWith(`${name}=`) && c.length > name.length + 1)
 /** The CSRF token of the first form in `html` (or of the form posting to `action`). */
 const csrfOf = (html: string, action?: string): string => {
   const from = action === undefined ? 0 : html.indexOf(`action="${action}"`)

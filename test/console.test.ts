@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net'
 import { PUBLIC_URL, REFERENCE, startGateway, type TestGateway } from './fixtures/gateway.js'
 import { makeIssuer, unsignedToken } from './fixtures/keys.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
+import { cookieOf, fetchPage, type Page } from './fixtures/pages.js'
 import { validateConfig } from '../lib/config.js'
 import { buildGateway } from '../lib/gateway.js'
 import type { AuditRecord } from '../plugins/decorations.js'
@@ -76,21 +77,9 @@ t.teardown(async () => { await gw.close(); await up.close(); rmSync(auditDir, { 
 
 const operatorToken = (claims: Record<string, unknown> = {}): string => issuer.sign({ aud: CONSOLE_AUD, sub: 'olivia', agentId: 'olivia', userId: 'olivia', roles: ['operator', 'approver'], ...claims })
 
-interface Page { status: number, headers: Record<string, string | string[] | undefined>, text: string, cookies: string[] }
-async function page (method: 'GET' | 'POST', path: string, o: { cookie?: string, form?: Record<string, string>, origin?: string, base?: string } = {}): Promise<Page> {
-  const res = await request(`${o.base ?? admin}${path}`, {
-    method,
-    headers: {
-      ...(o.cookie !== undefined ? { cookie: o.cookie } : {}),
-      ...(o.origin !== undefined ? { origin: o.origin } : {}),
-      ...(o.form !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {})
-    },
-    ...(o.form !== undefined ? { body: new URLSearchParams(o.form).toString() } : {})
-  })
-  const set = res.headers['set-cookie']
-  return { status: res.statusCode, headers: res.headers, text: await res.body.text(), cookies: set === undefined ? [] : Array.isArray(set) ? set : [set] }
+async function page (method: 'GET' | 'POST', path: string, o: { cookie?: string, form?: Record<string, string>, origin?: string } = {}): Promise<Page> {
+  return await fetchPage(admin, method, path, o)
 }
-const cookieOf = (p: Page, name: string): string | undefined => p.cookies.map(c => c.split(';', 1)[0]!).find(c => c.startsWith(`${name}=`) && c.length > name.length + 1)
 const csrfOf = (html: string, nth = 0): string => [...html.matchAll(/name="csrf" value="([^"]+)"/g)][nth]![1]!
 
 /** Signs in through the form; returns the session cookie, or the refusal page. */
