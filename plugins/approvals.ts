@@ -31,7 +31,7 @@ import { envelopeVersion, isModernVersion, type McpMessage } from '../lib/jsonrp
 import { createSecretProvider } from '../lib/secrets.js'
 import { APPROVAL_ID, argumentsDigest, bindingOf, newApprovalId } from '../lib/approvals/binding.js'
 import { createOidcClient, authorizationUrl, newSignIn, type SignInState } from '../lib/approvals/oidc.js'
-import { approvalPage, decidedPage, listPage, messagePage, PAGE_CSP, signInPage } from '../lib/approvals/page.js'
+import { approvalPage, decidedPage, htmlPage, listPage, messagePage, PAGE_CSP, signInPage } from '../lib/approvals/page.js'
 import { CookieSigner, SESSION_COOKIE, SIGN_IN_COOKIE, cookie, randomToken, readCookies } from '../lib/approvals/session.js'
 import { approvalView, type ApprovalRecord, type ApproverRef } from '../lib/approvals/types.js'
 import { sendWebhook, webhookBody, type WebhookEvent } from '../lib/approvals/webhook.js'
@@ -282,15 +282,7 @@ async function approvals (app: FastifyInstance, opts: ApprovalsOptions): Promise
 
   // ---- approver side ---------------------------------------------------------------------
 
-  function securePage (reply: FastifyReply): FastifyReply {
-    return reply
-      .header('content-security-policy', PAGE_CSP)
-      .header('cache-control', 'no-store')
-      .header('x-content-type-options', 'nosniff')
-      .header('referrer-policy', 'same-origin')
-      .header('x-frame-options', 'DENY')
-      .type('text/html; charset=utf-8')
-  }
+  const securePage = (reply: FastifyReply): FastifyReply => htmlPage(reply, PAGE_CSP)
 
   /** Verifies an approver token: the identity provider's signature, the approvals audience, and nothing an agent token carries. */
   const checkApproverToken = createPersonTokenCheck(config.identity, { audience: cfg.approverAudience, agentAudiences: agentAudiencesOf(publicUrl, config.upstreams.keys()), purpose: 'the approvals', role: 'an approver' })

@@ -30,6 +30,7 @@ import { targetRequest } from '../lib/mcp-methods.js'
 import { createSecretProvider } from '../lib/secrets.js'
 import { createOidcClient, authorizationUrl, newSignIn, type SignInState } from '../lib/approvals/oidc.js'
 import { CookieSigner, cookie, randomToken, readCookies } from '../lib/approvals/session.js'
+import { htmlPage } from '../lib/approvals/page.js'
 import { DecisionIndex, type DecisionQuery } from '../lib/console/decision-index.js'
 import { definitionDiff } from '../lib/tools/diff.js'
 import type { QuarantinedTool } from '../lib/tools/guard.js'
@@ -221,15 +222,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     })
   }
 
-  function page (reply: FastifyReply): FastifyReply {
-    return reply
-      .header('content-security-policy', CONSOLE_CSP)
-      .header('cache-control', 'no-store')
-      .header('x-content-type-options', 'nosniff')
-      .header('referrer-policy', 'same-origin')
-      .header('x-frame-options', 'DENY')
-      .type('text/html; charset=utf-8')
-  }
+  const page = (reply: FastifyReply): FastifyReply => htmlPage(reply, CONSOLE_CSP)
 
   /** A POST from a browser must come from the console's own pages. */
   function sameOrigin (request: FastifyRequest): boolean {

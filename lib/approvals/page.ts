@@ -3,10 +3,22 @@
  * Everything that came from an agent or a token (arguments, ids, names, claims) is escaped;
  * the pages are served with a Content-Security-Policy that allows no script at all.
  */
+import type { FastifyReply } from 'fastify'
 import type { ApprovalRecord } from './types.js'
 
 /** The Content-Security-Policy of every approval page: no script, no frames, forms post only here. */
 export const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+/** The headers of a page for people: its CSP, never cached, never framed, no referrer off-site. */
+export function htmlPage (reply: FastifyReply, csp: string): FastifyReply {
+  return reply
+    .header('content-security-policy', csp)
+    .header('cache-control', 'no-store')
+    .header('x-content-type-options', 'nosniff')
+    .header('referrer-policy', 'same-origin')
+    .header('x-frame-options', 'DENY')
+    .type('text/html; charset=utf-8')
+}
 
 const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
 /**
