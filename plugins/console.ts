@@ -147,22 +147,33 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     for (const client of live) if (liveMatches(record, client.filter)) client.reply.raw.write(line)
   })
   let stopAudit: (() => void) | undefined
+  /** While the index is rebuilt from the audit file and the shared history: the pages say so. */
+  let rebuilding: Promise<void> | undefined
+  let closed = false
   app.addHook('onReady', async () => {
     // Every record this replica writes goes to the feed (with Redis: to every replica's console).
     if (app.hasPlugin('mcp-warden-audit')) stopAudit = app.mcpWarden.audit.onRecord((r) => { store.decisions.publish(r) })
-    if (config.audit.destination !== 'stdout') {
-      const { loaded, skipped } = await index.loadFile(config.audit.destination)
-      app.log.info({ loaded, skipped, file: config.audit.destination }, 'console index rebuilt from the audit file')
-    }
-    if (store.kind === 'redis') {
-      for (const r of await store.decisions.history(cfg.maxRecords).catch(() => [])) index.add(r)
-    }
+    // In the background: however long the audit file is, the gateway serves at once.
+    rebuilding = (async () => {
+      if (config.audit.destination !== 'stdout') {
+        const { loaded, skipped } = await index.loadFile(config.audit.destination)
+        if (closed) return
+        app.log.info({ loaded, skipped, file: config.audit.destination }, 'console index rebuilt from the audit file')
+      }
+      if (store.kind === 'redis') {
+        for (const r of await store.decisions.history(cfg.maxRecords).catch(() => [])) if (!closed) index.add(r)
+      }
+    })().catch((err: unknown) => { app.log.error({ err }, 'the console index could not be rebuilt') })
+      .finally(() => { rebuilding = undefined })
   })
   app.addHook('onClose', async () => {
+    closed = true
     stopAudit?.()
     unsubscribe()
     for (const c of live) c.reply.raw.end()
+    // A rebuild under way stops at its next line.
     index.close()
+    await rebuilding
   })
 
   // Agents' identities as last seen, for the playground (roles are not in the audit records).
@@ -414,7 +425,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       const outcome = text(raw.outcome)
       if (outcome === 'allow' || outcome === 'deny' || outcome === 'error') q.outcome = outcome
       const found = index.search({ ...q, limit: 50 })
-      return await page(reply).send(decisionsPage(g.viewer, q, found.rows, found.next, index.size))
+      return await page(reply).send(decisionsPage(g.viewer, q, found.rows, found.next, index.size, rebuilding !== undefined))
     })
 
     scope.get('/decisions/:id', async (request, reply) => {

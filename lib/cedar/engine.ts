@@ -15,6 +15,7 @@ import type { Identity } from '../identity.js'
 import type { UpstreamConfig } from '../config.js'
 import { ArgumentMismatchError, normaliseType, toCedarValue, type CedarType } from './arguments.js'
 import { localTime } from './time.js'
+import { policyTextProblem } from './text-shape.js'
 import { isWellFormedText } from '../json-text.js'
 import { analysePolicies, type ActionReads, type PolicySetReads } from './policy-reads.js'
 import { BoundedCache } from '../bounded-cache.js'
@@ -311,10 +312,27 @@ function actionsOf (schemaText: string): { toolActions: Map<string, CedarType | 
  * set out of the Wasm instance: its decisions pass the schema and policy text with each call.
  */
 export function compilePolicySet (source: PolicySource, options: { preparse?: boolean } = {}): CompiledPolicySet {
-  const check = cedar.checkParseSchema(source.schemaText)
-  if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
-  const { texts, advice, approvals, json } = splitPolicies(source.files)
-  const validation = cedar.validate({ schema: source.schemaText, policies: { staticPolicies: texts }, validationSettings: { mode: 'strict' } })
+  for (const f of source.files) {
+    const problem = policyTextProblem(f.text)
+    if (problem !== undefined) throw new PolicySetError(`${f.file}: ${problem}`)
+  }
+  const schemaProblem = policyTextProblem(source.schemaText)
+  if (schemaProblem !== undefined) throw new PolicySetError(`schema: ${schemaProblem}`)
+  let texts: Record<string, string>, advice: Map<string, string>, approvals: Map<string, string>, json: unknown[]
+  let check: ReturnType<typeof CedarWasm.checkParseSchema>
+  let validation: ReturnType<typeof CedarWasm.validate>
+  try {
+    check = cedar.checkParseSchema(source.schemaText)
+    if (check.type === 'failure') throw new PolicySetError(`schema: ${messages(check.errors)}`)
+    ;({ texts, advice, approvals, json } = splitPolicies(source.files))
+    validation = cedar.validate({ schema: source.schemaText, policies: { staticPolicies: texts }, validationSettings: { mode: 'strict' } })
+  } catch (err) {
+    if (err instanceof PolicySetError) throw err
+    // Cedar answers its own errors as values: a throw is the Wasm instance failing (a stack
+    // overflow leaves it unusable). Every engine of the process uses it: replace it now.
+    replaceCedarInstance(`Cedar threw while compiling a policy set: ${(err as Error).message}`)
+    throw new PolicySetError(`Cedar could not compile this text (${(err as Error).message})`)
+  }
   if (validation.type === 'failure') throw new PolicySetError(messages(validation.errors))
   if (validation.validationErrors.length > 0) {
     throw new PolicySetError(validation.validationErrors.map(e => `policy "${e.policyId}": ${messages([e.error])}`).join('; '))

@@ -69,7 +69,39 @@ const RECENT_DENIALS = 20
 /** Lines of a file inserted in one transaction. */
 const LOAD_BATCH = 500
 /** A record (or a line of a file) whose JSON text is longer than this is not indexed. */
-const MAX_RECORD_LENGTH = 1024 * 1024
+/** Audit lines longer than this are not read at all (a line holds at most two request bodies). */
+const MAX_RECORD_LENGTH = 32 * 1024 * 1024
+/** Longer text values of a record are cut to this many characters in the index (the audit file keeps them whole). */
+export const MAX_INDEXED_VALUE = 1024
+/** Records whose JSON is longer than this are compacted before they are indexed. */
+const COMPACT_OVER = 4 * 1024
+
+/**
+ * A record as the index keeps it: text values longer than MAX_INDEXED_VALUE cut, with
+ * `indexTruncated` naming them, and at most 64 policy ids, so that an agent sending huge names or
+ * ids cannot push other agents' records out of the index or keep its own out of it.
+ */
+export function compactRecord (record: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  const cut: string[] = []
+  for (const [k, v] of Object.entries(record)) {
+    if (typeof v === 'string' && v.length > MAX_INDEXED_VALUE) {
+      out[k] = `${v.slice(0, MAX_INDEXED_VALUE)}…`
+      cut.push(k)
+    } else if (Array.isArray(v) && k === 'policies') {
+      const ids = v.slice(0, 64).map(p => typeof p === 'string' && p.length > MAX_INDEXED_VALUE ? `${p.slice(0, MAX_INDEXED_VALUE)}…` : p)
+      if (v.length > 64 || ids.some((p, i) => p !== v[i])) cut.push(k)
+      out[k] = ids
+    } else if (v !== null && typeof v === 'object') {
+      const text = JSON.stringify(v)
+      if (text.length > MAX_INDEXED_VALUE) { out[k] = `${text.slice(0, MAX_INDEXED_VALUE)}…`; cut.push(k) } else out[k] = v
+    } else {
+      out[k] = v
+    }
+  }
+  if (cut.length > 0) out.indexTruncated = cut
+  return out
+}
 const DEFAULT_MAX_TEXT_LENGTH = 256 * 1024 * 1024
 const DAY_MS = 24 * 60 * 60 * 1000
 const OUTCOMES = new Set(['allow', 'deny', 'error'])
@@ -268,12 +300,16 @@ export class DecisionIndex {
     }
   }
 
-  #add (record: unknown, json: string | undefined): boolean {
+  #add (given: unknown, json: string | undefined): boolean {
     if (this.#closed) return false
+    let record = given
+    let text = json ?? JSON.stringify(given)
+    if (text.length > COMPACT_OVER && record !== null && typeof record === 'object' && !Array.isArray(record)) {
+      record = compactRecord(record as Record<string, unknown>)
+      text = JSON.stringify(record)
+    }
     const cols = columns(record)
     if (cols === null) return false
-    const text = json ?? JSON.stringify(record)
-    if (text.length > MAX_RECORD_LENGTH) return false
     this.#insert.run([...cols, text])
     if (this.#db.getRowsModified() !== 1) return false
     this.#size++
@@ -349,6 +385,8 @@ export class DecisionIndex {
     let batch: string[] = []
     try {
       for await (const line of lines) {
+        // Closed while loading (the gateway stops): the rest of the file is not read.
+        if (this.#closed) break
         if (line.trim() === '') continue
         batch.push(line)
         if (batch.length >= LOAD_BATCH) { this.#loadLines(batch, counts); batch = [] }

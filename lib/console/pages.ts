@@ -88,7 +88,7 @@ export function decisionRows (rows: readonly AuditRecord[]): string {
   }).join('')}</tbody></table></div>`
 }
 
-export function decisionsPage (v: Viewer, q: DecisionQuery, rows: readonly AuditRecord[], next: string | undefined, indexed: number): string {
+export function decisionsPage (v: Viewer, q: DecisionQuery, rows: readonly AuditRecord[], next: string | undefined, indexed: number, rebuilding = false): string {
   const field = (name: keyof DecisionQuery, label: string, type = 'text'): string =>
     `<label>${label}<input type="${type}" name="${name}" value="${e(q[name] ?? '')}"></label>`
   const filters = `<form method="get" action="/console/decisions" class="filters" role="search">
@@ -98,7 +98,7 @@ ${field('from', 'From (ISO time)')}${field('to', 'To (ISO time)')}${field('id', 
 <button type="submit">Search</button> <a href="/console/decisions">Clear</a></form>`
   const { cursor: _c, limit: _l, ...kept } = q
   const more = next !== undefined ? `<p><a class="button" href="/console/decisions${query({ ...kept as Record<string, string>, cursor: next })}" rel="next">Older decisions</a></p>` : ''
-  return layout('Decisions', `<h1>Decisions</h1><p class="muted">${indexed} records indexed, newest first.</p>${filters}${decisionRows(rows)}${more}`, v, { current: '/console/decisions' })
+  return layout('Decisions', `<h1>Decisions</h1><p class="muted">${indexed} records indexed, newest first.${rebuilding ? ' The index is still being rebuilt from the audit file: older records are still coming in.' : ''}</p>${filters}${decisionRows(rows)}${more}`, v, { current: '/console/decisions' })
 }
 
 export interface PolicyShown { readonly id: string, readonly text?: string, readonly advice?: string }
@@ -115,7 +115,9 @@ export function decisionPage (v: Viewer, r: AuditRecord, policies: readonly Poli
   const pol = policies.length === 0
     ? '<p>No policy determined this decision (no permit applied, so the default deny; or the request was refused before Cedar).</p>'
     : policies.map(p => `<section class="policy"><h3 id="policy-${e(p.id)}"><code>${e(p.id)}</code></h3>${p.advice !== undefined ? `<p class="advice">${e(p.advice)}</p>` : ''}${p.text !== undefined ? `<pre>${escapeHtml(p.text, true)}</pre>` : '<p class="muted">Not in the live policy set any more.</p>'}</section>`).join('')
-  return layout('Decision', `<h1>Decision ${outcomeBadge(r.outcome)}</h1><dl>${dl}</dl>
+  const truncated = (r as { indexTruncated?: unknown }).indexTruncated
+  const cut = Array.isArray(truncated) && truncated.length > 0 ? `<p class="note">Long values (${e(truncated.join(', '))}) are cut short in the console; the audit file has them whole.</p>` : ''
+  return layout('Decision', `<h1>Decision ${outcomeBadge(r.outcome)}</h1>${cut}<dl>${dl}</dl>
 <h2>Deciding policies</h2>${sameVersion ? '' : '<p class="note">The policy set has changed since this decision; the text shown is the live one.</p>'}${pol}
 ${r.agentId !== null ? `<p><a href="/console/agents/${encodeURIComponent(r.agentId)}">Everything agent ${e(r.agentId)} did</a></p>` : ''}`, v, { current: '/console/decisions' })
 }
