@@ -13,7 +13,7 @@ import aggregate from '../plugins/aggregate.js'
 import { startStdioBridges } from './stdio-bridge.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
-import mcpContext from '../plugins/mcp-context.js'
+import mcpContext, { hostCheck } from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
 import approvals from '../plugins/approvals.js'
@@ -70,6 +70,13 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
       genReqId: () => randomUUID(),
       return503OnClosing: true,
       forceCloseConnections: true
+    })
+    // DNS rebinding: a loopback admin listener answers only requests addressed to a loopback name.
+    const checkHost = hostCheck(config.console.url ?? `http://${adminListen.host.includes(':') ? `[${adminListen.host}]` : adminListen.host}:${adminListen.port}`)
+    admin.addHook('onRequest', async (request, reply) => {
+      try { checkHost(request.headers.host) } catch {
+        return await reply.code(403).type('text/plain; charset=utf-8').send('This Host is not allowed: the admin listener is on a loopback address, so only loopback Host headers are accepted (DNS rebinding defence).\n')
+      }
     })
     provide(app, 'admin', admin)
     app.addHook('onReady', async () => { await admin.listen({ host: adminListen.host, port: adminListen.port }) })

@@ -55,6 +55,12 @@ const CONSOLE_SIGN_IN_COOKIE = 'mcpw_console_sign_in'
 const SESSION_SECONDS = 8 * 3600
 const SIGN_IN_SECONDS = 600
 const MAX_LIVE_CLIENTS = 64
+/** Live views one person may hold open. */
+const MAX_LIVE_PER_PERSON = 4
+/** A live view whose reader has fallen this far behind is closed (its browser reconnects). */
+const MAX_LIVE_BACKLOG = 1024 * 1024
+/** How often an open live view checks that its session is still valid. */
+const LIVE_CHECK_MS = 5000
 /** Identities of agents seen recently (the playground's picker): roles and claims are not in audit records. */
 const RECENT_AGENTS = 500
 
@@ -65,6 +71,8 @@ interface Session {
   issuer: string
   via: 'oidc' | 'token'
   nonce: string
+  /** When the session ends (seconds since the epoch): the cookie's own expiry, also for open live views. */
+  exp: number
 }
 
 interface Person {
@@ -91,6 +99,9 @@ function personIdentity (s: Session): Identity {
   })
 }
 
+/** An ISO 8601 date or date-time, as the search and the playground take them (no other formats Date would guess at). */
+const ISO_TIME = /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)?)?$/
+
 const text = (v: unknown, max = 512): string | undefined => typeof v === 'string' && v.trim() !== '' ? v.trim().slice(0, max) : undefined
 
 function liveMatches (r: AuditRecord, f: LiveFilter): boolean {
@@ -111,7 +122,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
   const cfg = config.console
 
   // A policy set without the console's actions would refuse everyone: say so at boot.
-  const probe = cedar.engine.authorizeConsole({ person: personIdentity({ userId: 'probe', roles: [], department: null, issuer: config.identity.issuer, via: 'token', nonce: '' }), action: 'view_console', page: 'probe' })
+  const probe = cedar.engine.authorizeConsole({ person: personIdentity({ userId: 'probe', roles: [], department: null, issuer: config.identity.issuer, via: 'token', nonce: '', exp: 0 }), action: 'view_console', page: 'probe' })
   if (probe.outcome === 'error') {
     throw new ConfigError(`console.enabled: the Cedar schema does not declare the console (${probe.errors.join('; ')}); add Mcp::Operator, Mcp::Console and the actions view_console, operate_console and approve_console as in cedar/schema.cedarschema`)
   }
@@ -139,12 +150,17 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
 
   // ---- the decision index ------------------------------------------------------------------
   const index = await DecisionIndex.create({ maxRecords: cfg.maxRecords })
-  const live = new Set<{ reply: FastifyReply, filter: LiveFilter }>()
+  const live = new Set<{ reply: FastifyReply, filter: LiveFilter, who: string }>()
   const unsubscribe = store.decisions.subscribe((record) => {
     index.add(record)
     if (live.size === 0) return
     const line = `event: decision\ndata: ${JSON.stringify(record)}\n\n`
-    for (const client of live) if (liveMatches(record, client.filter)) client.reply.raw.write(line)
+    for (const client of live) {
+      if (!liveMatches(record, client.filter)) continue
+      // A reader that does not keep up is let go rather than buffered for without end.
+      if (client.reply.raw.writableLength > MAX_LIVE_BACKLOG) { client.reply.raw.destroy(); live.delete(client); continue }
+      client.reply.raw.write(line)
+    }
   })
   let stopAudit: (() => void) | undefined
   /** While the index is rebuilt from the audit file and the shared history: the pages say so. */
@@ -209,25 +225,27 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     }
   }
 
-  function audit (request: FastifyRequest, p: Person, method: string, fields: { outcome: 'allow' | 'deny' | 'error', reason: string, decision: Decision, server?: string, tool?: string, status: number }): void {
+  /** An audit record of the console (`event: console`); `who` is the person, null when nobody is signed in. */
+  function audit (request: FastifyRequest, who: Person | string | null, method: string, fields: { outcome: 'allow' | 'deny' | 'error', reason: string, decision?: Decision, server?: string, tool?: string, status: number }): void {
     if (!app.hasPlugin('mcp-warden-audit')) return
+    const userId = who === null ? null : typeof who === 'string' ? who : who.session.userId
     app.mcpWarden.audit.write({
       time: new Date().toISOString(),
       requestId: request.id,
-      decisionId: fields.decision.decisionId,
+      decisionId: fields.decision?.decisionId ?? null,
       agentId: null,
-      userId: p.session.userId,
+      userId,
       server: fields.server ?? null,
       httpMethod: request.method,
       method,
       rpcId: null,
       ...(fields.tool !== undefined ? { tool: fields.tool } : {}),
       event: 'console',
-      operator: p.session.userId,
+      ...(userId !== null ? { operator: userId } : {}),
       outcome: fields.outcome,
       reason: fields.reason,
-      policies: [...fields.decision.policies],
-      policyVersion: fields.decision.policyVersion,
+      policies: [...fields.decision?.policies ?? []],
+      policyVersion: fields.decision?.policyVersion ?? cedar.version,
       status: fields.status,
       durationMs: 0
     })
@@ -243,15 +261,17 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     return origin === own
   }
 
-  function startSession (reply: FastifyReply, claims: Record<string, unknown>, issuer: string, via: Session['via']): void {
+  /** Starts a session for the person the claims name; returns their user id. */
+  function startSession (reply: FastifyReply, claims: Record<string, unknown>, issuer: string, via: Session['via']): string {
     const id = identityFromClaims(claims, { ...config.identity, issuer })
     const now = Math.floor(Date.now() / 1000)
     const until = Math.min(id.expiresAt > 0 ? id.expiresAt : Infinity, now + SESSION_SECONDS)
-    const value: Session = { userId: id.userId ?? id.subject ?? id.agentId, roles: [...id.roles], department: id.department, issuer: id.issuer, via, nonce: randomToken() }
+    const value: Session = { userId: id.userId ?? id.subject ?? id.agentId, roles: [...id.roles], department: id.department, issuer: id.issuer, via, nonce: randomToken(), exp: until }
     void reply.header('set-cookie', [
       cookie(CONSOLE_COOKIE, signer.seal('console-session', value, until), { path: '/console', secure: secure(), maxAgeSeconds: until - now }),
       cookie(CONSOLE_SIGN_IN_COOKIE, '', { path: '/console', secure: secure(), maxAgeSeconds: 0 })
     ])
+    return value.userId
   }
 
   function freshSignIn (reply: FastifyReply, error?: string): string {
@@ -288,7 +308,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       }
     }
     const now = form.at.trim() !== '' ? new Date(form.at.trim()) : new Date()
-    if (Number.isNaN(now.getTime())) return [{ title: 'Nothing decided', lines: [], error: 'At must be an ISO date-time, e.g. 2026-11-26T10:00:00+09:00.' }]
+    if (Number.isNaN(now.getTime()) || (form.at.trim() !== '' && !ISO_TIME.test(form.at.trim()))) return [{ title: 'Nothing decided', lines: [], error: 'At must be an ISO date-time, e.g. 2026-11-26T10:00:00+09:00.' }]
     const target = form.tool !== '' ? targetRequest('tool', form.tool) : { action: 'connect' as const, method: 'tools/list' }
     const request: AuthzRequest = { identity, server, now, ...target, ...(args !== undefined ? { arguments: args } : {}) }
     const engine = cedar.engine
@@ -310,6 +330,13 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
   // ---- routes --------------------------------------------------------------------------------
   void admin.register(async function routes (scope) {
     await scope.register(formbody, { bodyLimit: 256 * 1024 })
+    // Every answer under /console, pages or not: never sniffed, framed or cached.
+    scope.addHook('onSend', async (_request, reply, payload) => {
+      if (!reply.hasHeader('content-security-policy')) void reply.header('content-security-policy', CONSOLE_CSP)
+      void reply.header('x-content-type-options', 'nosniff').header('x-frame-options', 'DENY')
+      if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store')
+      return payload
+    })
     scope.setErrorHandler(async (error, request, reply) => {
       const status = (error as { statusCode?: number }).statusCode ?? 500
       if (status >= 500) request.log.error({ err: error }, 'console page failed')
@@ -367,16 +394,20 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       const body = (request.body ?? {}) as { token?: unknown, csrf?: unknown }
       const pre = signer.open<string>('console-pre', readCookies(request.headers.cookie).get(CONSOLE_SIGN_IN_COOKIE))
       if (!sameOrigin(request) || pre === undefined || !signer.checkCsrf(pre, 'console-sign-in', body.csrf)) {
+        audit(request, null, 'console/sign-in', { outcome: 'deny', reason: 'sign-in form without its CSRF token or from another origin', status: 403 })
         return await page(reply.code(403)).send(messagePage('Sign-in refused', 'The sign-in form has expired or did not come from this console; open the sign-in page again.'))
       }
       let claims: Record<string, unknown>
       try {
-        if (typeof body.token !== 'string' || body.token.trim() === '' || body.token.length > 16_384) throw new TokenInvalidError('no token was given')
+        if (typeof body.token !== 'string' || body.token.trim() === '') throw new TokenInvalidError('no token was given')
+        if (body.token.length > 16_384) throw new TokenInvalidError('the token is longer than 16 KiB')
         claims = await checkOperatorToken(body.token.trim())
       } catch (err) {
+        audit(request, null, 'console/sign-in', { outcome: 'deny', reason: `operator token refused: ${(err as Error).message}`, status: 401 })
         return await page(reply.code(401)).send(freshSignIn(reply, `Sign-in refused: ${(err as Error).message}`))
       }
-      startSession(reply, claims, config.identity.issuer, 'token')
+      const who = startSession(reply, claims, config.identity.issuer, 'token')
+      audit(request, who, 'console/sign-in', { outcome: 'allow', reason: `${who} signed in with an operator token`, status: 303 })
       return await reply.redirect('/console/decisions', 303)
     })
 
@@ -393,11 +424,13 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
         claims = await oidc.redeem(q.code, `${consoleBase()}/console/callback`, state)
       } catch (err) {
         request.log.warn({ error: (err as Error).message }, 'console OIDC sign-in refused')
+        audit(request, null, 'console/sign-in', { outcome: 'deny', reason: `OIDC sign-in refused: ${(err as Error).message}`, status: 401 })
         return await page(reply.code(401)).send(messagePage('Sign-in refused', (err as Error).message))
       }
       const userClaim = claims[config.identity.claims.userId]
       if (userClaim !== undefined && typeof userClaim !== 'string') return await page(reply.code(401)).send(messagePage('Sign-in refused', `The ID token's ${config.identity.claims.userId} claim is not a string.`))
-      startSession(reply, claims, signIn.issuer, 'oidc')
+      const who = startSession(reply, claims, signIn.issuer, 'oidc')
+      audit(request, who, 'console/sign-in', { outcome: 'allow', reason: `${who} signed in with OIDC`, status: 303 })
       return await reply.redirect('/console/decisions', 303)
     })
 
@@ -409,6 +442,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       }
       // Signed out on every replica, for as long as the cookie could still be presented.
       await store.approvals.revokeSession(person.session.nonce, Date.now() + SESSION_SECONDS * 1000)
+      audit(request, person, 'console/sign-out', { outcome: 'allow', reason: `${person.session.userId} signed out`, status: 303 })
       void reply.header('set-cookie', cookie(CONSOLE_COOKIE, '', { path: '/console', secure: secure(), maxAgeSeconds: 0 }))
       return await reply.redirect('/console/sign-in', 303)
     })
@@ -424,6 +458,10 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       }
       const outcome = text(raw.outcome)
       if (outcome === 'allow' || outcome === 'deny' || outcome === 'error') q.outcome = outcome
+      else if (outcome !== undefined) return await page(reply.code(400)).send(messagePage('Bad search', 'outcome: must be allow, deny or error.', g.viewer))
+      for (const k of ['from', 'to'] as const) {
+        if (q[k] !== undefined && !ISO_TIME.test(q[k])) return await page(reply.code(400)).send(messagePage('Bad search', `${k}: not an ISO time (like 2026-11-26T10:00:00Z or 2026-11-26).`, g.viewer))
+      }
       const found = index.search({ ...q, limit: 50 })
       return await page(reply).send(decisionsPage(g.viewer, q, found.rows, found.next, index.size, rebuilding !== undefined))
     })
@@ -473,6 +511,12 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       const note = text(body.note, 300)
       const allowed = decide(g.person, 'operate_console', action)
       if (body.action === 'keep') {
+        const held = (await app.mcpWarden.toolGuard.quarantined()).some(q => q.server === server && q.tool === tool && q.hash === hash)
+        if (!held) {
+          audit(request, g.person, 'console/quarantine-keep', { outcome: 'error', reason: `nothing kept: ${server}/${tool} does not hold definition ${hash.slice(0, 12)} any more`, decision: allowed, server, tool, status: 409 })
+          reply.code(409)
+          return await showQuarantine(reply, g, `${server}/${tool} is not held with the definition you saw any more (approved or changed meanwhile): nothing was kept.`)
+        }
         audit(request, g.person, 'console/quarantine-keep', { outcome: 'deny', reason: `kept quarantined by ${g.person.session.userId}${note !== undefined ? `: ${note}` : ''}`, decision: allowed, server, tool, status: 200 })
         return await showQuarantine(reply, g, `${server}/${tool} stays quarantined.`)
       }
@@ -560,6 +604,8 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       const person = await personOf(request)
       if (person === null || !decide(person, 'view_console', 'live').allowed) return await reply.code(403).type('text/plain').send('sign in to the console first')
       if (live.size >= MAX_LIVE_CLIENTS) return await reply.code(503).header('retry-after', '10').type('text/plain').send('too many live views are open')
+      const who = `${person.session.issuer}\0${person.session.userId}`
+      if ([...live].filter(c => c.who === who).length >= MAX_LIVE_PER_PERSON) return await reply.code(429).header('retry-after', '10').type('text/plain').send(`at most ${MAX_LIVE_PER_PERSON} live views per person are open at once`)
       const raw = request.query as Record<string, unknown>
       const filter: LiveFilter = {}
       for (const k of ['agent', 'server', 'tool', 'outcome'] as const) {
@@ -567,12 +613,20 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
         if (v !== undefined) filter[k] = v
       }
       reply.hijack()
-      reply.raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', connection: 'keep-alive' })
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'content-security-policy': CONSOLE_CSP, connection: 'keep-alive' })
       reply.raw.write(': live decisions\n\n')
-      const client = { reply, filter }
+      const client = { reply, filter, who }
       live.add(client)
-      const beat = setInterval(() => reply.raw.write(': keep-alive\n\n'), 15_000)
-      request.raw.on('close', () => { clearInterval(beat); live.delete(client) })
+      // The stream lasts only as long as the session: signed out (on any replica) or expired, it ends.
+      let beats = 0
+      const check = setInterval(() => {
+        void (async () => {
+          const ended = person.session.exp * 1000 <= Date.now() || await store.approvals.sessionRevoked(person.session.nonce).catch(() => true)
+          if (ended) { reply.raw.end(); live.delete(client); return }
+          if (++beats % 3 === 0) reply.raw.write(': keep-alive\n\n')
+        })()
+      }, LIVE_CHECK_MS)
+      request.raw.on('close', () => { clearInterval(check); live.delete(client) })
     })
   }, { prefix: '/console' })
 }

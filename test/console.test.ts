@@ -333,3 +333,69 @@ t.test('the live view streams each new decision to signed-in people only, filter
   controller.abort()
   res.body.on('error', () => {})
 })
+
+t.test('the admin listener answers only loopback Host names (DNS rebinding)', async t => {
+  for (const [host, status] of [['evil.example', 403], ['evil.example:80', 403], [`localhost:${new URL(admin).port}`, 200], [new URL(admin).host, 200]] as const) {
+    const res = await request(`${admin}/healthz`, { headers: { host } })
+    await res.body.dump()
+    t.equal(res.statusCode, status, host)
+  }
+})
+
+t.test('playground: policy text nested too deep is refused before Cedar, and agents\' calls go on', async t => {
+  const { engineHealth } = await import('../lib/cedar/engine.js')
+  const operator = (await signIn(operatorToken())).cookie!
+  const csrf = csrfOf((await page('GET', '/console/playground', { cookie: operator })).text, 1)
+  const before = engineHealth().replacements
+  for (const text of [
+    `permit (principal, action, resource) when { ${'{a:'.repeat(5000)}1${'}'.repeat(5000)} == {} };`,
+    `permit (principal, action, resource) when { ${Array(3000).fill('true').join(' && ')} };`
+  ]) {
+    const p = await page('POST', '/console/playground', { cookie: operator, form: { csrf, server: 'echo', tool: 'echo', args: '', at: '', claims: '{"sub":"x"}', agent: '', policies: text } })
+    t.equal(p.status, 200)
+    t.match(p.text, /does not validate against the schema: .*(brackets nested deeper than 32|more than 500 operators in one policy)/)
+  }
+  t.equal(engineHealth().replacements, before, 'the Cedar instance was never broken')
+  t.equal(engineHealth().healthy, true)
+  const answer = await call('lister-bot', ['readonly'], 'database_query') as { error?: { message: string } }
+  t.notMatch(answer.error?.message ?? '', /policy engine error/, 'the next decision is Cedar\'s own')
+})
+
+t.test('sign-in and sign-out are audited; bad search values are refused', async t => {
+  const refusedBefore = gw.audit.filter(r => r.method === 'console/sign-in' && r.outcome === 'deny').length
+  await signIn('not-a-token')
+  t.equal(gw.audit.filter(r => r.method === 'console/sign-in' && r.outcome === 'deny').length, refusedBefore + 1)
+  const operator = (await signIn(operatorToken({ sub: 'audited', userId: 'audited' }))).cookie!
+  t.match(gw.audit.findLast(r => r.method === 'console/sign-in'), { outcome: 'allow', operator: 'audited', event: 'console' })
+  for (const [q, why] of [['outcome=maybe', /outcome: must be allow, deny or error/], ['from=1', /from: not an ISO time/], ['to=2026-02-30T25:00', /to: not an ISO time/]] as const) {
+    const p = await page('GET', `/console/decisions?${q}`, { cookie: operator })
+    t.equal(p.status, 400, q)
+    t.match(p.text, why)
+  }
+  const ok = await page('GET', '/console/decisions', { cookie: operator })
+  await page('POST', '/console/sign-out', { cookie: operator, form: { csrf: csrfOf(ok.text) } })
+  t.match(gw.audit.findLast(r => r.method === 'console/sign-out'), { outcome: 'allow', operator: 'audited' })
+})
+
+t.test('live views: a few per person, and each ends when its session is signed out', async t => {
+  const operator = (await signIn(operatorToken({ sub: 'streamer', userId: 'streamer' }))).cookie!
+  const controllers: AbortController[] = []
+  t.teardown(() => { for (const c of controllers) c.abort() })
+  const open = async (): Promise<Awaited<ReturnType<typeof request>>> => {
+    const c = new AbortController()
+    controllers.push(c)
+    const res = await request(`${admin}/console/live/events`, { headers: { cookie: operator }, signal: c.signal })
+    res.body.on('error', () => {})
+    return res
+  }
+  const streams = [await open(), await open(), await open(), await open()]
+  t.same(streams.map(s => s.statusCode), [200, 200, 200, 200])
+  const fifth = await open()
+  t.equal(fifth.statusCode, 429, 'a fifth live view of one person is refused')
+  const ended = new Promise<void>(resolve => { streams[0]!.body.on('end', resolve).on('close', resolve).resume() })
+  const ok = await page('GET', '/console/decisions', { cookie: operator })
+  await page('POST', '/console/sign-out', { cookie: operator, form: { csrf: csrfOf(ok.text) } })
+  const t0 = Date.now()
+  await ended
+  t.ok(Date.now() - t0 < 8000, 'the open stream ended within its next session check')
+})

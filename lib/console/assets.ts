@@ -57,8 +57,10 @@ export const LIVE_JS = `'use strict'
   var rows = document.getElementById('live-rows')
   if (status === null || rows === null) return
   var MAX_ROWS = 500
-  function cell (tr, text) { var td = document.createElement('td'); td.textContent = text == null ? '' : String(text); tr.appendChild(td); return td }
-  function link (td, href, text) { td.textContent = ''; var a = document.createElement('a'); a.href = href; a.textContent = text; td.appendChild(a) }
+  // Control and invisible characters (bidi overrides, zero-width) shown as marks, as on the other pages.
+  function marked (text) { return String(text).replace(/[\\p{Cc}\\p{Cf}\\u2028\\u2029]/gu, function (c) { return '\\\\u{' + c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0') + '}' }) }
+  function cell (tr, text) { var td = document.createElement('td'); td.textContent = text == null ? '' : marked(text); tr.appendChild(td); return td }
+  function link (td, href, text) { td.textContent = ''; var a = document.createElement('a'); a.href = href; a.textContent = marked(text); td.appendChild(a) }
   var source = new EventSource(status.getAttribute('data-events'))
   source.addEventListener('open', function () { status.textContent = 'Connected: new decisions appear at the top.' })
   source.addEventListener('error', function () { status.textContent = 'Disconnected; reconnecting…' })

@@ -12,6 +12,8 @@ import type { QuarantinedTool } from '../tools/guard.js'
 import type { Finding } from '../tools/scanner.js'
 
 const e = (text: unknown): string => escapeHtml(String(text ?? ''))
+/** A form field's value: HTML-escaped only, so that the form sends back exactly what it was given (invisible characters included). */
+const attr = (text: string): string => text.replace(/[&<>"']/g, c => `&#${c.charCodeAt(0)};`)
 
 /** What every page knows of the signed-in person. */
 export interface Viewer {
@@ -183,7 +185,7 @@ export function quarantinePage (v: Viewer, tools: readonly QuarantinedTool[], di
       : ''
     const actions = v.may.operate
       ? `<form method="post" action="/console/quarantine" class="actions">
-<input type="hidden" name="csrf" value="${e(csrf(t))}"><input type="hidden" name="server" value="${e(t.server)}"><input type="hidden" name="tool" value="${e(t.tool)}"><input type="hidden" name="hash" value="${e(t.hash)}">
+<input type="hidden" name="csrf" value="${attr(csrf(t))}"><input type="hidden" name="server" value="${attr(t.server)}"><input type="hidden" name="tool" value="${attr(t.tool)}"><input type="hidden" name="hash" value="${attr(t.hash)}">
 <label for="note-${i}">Note (optional)</label><input type="text" id="note-${i}" name="note" maxlength="300">
 <button class="approve" type="submit" name="action" value="approve">Approve this definition</button><button type="submit" name="action" value="keep">Keep quarantined</button></form>`
       : '<p class="muted">Operators decide on quarantined tools.</p>'
@@ -242,12 +244,12 @@ ${results}
 <form method="post" action="/console/playground" class="stack">
 <input type="hidden" name="csrf" value="${e(o.csrf)}">
 <label for="agent">Agent seen recently</label><select id="agent" name="agent"><option value="">(use the claims below)</option>${o.agents.map(a => `<option value="${e(a.agentId)}"${a.agentId === f.agent ? ' selected' : ''}>${e(a.label)}</option>`).join('')}</select>
-<label for="claims">Or the agent's token claims (JSON)</label><textarea id="claims" name="claims" rows="4" spellcheck="false">${escapeHtml(f.claims, true)}</textarea>
+<label for="claims">Or the agent's token claims (JSON)</label><textarea id="claims" name="claims" rows="4" spellcheck="false">${attr(f.claims)}</textarea>
 <label for="server">Server</label><select id="server" name="server">${o.servers.map(s => `<option${s === f.server ? ' selected' : ''}>${e(s)}</option>`).join('')}</select>
 <label for="tool">Tool (empty: connect, as tools/list)</label><input type="text" id="tool" name="tool" value="${e(f.tool)}">
-<label for="args">Arguments (JSON object)</label><textarea id="args" name="args" rows="3" spellcheck="false">${escapeHtml(f.args, true)}</textarea>
+<label for="args">Arguments (JSON object)</label><textarea id="args" name="args" rows="3" spellcheck="false">${attr(f.args)}</textarea>
 <label for="at">At (ISO time; empty: now)</label><input type="text" id="at" name="at" value="${e(f.at)}" placeholder="2026-11-26T10:00:00+09:00">
-<label for="policies">Edited policy text (optional; replaces the whole policy set for this try; <a href="/console/playground?edit=1">start from the live text</a>)</label><textarea id="policies" name="policies" rows="10" spellcheck="false">${escapeHtml(f.policies, true)}</textarea>
+<label for="policies">Edited policy text (optional; replaces the whole policy set for this try; <a href="/console/playground?edit=1">start from the live text</a>)</label><textarea id="policies" name="policies" rows="10" spellcheck="false">${attr(f.policies)}</textarea>
 <button type="submit">Decide</button></form>
 ${v.may.operate ? `<form method="post" action="/console/policies/reload" class="inline"><input type="hidden" name="csrf" value="${e(o.reloadCsrf)}"><button type="submit">Reload the live policies from disk</button></form>` : ''}`, v, { current: '/console/playground' })
 }
