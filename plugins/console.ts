@@ -151,8 +151,20 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
   // ---- the decision index ------------------------------------------------------------------
   const index = await DecisionIndex.create({ maxRecords: cfg.maxRecords })
   const live = new Set<{ reply: FastifyReply, filter: LiveFilter, who: string }>()
+  // Records are indexed in batches, one transaction each (every 100 ms, or at 256 waiting); a
+  // page flushes what waits before it reads, so it always shows every decision made before it.
+  let waiting: AuditRecord[] = []
+  let flushTimer: NodeJS.Timeout | undefined
+  const flush = (): void => {
+    if (flushTimer !== undefined) { clearTimeout(flushTimer); flushTimer = undefined }
+    const batch = waiting
+    waiting = []
+    index.addMany(batch)
+  }
   const unsubscribe = store.decisions.subscribe((record) => {
-    index.add(record)
+    waiting.push(record)
+    if (waiting.length >= 256) flush()
+    else flushTimer ??= setTimeout(flush, 100)
     if (live.size === 0) return
     const line = `event: decision\ndata: ${JSON.stringify(record)}\n\n`
     for (const client of live) {
@@ -177,7 +189,8 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
         app.log.info({ loaded, skipped, file: config.audit.destination }, 'console index rebuilt from the audit file')
       }
       if (store.kind === 'redis') {
-        for (const r of await store.decisions.history(cfg.maxRecords).catch(() => [])) if (!closed) index.add(r)
+        const history = await store.decisions.history(cfg.maxRecords).catch(() => [])
+        for (let i = 0; i < history.length; i += 500) index.addMany(history.slice(i, i + 500))
       }
     })().catch((err: unknown) => { app.log.error({ err }, 'the console index could not be rebuilt') })
       .finally(() => { rebuilding = undefined })
@@ -186,6 +199,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     closed = true
     stopAudit?.()
     unsubscribe()
+    if (flushTimer !== undefined) clearTimeout(flushTimer)
     for (const c of live) c.reply.raw.end()
     // A rebuild under way stops at its next line.
     index.close()
@@ -462,6 +476,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       for (const k of ['from', 'to'] as const) {
         if (q[k] !== undefined && !ISO_TIME.test(q[k])) return await page(reply.code(400)).send(messagePage('Bad search', `${k}: not an ISO time (like 2026-11-26T10:00:00Z or 2026-11-26).`, g.viewer))
       }
+      flush()
       const found = index.search({ ...q, limit: 50 })
       return await page(reply).send(decisionsPage(g.viewer, q, found.rows, found.next, index.size, rebuilding !== undefined))
     })
@@ -469,6 +484,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
     scope.get('/decisions/:id', async (request, reply) => {
       const g = await gate(request, reply, 'view_console', 'decision')
       if (g === null) return reply
+      flush()
       const record = index.get((request.params as { id: string }).id.slice(0, 200))
       if (record === undefined) return await page(reply.code(404)).send(messagePage('No such decision', 'The index holds no decision or request with this id (it keeps the newest records only).', g.viewer))
       const set = cedar.engine.policySet
@@ -480,6 +496,7 @@ async function operatorConsole (app: FastifyInstance, opts: ConsoleOptions): Pro
       const g = await gate(request, reply, 'view_console', 'agent')
       if (g === null) return reply
       const raw = request.query as Record<string, unknown>
+      flush()
       const summary = index.agentSummary((request.params as { agent: string }).agent.slice(0, 512), {
         ...(text(raw.from) !== undefined ? { from: text(raw.from)! } : {}),
         ...(text(raw.to) !== undefined ? { to: text(raw.to)! } : {})

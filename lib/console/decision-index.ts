@@ -399,6 +399,24 @@ export class DecisionIndex {
     return counts
   }
 
+  /**
+   * Indexes many records in one transaction (a transaction per row costs more than the row);
+   * returns how many were new.
+   */
+  addMany (records: readonly AuditRecord[]): number {
+    if (records.length === 0 || this.#closed) return 0
+    let added = 0
+    this.#db.exec('BEGIN')
+    try {
+      for (const r of records) {
+        try { if (this.#add(r, undefined)) added++ } catch { /* not a record: skipped, like add() */ }
+      }
+    } finally {
+      this.#db.exec('COMMIT')
+    }
+    return added
+  }
+
   /** One transaction per batch: a transaction per row would cost more than the row. */
   #loadLines (batch: string[], counts: { loaded: number, skipped: number }): void {
     if (batch.length === 0 || this.#closed) { counts.skipped += batch.length; return }
