@@ -122,7 +122,7 @@ export interface Running {
   close (): Promise<void>
 }
 
-/** The libraries the embedded demo's servers use, and only they: optional peer dependencies. */
+/** The libraries the embedded demo's servers use: sql.js (a dependency) and zod (an optional peer, which the MCP SDK brings). */
 const DEMO_LIBRARIES = ['sql.js', 'zod']
 
 /**
