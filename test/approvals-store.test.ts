@@ -138,3 +138,9 @@ t.test('redis: Redis down → StoreUnavailableError, never an approval', async t
   await t.rejects(a.create(record('bind-x')), { code: 'MCPW_ERR_STORE_UNAVAILABLE' })
   await redis.start()
 })
+
+t.test('regression: an approval id never starts with "-" (the CLI read such an id as an option)', async t => {
+  const ids = Array.from({ length: 4000 }, () => newApprovalId())
+  t.equal(ids.filter(id => id.startsWith('-')).length, 0)
+  t.ok(ids.every(id => /^[A-Za-z0-9_-]{22}$/.test(id)), 'still 22 base64url characters')
+})

@@ -27,7 +27,12 @@ export function bindingOf (b: CallBinding): string {
 
 /** A new approval id: 128 random bits. */
 export function newApprovalId (): string {
-  return randomBytes(16).toString('base64url')
+  // Never starting with "-": an id is typed as a command-line argument (`approvals show ID`),
+  // where a leading dash reads as an option. 128 random bits either way.
+  for (;;) {
+    const id = randomBytes(16).toString('base64url')
+    if (id[0] !== '-') return id
+  }
 }
 
 /** Approval ids are 22 base64url characters; anything else is not one. */
