@@ -6,11 +6,12 @@
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { createPrivateKey, createPublicKey } from 'node:crypto'
 import { resolve } from 'node:path'
+import { hostname } from 'node:os'
 import type { Static } from '@sinclair/typebox'
 import { parse as parseDuration } from '@lukeed/ms'
 import { isTimeZone } from '../cedar/time.js'
 import { checkSchema, fail, type UpstreamAuthSchema, type UpstreamSchema, type VaultSchema } from './schema.js'
-import type { ApprovalsConfig, ConsoleConfig, GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
+import type { ApprovalsConfig, AuditConfig, ConsoleConfig, TelemetryConfig, GatewayConfig, RateLimitConfig, RawConfig, SecretRef, StdioConfig, UpstreamAuthConfig, UpstreamConfig } from './types.js'
 
 const SERVER_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/
 
@@ -173,6 +174,29 @@ function rateLimitConfig (raw: NonNullable<RawConfig['rateLimit']>, upstreams: R
   return { max: raw.max, timeWindowMs, tools, unauthenticated }
 }
 
+function auditConfig (raw: RawConfig['audit'], baseDir: string): AuditConfig {
+  const destination = raw.destination === 'stdout' ? 'stdout' : resolve(baseDir, raw.destination)
+  if (raw.rotate !== undefined && destination === 'stdout') fail('audit.rotate', 'rotation needs a file destination (audit.destination), not stdout')
+  const replica = raw.replica ?? hostname().replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128)
+  return {
+    destination,
+    replica: replica === '' ? 'gateway' : replica,
+    checkpointEvery: raw.checkpoint?.every ?? 0,
+    ...(raw.rotate !== undefined ? { rotate: { maxBytes: raw.rotate.maxBytes, keep: raw.rotate.keep } } : {})
+  }
+}
+
+function telemetryConfig (raw: NonNullable<RawConfig['telemetry']>): TelemetryConfig {
+  let otlp: TelemetryConfig['otlp']
+  if (raw.otlp !== undefined) {
+    const u = parseUrl('telemetry.otlp.endpoint', raw.otlp.endpoint, ['http:', 'https:'])
+    if (u.search !== '' || u.hash !== '') fail('telemetry.otlp.endpoint', 'is the OTLP/HTTP base URL, like http://127.0.0.1:4318 (traces go to /v1/traces); no query or fragment')
+    const base = u.href.replace(/\/+$/, '')
+    otlp = { endpoint: base, tracesUrl: `${base}/v1/traces`, headers: raw.otlp.headers ?? {}, timeoutMs: Math.round(raw.otlp.timeoutSeconds * 1000) }
+  }
+  return { serviceName: raw.serviceName, sampleRatio: raw.sampleRatio, ...(otlp !== undefined ? { otlp } : {}) }
+}
+
 function consoleConfig (cfg: RawConfig, base: string): ConsoleConfig {
   const c = cfg.console
   if (c.enabled && cfg.admin === undefined) fail('console.enabled', 'the console is served on the admin listener: set admin.listen too')
@@ -291,7 +315,8 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       tools: u.tools ?? {},
       defaultSensitivity: u.defaultSensitivity ?? 'high',
       timeoutMs: Math.round((u.timeoutSeconds ?? 30) * 1000),
-      prefix: u.prefix ?? name
+      prefix: u.prefix ?? name,
+      mode: u.mode ?? cfg.authorization.mode
     })
   }
 
@@ -319,7 +344,7 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
       verifiedTokenCacheSeconds: id.verifiedTokenCacheSeconds,
       claims: id.claims
     },
-    authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch },
+    authorization: { schema: schemaFile, policies: policiesDir, timezone: authz.timezone, watch: authz.watch, mode: authz.mode },
     tokens: { issuer: tokenIssuer, ttlSeconds: cfg.tokens.ttlSeconds, exchangeTtlSeconds: cfg.tokens.exchangeTtlSeconds, keysDir: resolve(baseDir, cfg.tokens.keysDir) },
     upstreams,
     limits: cfg.limits,
@@ -334,7 +359,8 @@ export function validateConfig (input: unknown, baseDir: string = process.cwd())
     approvals: approvalsConfig(cfg.approvals, base, baseDir),
     aggregate: cfg.aggregate,
     ...(cfg.rateLimit !== undefined ? { rateLimit: rateLimitConfig(cfg.rateLimit, upstreams) } : {}),
-    audit: { destination: cfg.audit.destination === 'stdout' ? 'stdout' : resolve(baseDir, cfg.audit.destination) },
+    audit: auditConfig(cfg.audit, baseDir),
+    ...(cfg.telemetry !== undefined ? { telemetry: telemetryConfig(cfg.telemetry) } : {}),
     ...(cfg.admin !== undefined ? { admin: { listen: cfg.admin.listen } } : {}),
     console: consoleConfig(cfg, base),
     logRequests: cfg.logRequests,

@@ -40,7 +40,8 @@ const AuthorizationSchema = Type.Object({
   schema: Str(),
   policies: Str(),
   timezone: Str({ default: 'Asia/Seoul' }),
-  watch: Type.Boolean({ default: true })
+  watch: Type.Boolean({ default: true }),
+  mode: Type.Union([Type.Literal('enforce'), Type.Literal('shadow')], { default: 'enforce' })
 }, strict)
 
 export const VaultSchema = Type.Object({
@@ -107,7 +108,8 @@ export const UpstreamSchema = Type.Object({
   tools: Type.Optional(Type.Record(Type.String(), ToolAttrsSchema)),
   defaultSensitivity: Type.Optional(Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high')])),
   timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 3600 })),
-  prefix: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$' }))
+  prefix: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$' })),
+  mode: Type.Optional(Type.Union([Type.Literal('enforce'), Type.Literal('shadow')]))
 }, strict)
 
 const WINDOW_HINT = 'a number of milliseconds or a duration such as "1 minute"'
@@ -181,8 +183,25 @@ export const ConfigSchema = Type.Object({
     separator: Type.String({ minLength: 1, maxLength: 8, pattern: '^[A-Za-z0-9_.-]+$', default: '__' })
   }, { ...strict, default: {} }),
   audit: Type.Object({
-    destination: Str({ default: 'stdout' })
+    destination: Str({ default: 'stdout' }),
+    replica: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:-]+$' })),
+    checkpoint: Type.Optional(Type.Object({
+      every: Type.Integer({ minimum: 1, maximum: 1_000_000 })
+    }, strict)),
+    rotate: Type.Optional(Type.Object({
+      maxBytes: Type.Integer({ minimum: 4096 }),
+      keep: Type.Integer({ minimum: 1, maximum: 1000, default: 10 })
+    }, strict))
   }, { ...strict, default: {} }),
+  telemetry: Type.Optional(Type.Object({
+    serviceName: Str({ default: 'mcp-warden' }),
+    sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1 }),
+    otlp: Type.Optional(Type.Object({
+      endpoint: Str(),
+      headers: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9-]+$' }), Type.String())),
+      timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 10 })
+    }, strict))
+  }, strict)),
   admin: Type.Optional(Type.Object({
     listen: Type.Object({
       host: Str({ default: '127.0.0.1' }),

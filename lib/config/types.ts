@@ -72,7 +72,11 @@ export interface UpstreamConfig {
   readonly timeoutMs: number
   /** Prefix of its tools and prompts on the aggregated endpoint (`<prefix><separator><name>`); '' = none. */
   readonly prefix: string
+  /** enforce: decisions are applied; shadow: decided and audited (`shadow: true`) but denied calls are forwarded (default: authorization.mode). */
+  readonly mode: AuthorizationMode
 }
+
+export type AuthorizationMode = 'enforce' | 'shadow'
 
 export interface IdentityConfig {
   readonly issuer: string
@@ -101,6 +105,8 @@ export interface AuthorizationConfig {
   readonly timezone: string
   /** Reload when a policy file or the schema changes (SIGHUP always reloads). */
   readonly watch: boolean
+  /** The default of every upstream's mode (DESIGN §12 shadow mode). */
+  readonly mode: AuthorizationMode
 }
 
 export interface TokensConfig {
@@ -165,7 +171,9 @@ export interface GatewayConfig {
   readonly aggregate: { readonly enabled: boolean, readonly separator: string }
   /** Per-agent request limits; absent: none. Windows in milliseconds. */
   readonly rateLimit?: RateLimitConfig
-  readonly audit: { readonly destination: string }
+  readonly audit: AuditConfig
+  /** OpenTelemetry traces (DESIGN §12); absent: tracing is off (the API's no-op). */
+  readonly telemetry?: TelemetryConfig
   /** A second listener for /healthz, /readyz, /metrics and the console; absent: they are on the public listener. */
   readonly admin?: { readonly listen: { readonly host: string, readonly port: number } }
   /** The operator console (DESIGN §13), on the admin listener. */
@@ -175,6 +183,32 @@ export interface GatewayConfig {
   readonly logLevel: string
   /** Send a Server-Timing header with the duration of each stage on MCP answers. */
   readonly serverTiming: boolean
+}
+
+export interface AuditConfig {
+  /** `stdout` or an absolute file path. */
+  readonly destination: string
+  /** Names this process's hash chain (`replica` in every record); default: the host name. */
+  readonly replica: string
+  /** A signed checkpoint record every this many records; 0: none. */
+  readonly checkpointEvery: number
+  /** Size-based rotation of a file destination; the chain continues into the new file. */
+  readonly rotate?: { readonly maxBytes: number, readonly keep: number }
+}
+
+export interface TelemetryConfig {
+  /** `service.name` of the exported spans. */
+  readonly serviceName: string
+  /** Share of traces started here that are recorded (a sampled incoming traceparent is always followed). */
+  readonly sampleRatio: number
+  readonly otlp?: {
+    /** Base URL without a trailing slash. */
+    readonly endpoint: string
+    /** `<endpoint>/v1/traces`. */
+    readonly tracesUrl: string
+    readonly headers: Readonly<Record<string, string>>
+    readonly timeoutMs: number
+  }
 }
 
 export interface ApprovalsConfig {
