@@ -38,6 +38,7 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
     ...(m?.prompt !== undefined ? { prompt: m.prompt } : {}),
     ...(request.mcpUpstreamToken != null ? { upstreamTokenId: request.mcpUpstreamToken.jti } : {}),
     ...(request.mcpApproval != null ? { approvalId: request.mcpApproval.id, approver: request.mcpApproval.approver } : {}),
+    ...(request.mcpShadow != null ? { shadow: true as const, ...(request.mcpShadow.hidden.length > 0 ? { shadowHidden: [...request.mcpShadow.hidden] } : {}) } : {}),
     outcome: outcome.outcome,
     reason: outcome.reason,
     policies: [...(request.decision?.policies ?? [])],

@@ -62,6 +62,12 @@ export interface McpOutcome {
   reason: string
 }
 
+/** `request.mcpShadow`: this request was decided in shadow mode. */
+export interface McpShadowNote {
+  /** Names (tools, prompts, resources) the list filter would have removed from the answer. */
+  readonly hidden: string[]
+}
+
 /** `request.mcpApproval` (approvals): the approval a call asked for, or used. */
 export interface McpApprovalNote {
   readonly id: string
@@ -110,6 +116,10 @@ export interface AuditRecord {
   event?: 'token-exchange' | 'upstream-request' | 'approval' | 'console'
   /** The operator who acted in the console (`event: console`). */
   operator?: string
+  /** Decided in shadow mode (DESIGN §12): the decision was recorded, not applied. */
+  shadow?: true
+  /** Shadow mode, on a list answer: the names the filter would have removed. */
+  shadowHidden?: string[]
   /** The approval a call asked for or used, or that an approver acted on. */
   approvalId?: string
   /** The approver's user id: who approved the call that ran, or who acted on the approval page. */
@@ -204,6 +214,11 @@ declare module 'fastify' {
     mcpOutcome: McpOutcome | null
     /** cedar-authz. */
     decision: Decision | null
+    /**
+     * cedar-authz: set when the request's upstream is in shadow mode (decisions are recorded,
+     * not applied); `hidden` collects the names a list filter would have removed.
+     */
+    mcpShadow: McpShadowNote | null
     /** approvals: the approval this call asked for, or used. */
     mcpApproval: McpApprovalNote | null
     /** Set by the upstream-credential plugins; null means the upstream gets no credential. */
