@@ -20,7 +20,12 @@ const started = Symbol('mcp-warden.started')
 
 export function auditRecord (request: FastifyRequest, status: number, aborted: boolean, durationMs: number): AuditRecord {
   const m = request.mcp
-  const outcome = request.mcpOutcome ?? (aborted
+  // In shadow mode a call Cedar did not allow is forwarded; its record keeps what enforcing
+  // would have recorded (the decision), beside the status the agent got.
+  const shadowed = request.mcpShadow != null && request.decision != null && !request.decision.allowed
+    ? { outcome: request.decision.outcome, reason: request.decision.reason }
+    : null
+  const outcome = shadowed ?? request.mcpOutcome ?? (aborted
     ? { outcome: 'error' as const, reason: 'client closed the connection' }
     : { outcome: status >= 500 ? 'error' as const : status >= 400 ? 'deny' as const : 'allow' as const, reason: `HTTP ${status}` })
   return {
