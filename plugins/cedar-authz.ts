@@ -8,6 +8,13 @@
  * /unsubscribe → read_resource; prompts/get → get_prompt; everything else (initialize,
  * ping, lists, notifications, responses, GET streams, DELETE) → connect on the Server.
  *
+ * Shadow mode (`authorization.mode: shadow`, or `upstreams.<name>.mode: shadow`): every
+ * decision is made exactly as in enforce mode and kept in `request.decision`, and the request is
+ * marked `request.mcpShadow`; a message Cedar did not allow (a deny, an engine error, a hidden
+ * tool, a call that needs approval) is forwarded anyway, asks for no approval, and its audit
+ * record carries the decision with `shadow: true`. Only Cedar's decisions are shadowed: identity,
+ * parsing and limits, rate limits, tool quarantine and session binding stay enforced.
+ *
  * The policy set reloads with app.mcpWarden.cedar.reload() (buildGateway calls it on SIGHUP) and, with
  * authorization.watch, when a policy file or the schema changes. A new set is validated before it replaces the old one; a bad set
  * is refused with the validator's message and the old set stays.
@@ -19,8 +26,9 @@ import { AccessDeniedError, ConfigError, refusal, UnknownToolError } from '../li
 import { startStage } from '../lib/timing.js'
 import { watchAndReload } from '../lib/reload.js'
 import { methodSpec } from '../lib/mcp-methods.js'
+import { shadowUpstreams } from '../lib/shadow-mode.js'
 import {
-  CedarEngine, compilePolicySet, listable, onEngineFailure, readPolicySource, type AuthzRequest
+  CedarEngine, compilePolicySet, listable, onEngineFailure, readPolicySource, type AuthzRequest, type Decision
 } from '../lib/cedar/engine.js'
 import { provided, provide, type ApprovalGate, type ReloadResult } from './decorations.js'
 
@@ -113,25 +121,36 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
   let gate: ApprovalGate | undefined
   app.addHook('onReady', async () => { gate = provided(app, 'approvals') })
 
+  // Shadow mode is settled at boot, per upstream; the operational log says so once.
+  const shadowed = shadowUpstreams(opts.config)
+  app.decorateRequest('mcpShadow', null)
+  if (shadowed.length > 0) {
+    app.log.warn({ shadow: shadowed }, `shadow mode on ${shadowed.join(', ')}: Cedar decisions there are audited (shadow: true) but not applied; calls the policies deny are forwarded`)
+  }
+
   app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
     const authzRequest = authzRequestFor(request)
+    const shadow = request.mcpTarget.server.mode === 'shadow'
+    if (shadow) request.mcpShadow = { hidden: [] }
     const done = startStage(request, 'authz')
     let decision = engine.authorize(authzRequest)
     done()
     request.decision = decision
     if (decision.allowed) return
+    // Shadow mode: nobody is asked for an approval (none is created, none is used up) and
+    // nothing is refused; the decision kept says what enforce mode would have answered.
+    if (shadow) {
+      request.decision = shadowDecision(authzRequest, decision, gate !== undefined && request.mcp?.kind === 'request')
+      return
+    }
     if (decision.approval !== undefined && gate !== undefined && authzRequest.action === 'call_tool' && request.mcp?.kind === 'request') {
       const settled = await gate.settle(request, reply, authzRequest, decision)
       if (settled === null) return reply
       request.decision = decision = settled
       if (decision.allowed) return
     }
-    // A tool the caller may not even see (denied without arguments too) is answered like a
-    // tool that does not exist, so its existence is not revealed. A tool that needs a person's
-    // approval is visible.
-    if (authzRequest.action === 'call_tool' && decision.outcome === 'deny' && decision.approval === undefined &&
-        (authzRequest.arguments === undefined || !listable(engine.authorize(withoutArguments(authzRequest))))) {
+    if (hidden(authzRequest, decision)) {
       throw refusal(new UnknownToolError(authzRequest.tool!), { reason: `hidden: ${decision.reason}` })
     }
     throw refusal(new AccessDeniedError(decision.reason), {
@@ -141,6 +160,29 @@ async function cedarAuthz (app: FastifyInstance, opts: CedarAuthzOptions): Promi
       ...(request.mcp === null ? { statusCode: 403 } : {})
     })
   })
+
+  /**
+   * A tool the caller may not even see (denied without arguments too) is answered like a tool
+   * that does not exist, so its existence is not revealed. A tool that needs a person's approval
+   * is visible.
+   */
+  function hidden (authzRequest: AuthzRequest, decision: Decision): boolean {
+    return authzRequest.action === 'call_tool' && decision.outcome === 'deny' && decision.approval === undefined &&
+      (authzRequest.arguments === undefined || !listable(engine.authorize(withoutArguments(authzRequest))))
+  }
+
+  /**
+   * The decision a shadow-mode request keeps for its audit record: the one enforce mode would
+   * have recorded. A hidden tool's reason reads `hidden: …` and a call that needed approval
+   * `approval required: …`, as they would (an approval id aside: none is created).
+   */
+  function shadowDecision (authzRequest: AuthzRequest, decision: Decision, approvable: boolean): Decision {
+    if (decision.approval !== undefined && authzRequest.action === 'call_tool' && approvable) {
+      return { ...decision, reason: `approval required: ${decision.reason}` }
+    }
+    if (hidden(authzRequest, decision)) return { ...decision, reason: `hidden: ${decision.reason}` }
+    return decision
+  }
 }
 
 export default fp(cedarAuthz, { name: 'mcp-warden-cedar-authz', fastify: '5.x', dependencies: ['mcp-warden-context', 'mcp-warden-identity'] })

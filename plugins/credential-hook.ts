@@ -4,7 +4,8 @@
  * and Cedar allowed the message, the plugin's `obtain` gives the upstream's credential for this
  * one message (`request.upstreamAuth`), timed as its stage. No allow decision: nothing is
  * obtained and nothing is forwarded (fail closed); `obtain` throws its own refusal when it
- * cannot obtain one.
+ * cannot obtain one. In shadow mode a message Cedar did not allow is forwarded, so it gets the
+ * upstream's usual credential too (no decision at all still gets none).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { UpstreamConfig } from '../lib/config.js'
@@ -18,8 +19,8 @@ import { declareShared } from './decorations.js'
 export interface CredentialRequest {
   readonly request: FastifyRequest
   readonly identity: Identity
-  /** The allow decision the credential is for. */
-  readonly decision: Extract<Decision, { allowed: true }>
+  /** The decision the credential is for: an allow, or any decision in shadow mode. */
+  readonly decision: Decision
   readonly server: UpstreamConfig
 }
 
@@ -33,7 +34,7 @@ export function addCredentialHook<T> (app: FastifyInstance, stage: Stage, entryF
     const entry = entryFor(target.server)
     if (entry === undefined) return
     const decision = request.decision
-    if (decision?.allowed !== true) throw new CredentialError(target.server.name)
+    if (decision === null || (!decision.allowed && request.mcpShadow == null)) throw new CredentialError(target.server.name)
     const done = startStage(request, stage)
     try {
       request.upstreamAuth = await obtain({ request, identity, decision, server: target.server }, entry)

@@ -1,13 +1,16 @@
 /**
  * health: `GET /healthz` (the process answers) and `GET /readyz` (it can serve MCP requests:
  * 503 while the shared store is unreachable or the Cedar engine is broken). What readiness checks is settled at boot from
- * the plugins the host registered; nothing is looked up per request.
+ * the plugins the host registered; nothing is looked up per request. Its body names the
+ * upstreams and, under `shadow` (absent when there is none), those in shadow mode: their Cedar
+ * decisions are recorded, not applied.
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
 import type { GatewayStore } from '../lib/stores/types.js'
 import { engineHealth } from '../lib/cedar/engine.js'
+import { shadowUpstreams } from '../lib/shadow-mode.js'
 import { provided } from './decorations.js'
 
 export interface HealthOptions {
@@ -16,6 +19,7 @@ export interface HealthOptions {
 
 async function health (app: FastifyInstance, opts: HealthOptions): Promise<void> {
   const upstreams = [...opts.config.upstreams.keys()]
+  const shadow = shadowUpstreams(opts.config)
   let store: GatewayStore | undefined
   let cedar = false
   app.addHook('onReady', async () => {
@@ -34,7 +38,8 @@ async function health (app: FastifyInstance, opts: HealthOptions): Promise<void>
       status: ready ? 'ready' : 'unavailable',
       ...(store !== undefined ? { store: { kind: store.kind, available: storeUp } } : {}),
       ...(engine !== undefined ? { cedar: { healthy: engine.healthy, replacements: engine.replacements } } : {}),
-      upstreams
+      upstreams,
+      ...(shadow.length > 0 ? { shadow } : {})
     })
   })
 }

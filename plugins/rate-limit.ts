@@ -125,7 +125,8 @@ async function rateLimit (app: FastifyInstance, opts: RateLimitOptions): Promise
 
   app.addHook('preHandler', async (request, reply) => {
     if (request.mcpTarget === null || request.identity === null) return
-    if (request.decision !== null && !request.decision.allowed) return
+    // A refused call costs no per-tool budget; in shadow mode it is forwarded, so it does.
+    if (request.decision !== null && !request.decision.allowed && request.mcpShadow == null) return
     const done = startStage(request, 'ratelimit')
     try {
       const m = request.mcp

@@ -14,6 +14,9 @@
  *   quarantined — gets `-32602 Unknown tool: <name>`, the same answer for all three.
  * - `notifications/tools/list_changed` from an upstream marks its catalogs stale: the next
  *   call re-reads the tool list.
+ * - Shadow mode (`request.mcpShadow`): lists keep what only Cedar would have removed, and its
+ *   names go to `request.mcpShadow.hidden` for the audit record; quarantine, pins and the checks
+ *   on calls apply as in enforce mode, also to calls Cedar did not allow.
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
@@ -187,7 +190,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
   app.addHook('preHandler', async (request) => {
     const target = request.mcpTarget
     const identity = request.identity
-    if (target === null || identity === null || request.decision?.allowed !== true) return
+    // A message Cedar did not allow was refused before this hook, except in shadow mode, where
+    // it is forwarded: tool quarantine, pins and argument spelling still apply to it.
+    const shadow = request.mcpShadow
+    if (target === null || identity === null || request.decision === null || (!request.decision.allowed && shadow === null)) return
     const server = target.server
     const m = request.mcp
 
@@ -300,7 +306,10 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
       const items = <T>(v: unknown): T[] => Array.isArray(v) ? v.filter(x => x !== null && typeof x === 'object') as T[] : []
       if ('tools' in result) {
         const continued = m?.method === 'tools/list' && typeof m.params?.cursor === 'string'
-        result.tools = await guard.visibleTools(identity, server, items<Tool>(result.tools), typeof result.nextCursor !== 'string', guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined), continued)
+        const caller = guard.callerKey(identity, server.name, request.headers['mcp-session-id'] as string | undefined)
+        const offered = items<Tool>(result.tools)
+        const visible = await guard.visibleTools(identity, server, offered, typeof result.nextCursor !== 'string', caller, continued)
+        result.tools = shadow === null ? visible : shadowTools(offered, visible, caller)
       }
       // Resources, resource templates and prompts: each item is decided as a call of it would be.
       for (const list of LISTS) {
@@ -308,11 +317,34 @@ async function toolFilter (app: FastifyInstance, opts: ToolFilterOptions): Promi
         if (kind === 'tool' || !(list.key in result)) continue
         result[list.key] = items<Record<string, unknown>>(result[list.key]).filter(x => {
           const name = x[list.itemKey]
-          return typeof name === 'string' && guard.visible(identity, server, targetRequest(kind, name), '', scope) && guard.passesScan(server.name, kind, x)
+          if (typeof name !== 'string') return false
+          const allowed = guard.visible(identity, server, targetRequest(kind, name), '', scope)
+          if (!allowed && shadow === null) return false
+          if (!guard.passesScan(server.name, kind, x)) return false
+          if (!allowed) shadow!.hidden.push(name)
+          return true
         })
       }
       done()
       return { ...message, result }
+    }
+
+    /**
+     * Shadow mode: the tools of a page as enforce mode would show them (`visible`, the same
+     * filter) plus those only Cedar hid, which are noted in `request.mcpShadow.hidden`. A tool
+     * held back for any other reason (quarantined, a pin, a name listed twice) stays out.
+     */
+    function shadowTools (offered: readonly Tool[], visible: readonly Tool[], caller: string): Tool[] {
+      const shown = new Set(visible)
+      const scope = guard.decisionScope(identity!, server)
+      return offered.filter(t => {
+        if (shown.has(t)) return true
+        if (typeof t.name !== 'string' || guard.visible(identity!, server, targetRequest('tool', t.name), '', scope)) return false
+        const entry = guard.listedTool(caller, server.name, t.name)
+        if (entry === undefined || entry.review.quarantined) return false
+        shadow!.hidden.push(t.name)
+        return true
+      })
     }
   })
 }

@@ -25,7 +25,7 @@ t.test('Server-Timing names each stage; /metrics has the stage histogram and the
   }
   t.match(metrics, /mcp_warden_requests_total\{server="echo",method="initialize",outcome="allow",status="200"\} 1/)
   t.match(metrics, /mcp_warden_requests_total\{server="echo",method="POST",outcome="deny",status="401"\} 1/)
-  t.match(metrics, /mcp_warden_decisions_total\{outcome="allow"\} 1/)
+  t.match(metrics, /mcp_warden_decisions_total\{outcome="allow",mode="enforce"\} 1/)
   t.notOk(metrics.includes(token), 'no token in metrics')
 })
 

@@ -217,7 +217,8 @@ t.test('audit', async t => {
     app.get('/servers/:name/mcp', { config: { mcp: true } }, async () => ({ ok: true }))
     await app.ready()
     app.mcpWarden.audit.write(record)
-    t.equal(audit.text(), JSON.stringify(record) + '\n', 'one line, the record as JSON')
+    t.equal(audit.text(), `{"replica":${JSON.stringify(config().audit.replica)},"seq":1,"prev":"${'0'.repeat(64)}",${JSON.stringify(record).slice(1)}\n`,
+      'one line: the hash-chain fields (the first record of the chain), then the record as JSON')
     t.equal((await app.inject('/plain')).statusCode, 200)
     t.equal(audit.records().length, 1, 'a route that is not an MCP route is not audited')
     t.equal((await app.inject('/servers/up/mcp')).statusCode, 200)
@@ -974,7 +975,7 @@ t.test('metrics', async t => {
     t.match(res.body, /# TYPE mcp_warden_stage_duration_seconds histogram/)
     t.match(res.body, /# TYPE mcp_warden_decisions_total counter/)
     t.match(res.body, /mcp_warden_process_cpu_user_seconds_total/, 'the default metrics, prefixed')
-    t.match(res.body, /mcp_warden_requests_total\{server="unknown",method="GET",outcome="allow",status="200"\} 1/, 'an MCP route is counted (no request context: server unknown)')
+    t.match(res.body, /mcp_warden_requests_total\{server="other",method="GET",outcome="allow",status="200"\} 1/, 'an MCP route is counted (no request context: server other)')
     t.equal(res.body.match(/^mcp_warden_requests_total\{/gm)?.length, 1, 'other routes are not')
   })
 
