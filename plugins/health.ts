@@ -22,20 +22,26 @@ async function health (app: FastifyInstance, opts: HealthOptions): Promise<void>
   const shadow = shadowUpstreams(opts.config)
   let store: GatewayStore | undefined
   let cedar = false
+  let settled = false
   app.addHook('onReady', async () => {
     if (app.hasPlugin('mcp-warden-store')) store = app.mcpWarden.store
     cedar = app.hasPlugin('mcp-warden-cedar-authz')
+    settled = true
   })
 
   // On the admin listener when there is one (the public listener then has no such routes).
-  const routes = provided(app, 'admin') ?? app
+  const admin = provided(app, 'admin')
+  const routes = admin ?? app
   routes.get('/healthz', async () => ({ status: 'ok' }))
   routes.get('/readyz', async (_request, reply) => {
+    // The admin listener opens while the gateway is still starting (waiting for Redis, say):
+    // it is not ready until the boot is done and the public listener takes requests.
+    const starting = !settled || (admin !== undefined && !app.server.listening)
     const storeUp = store?.available() ?? true
     const engine = cedar ? engineHealth() : undefined
-    const ready = storeUp && (engine?.healthy ?? true)
+    const ready = !starting && storeUp && (engine?.healthy ?? true)
     return await reply.code(ready ? 200 : 503).send({
-      status: ready ? 'ready' : 'unavailable',
+      status: ready ? 'ready' : starting ? 'starting' : 'unavailable',
       ...(store !== undefined ? { store: { kind: store.kind, available: storeUp } } : {}),
       ...(engine !== undefined ? { cedar: { healthy: engine.healthy, replacements: engine.replacements } } : {}),
       upstreams,

@@ -199,3 +199,33 @@ t.test('a Redis that requires a password: the right one in the URL works, a wron
   t.equal(bad.available(), false)
   await t.rejects(bad.sessions.owner('db', 'sid', 60), StoreUnavailableError)
 })
+
+t.test('the admin listener opens while the gateway waits for Redis at boot: /readyz says starting, never ready, until the boot is done', async t => {
+  const { startGateway } = await import('./fixtures/gateway.js')
+  const { makeIssuer } = await import('./fixtures/keys.js')
+  const { freePort } = await import('../lib/free-port.js')
+  const { request } = await import('undici')
+  const down = await startRedis()
+  await down.stop()
+  t.teardown(async () => { await down.stop() })
+  const port = await freePort()
+  const booting = startGateway({ issuer: makeIssuer('EdDSA'), upstreams: { rec: { url: 'http://127.0.0.1:9/mcp' } }, extra: { store: down.url, admin: { listen: { host: '127.0.0.1', port } } } })
+  const seen: string[] = []
+  let done = false
+  void booting.then(() => { done = true }, () => { done = true })
+  while (!done) {
+    try {
+      const res = await request(`http://127.0.0.1:${port}/readyz`, { headers: { host: `127.0.0.1:${port}` } })
+      const body = await res.body.json() as { status: string }
+      seen.push(`${res.statusCode} ${body.status}`)
+    } catch { /* not listening yet */ }
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  const gw = await booting
+  t.teardown(async () => { await gw.close() })
+  t.ok(seen.length > 0, 'the admin listener answered while the gateway was booting')
+  t.ok(seen.every(s => s === '503 starting'), `during boot only "starting": ${[...new Set(seen)].join(', ')}`)
+  const after = await request(`http://127.0.0.1:${port}/readyz`, { headers: { host: `127.0.0.1:${port}` } })
+  t.equal(after.statusCode, 503)
+  t.match(await after.body.json(), { status: 'unavailable', store: { available: false } }, 'booted, with Redis down: unavailable')
+})
