@@ -1,7 +1,7 @@
 // npm run bench [-- --quick] [-- --write] [-- --sustained [seconds]]
 //
 // The ladder, side by side in one run: each request straight at the upstream (direct), then
-// through the gateway at each rung (bare proxy, + identity, + Cedar, full chain, + console), against two
+// through the gateway at each rung (bare proxy, + identity, + Cedar, full chain, + traces, + console), against two
 // upstreams (a minimal node:http responder and the SDK server), at each concurrency; for every
 // run the gateway's CPU time per call (process CPU, all threads, / calls), p50/p99 and
 // throughput. Then tools/list through the full chain, the memory of 10,000 open sessions, the
@@ -31,7 +31,7 @@ const profileAt = argv.indexOf('--profile')
 const profile = profileAt < 0 ? undefined : argv[profileAt + 1] ?? 'full'
 const duration = quick ? 2 : 6
 const concurrencies = quick ? [10] : [1, 10, 32]
-const TIERS = ['bare', 'identity', 'cedar', 'full', 'console']
+const TIERS = ['bare', 'identity', 'cedar', 'full', 'traced', 'console']
 const UPSTREAMS = ['raw', 'sdk']
 const nodeFlags = (process.env.MCPW_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 progress(sustained !== undefined

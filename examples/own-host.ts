@@ -1,13 +1,14 @@
 import Fastify from 'fastify'
 import {
-  loadConfig, startStdioBridges, REDACT_PATHS, metricsPlugin, auditPlugin, storePlugin, identityPlugin, cedarAuthzPlugin, toolFilterPlugin,
-  rateLimitPlugin, ephemeralTokenPlugin, tokenExchangePlugin, upstreamSecretPlugin, mcpProxyPlugin, aggregatePlugin, healthPlugin
+  loadConfig, startStdioBridges, REDACT_PATHS, telemetryPlugin, metricsPlugin, auditPlugin, storePlugin, identityPlugin, cedarAuthzPlugin,
+  toolFilterPlugin, rateLimitPlugin, ephemeralTokenPlugin, tokenExchangePlugin, upstreamSecretPlugin, mcpProxyPlugin, aggregatePlugin, healthPlugin
 } from 'mcp-warden'
 
 const app = Fastify({ logger: { level: 'info', redact: REDACT_PATHS } })
 const bridged = await startStdioBridges(loadConfig(process.argv[2] ?? 'gateway.yaml'), app.log)   // stdio upstreams get a local bridge
 app.addHook('onClose', bridged.close)
 const config = bridged.config
+await app.register(telemetryPlugin, { config })       // OpenTelemetry traces when telemetry.otlp is set (or pass your own tracerProvider)
 await app.register(metricsPlugin, { config })         // GET /metrics (Prometheus), Server-Timing
 await app.register(auditPlugin, { config })           // an audit record for every decision
 await app.register(storePlugin, { config })           // app.mcpWarden.store: memory or Redis (503 while Redis is down)

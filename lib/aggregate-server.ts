@@ -28,6 +28,12 @@ export interface AggregateDeps {
 }
 
 type Message = Record<string, any>
+/**
+ * Headers of the agent's request that go on to each in-process request made for it: its
+ * `authorization`, and the trace context (`traceparent`, `tracestate`) that makes those
+ * requests' spans children of the aggregated request's.
+ */
+export type CarriedHeaders = Readonly<Record<string, string>>
 interface InnerAnswer { status: number, sessionId: string | undefined, message: Message | undefined }
 
 /** What the aggregated endpoint does with messages an upstream sends while it answers. */
@@ -40,7 +46,7 @@ const SESSION_REUSE_MS = 10 * 60_000
 const MAX_PAGES = 20
 
 /** The aggregated endpoint's state (upstream sessions, name and resource owners) and its MCP server per request. */
-export function createAggregate (deps: AggregateDeps): { buildServer: (identity: Identity, authorization: string | undefined) => Server } {
+export function createAggregate (deps: AggregateDeps): { buildServer: (identity: Identity, carried: CarriedHeaders) => Server } {
   const names = new AggregateNames(deps.config)
   const upstreams = [...deps.config.upstreams.values()]
   // Which unprefixed upstream offers a bare tool or prompt name to an agent (principal \n name →
@@ -53,7 +59,7 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
   const sessions = new Map<string, { at: number, session: Promise<{ id: string | undefined, version: string } | null> }>()
   let nextId = 1
 
-  async function inner (identity: Identity, authorization: string | undefined, server: string, message: Message,
+  async function inner (identity: Identity, carried: CarriedHeaders, server: string, message: Message,
     session?: { id: string | undefined, version: string }, relay?: Relay): Promise<InnerAnswer> {
     const res = await deps.inject({
       payloadAsStream: true,
@@ -63,7 +69,7 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
         'content-type': 'application/json',
         accept: 'application/json, text/event-stream',
         [INTERNAL_IDENTITY_HEADER]: deps.issueHandle(identity),
-        ...(authorization !== undefined ? { authorization } : {}),
+        ...carried,
         ...(session?.id !== undefined ? { 'mcp-session-id': session.id } : {}),
         ...(session !== undefined ? { 'mcp-protocol-version': session.version } : {})
       },
@@ -87,7 +93,7 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
       if (m.id !== undefined) {
         // The upstream asks the agent something (sampling, elicitation): a stateless endpoint
         // cannot carry the answer back, so the upstream hears so at once instead of waiting.
-        await inner(identity, authorization, server, { jsonrpc: '2.0', id: m.id, error: { code: RpcCode.methodNotFound, message: `${m.method} is not available through the aggregated endpoint /mcp; use /servers/${server}/mcp` } }, session)
+        await inner(identity, carried, server, { jsonrpc: '2.0', id: m.id, error: { code: RpcCode.methodNotFound, message: `${m.method} is not available through the aggregated endpoint /mcp; use /servers/${server}/mcp` } }, session)
         continue
       }
       if (relay !== undefined && (m.method === 'notifications/progress' || m.method === 'notifications/message')) await relay.notify(m).catch(() => {})
@@ -96,38 +102,38 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
     return answer
   }
 
-  async function openSession (identity: Identity, authorization: string | undefined, server: string): Promise<{ id: string | undefined, version: string } | null> {
+  async function openSession (identity: Identity, carried: CarriedHeaders, server: string): Promise<{ id: string | undefined, version: string } | null> {
     const id = nextId++
-    const init = await inner(identity, authorization, server, {
+    const init = await inner(identity, carried, server, {
       jsonrpc: '2.0', id, method: 'initialize',
       params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'mcp-warden-aggregate', version: VERSION } }
     })
     const result = init.message?.result as { protocolVersion?: string } | undefined
     if (init.status !== 200 || result === undefined) return null
     const session = { id: init.sessionId, version: result.protocolVersion ?? '2025-06-18' }
-    await inner(identity, authorization, server, { jsonrpc: '2.0', method: 'notifications/initialized' }, session)
+    await inner(identity, carried, server, { jsonrpc: '2.0', method: 'notifications/initialized' }, session)
     return session
   }
 
-  function sessionFor (identity: Identity, authorization: string | undefined, server: string, fresh = false): Promise<{ id: string | undefined, version: string } | null> {
+  function sessionFor (identity: Identity, carried: CarriedHeaders, server: string, fresh = false): Promise<{ id: string | undefined, version: string } | null> {
     const key = `${principalKey(identity)}\n${server}`
     const now = Date.now()
     const hit = sessions.get(key)
     if (!fresh && hit !== undefined && now - hit.at < SESSION_REUSE_MS) return hit.session
     if (sessions.size > 10_000) for (const [k, v] of sessions) if (now - v.at >= SESSION_REUSE_MS) sessions.delete(k)
-    const session = openSession(identity, authorization, server).catch(() => null)
+    const session = openSession(identity, carried, server).catch(() => null)
     sessions.set(key, { at: now, session })
     void session.then(s => { if (s === null) sessions.delete(key) })
     return session
   }
 
   /** One request to one upstream through its route, in the agent's session there (reopened once if it ended). */
-  async function call (identity: Identity, authorization: string | undefined, server: string, method: string, params: Message, relay?: Relay): Promise<Message> {
+  async function call (identity: Identity, carried: CarriedHeaders, server: string, method: string, params: Message, relay?: Relay): Promise<Message> {
     for (const fresh of [false, true]) {
-      const session = await sessionFor(identity, authorization, server, fresh)
+      const session = await sessionFor(identity, carried, server, fresh)
       if (session === null) throw new McpError(RpcCode.accessDenied, `Server ${server} is not available to this agent`)
       const id = nextId++
-      const answer = await inner(identity, authorization, server, { jsonrpc: '2.0', id, method, params }, session, relay)
+      const answer = await inner(identity, carried, server, { jsonrpc: '2.0', id, method, params }, session, relay)
       if (answer.status === 404 && !fresh) continue // the upstream session ended: open a new one
       if (answer.message === undefined) throw new McpError(RpcCode.upstreamUnavailable, `MCP server "${server}" gave no answer (HTTP ${answer.status})`)
       if ('error' in answer.message) {
@@ -140,14 +146,14 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
   }
 
   /** A list method on every upstream the agent can reach, following pages; unreachable ones contribute nothing. */
-  async function listAll<T> (identity: Identity, authorization: string | undefined, method: string): Promise<Array<{ server: UpstreamConfig, items: T[] }>> {
+  async function listAll<T> (identity: Identity, carried: CarriedHeaders, method: string): Promise<Array<{ server: UpstreamConfig, items: T[] }>> {
     const key = methodSpec(method).list?.key ?? 'items'
     return await Promise.all(upstreams.map(async server => {
       const items: T[] = []
       let cursor: string | undefined
       try {
         for (let page = 0; page < MAX_PAGES; page++) {
-          const result = await call(identity, authorization, server.name, method, cursor !== undefined ? { cursor } : {})
+          const result = await call(identity, carried, server.name, method, cursor !== undefined ? { cursor } : {})
           if (Array.isArray(result[key])) items.push(...result[key] as T[])
           cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined
           if (cursor === undefined) break
@@ -184,13 +190,13 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
     return owner === NOBODY ? undefined : owner
   }
 
-  function buildServer (identity: Identity, authorization: string | undefined): Server {
+  function buildServer (identity: Identity, carried: CarriedHeaders): Server {
     const server = new Server({ name: 'mcp-warden', version: VERSION }, {
       capabilities: { tools: {}, resources: {}, prompts: {}, logging: {} },
       instructions: 'Every MCP server behind this gateway as one: tool and prompt names are <server>__<name>.'
     })
     server.setRequestHandler(ListToolsRequestSchema, async () => {
-      const lists = await listAll<{ name: string }>(identity, authorization, 'tools/list')
+      const lists = await listAll<{ name: string }>(identity, carried, 'tools/list')
       rememberBare(bareOwners.tools, identity, lists)
       const { items, collisions } = names.merge(lists)
       if (collisions.length > 0) deps.log.warn({ collisions }, 'aggregate: tool names exposed by more than one upstream are left out')
@@ -202,7 +208,7 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
       try {
         // Progress and log messages of the call go back to the agent on this request's stream.
         const relay: Relay = { notify: async (m) => { await extra.sendNotification({ method: m.method, params: m.params } as never) } }
-        return await call(identity, authorization, target.server, 'tools/call', { ...req.params, name: target.name }, relay) as never
+        return await call(identity, carried, target.server, 'tools/call', { ...req.params, name: target.name }, relay) as never
       } catch (err) {
         if (err instanceof McpError && err.code === RpcCode.invalidParams && /Unknown tool/.test(err.message)) throw new McpError(RpcCode.invalidParams, `Unknown tool: ${req.params.name}`)
         throw err
@@ -210,21 +216,21 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
     })
     // The agent's log level applies to its sessions on every upstream.
     server.setRequestHandler(SetLevelRequestSchema, async (req) => {
-      await Promise.all(upstreams.map(async u => { await call(identity, authorization, u.name, 'logging/setLevel', { level: req.params.level }).catch(() => {}) }))
+      await Promise.all(upstreams.map(async u => { await call(identity, carried, u.name, 'logging/setLevel', { level: req.params.level }).catch(() => {}) }))
       return {}
     })
     server.setRequestHandler(ListPromptsRequestSchema, async () => {
-      const lists = await listAll<{ name: string }>(identity, authorization, 'prompts/list')
+      const lists = await listAll<{ name: string }>(identity, carried, 'prompts/list')
       rememberBare(bareOwners.prompts, identity, lists)
       return { prompts: names.merge(lists).items as never }
     })
     server.setRequestHandler(GetPromptRequestSchema, async (req) => {
       const target = names.resolve(req.params.name, bareOwner(bareOwners.prompts, identity))
       if (target === undefined) throw new McpError(RpcCode.invalidParams, `Unknown prompt: ${req.params.name}`)
-      return await call(identity, authorization, target.server, 'prompts/get', { ...req.params, name: target.name }) as never
+      return await call(identity, carried, target.server, 'prompts/get', { ...req.params, name: target.name }) as never
     })
     server.setRequestHandler(ListResourcesRequestSchema, async () => {
-      const lists = await listAll<{ uri: string }>(identity, authorization, 'resources/list')
+      const lists = await listAll<{ uri: string }>(identity, carried, 'resources/list')
       const seen = new Map<string, number>()
       for (const { items } of lists) for (const r of items) seen.set(r.uri, (seen.get(r.uri) ?? 0) + 1)
       // A URI that two upstreams list belongs to neither: it is left out, and a read of it is
@@ -242,13 +248,13 @@ export function createAggregate (deps: AggregateDeps): { buildServer: (identity:
       return { resources: lists.flatMap(l => l.items).filter(r => seen.get(r.uri) === 1) as never }
     })
     server.setRequestHandler(ListResourceTemplatesRequestSchema, async () => {
-      const lists = await listAll<{ uriTemplate: string }>(identity, authorization, 'resources/templates/list')
+      const lists = await listAll<{ uriTemplate: string }>(identity, carried, 'resources/templates/list')
       return { resourceTemplates: lists.flatMap(l => l.items) as never }
     })
     server.setRequestHandler(ReadResourceRequestSchema, async (req) => {
       const owner = resourceOwners.get(`${principalKey(identity)}\n${req.params.uri}`)
       if (owner === undefined || owner === NOBODY) throw new McpError(RpcCode.invalidParams, `Unknown resource: ${req.params.uri} (list resources first)`)
-      return await call(identity, authorization, owner, 'resources/read', { ...req.params }) as never
+      return await call(identity, carried, owner, 'resources/read', { ...req.params }) as never
     })
     return server
   }

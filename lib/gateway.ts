@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { DestinationStream } from 'pino'
+import type { TracerProvider } from '@opentelemetry/api'
 import type { GatewayConfig } from './config.js'
 import type { GatewayStore } from './stores/types.js'
 import store from '../plugins/store.js'
@@ -13,6 +14,7 @@ import aggregate from '../plugins/aggregate.js'
 import { startStdioBridges } from './stdio-bridge.js'
 import audit from '../plugins/audit.js'
 import metrics from '../plugins/metrics.js'
+import telemetry from '../plugins/telemetry.js'
 import mcpContext, { hostCheck } from '../plugins/mcp-context.js'
 import identity from '../plugins/identity.js'
 import cedarAuthz from '../plugins/cedar-authz.js'
@@ -34,6 +36,8 @@ export interface GatewayOptions {
   store?: GatewayStore
   /** Audit destination; default: config.audit.destination. */
   auditStream?: DestinationStream
+  /** Records traces with this OpenTelemetry provider (the host's own) instead of telemetry.otlp. */
+  tracerProvider?: TracerProvider
 }
 
 /** Redaction paths for the operational log: no token or secret is ever written. */
@@ -95,6 +99,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
   try {
     // The signing keys, handed to every plugin that uses them.
     tokens = createGatewayTokens(config.tokens, app.log)
+    await app.register(telemetry, { config, ...(options.tracerProvider !== undefined ? { tracerProvider: options.tracerProvider } : {}) })
     await app.register(metrics, { config })
     await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
     await app.register(mcpContext, { config })

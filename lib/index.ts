@@ -34,6 +34,7 @@ export { default as toolFilterPlugin, ToolGuard, type ToolReview } from '../plug
 export { ToolScanner, loadRules, DEFAULT_RULES_FILE, type Finding, type ScanRule } from './tools/scanner.js'
 export { FilePinStore, definitionHash, type PinStore, type PinEntry } from './tools/pins.js'
 export { default as metricsPlugin } from '../plugins/metrics.js'
+export { default as telemetryPlugin, type TelemetryOptions } from '../plugins/telemetry.js'
 export { default as healthPlugin } from '../plugins/health.js'
 export { startStage, stagesOf, type Stage } from './timing.js'
 export { default as approvalsPlugin } from '../plugins/approvals.js'

@@ -19,13 +19,22 @@ export function declareStages (app: FastifyInstance): void {
   if (!app.hasRequestDecorator(STAGES)) app.decorateRequest(STAGES, null)
 }
 
+/** Hears of every timed stage (lib/tracing.ts turns them into spans when a request is traced). */
+type TraceRecorder = (request: object, stage: Stage, start: bigint, end: bigint) => void
+let recorder: TraceRecorder | null = null
+
+/** Sets the one recorder of stage intervals (lib/tracing.ts, when it is loaded). */
+export function setTraceRecorder (r: TraceRecorder): void { recorder = r }
+
 /** Starts timing a stage of a request; call the returned function when the stage ends. */
 export function startStage (request: object, stage: Stage): () => void {
   const start = process.hrtime.bigint()
   return () => {
     const r = request as Timed
+    const end = process.hrtime.bigint()
     const stages = r[STAGES] ??= new Map()
-    stages.set(stage, (stages.get(stage) ?? 0n) + process.hrtime.bigint() - start)
+    stages.set(stage, (stages.get(stage) ?? 0n) + end - start)
+    if (recorder !== null) recorder(request, stage, start, end)
   }
 }
 

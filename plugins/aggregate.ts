@@ -22,7 +22,8 @@ import { createAggregate } from '../lib/aggregate-server.js'
 import { MediaTypeError, MethodNotAllowedError } from '../lib/errors.js'
 import { parseMcpMessage, utf8Charset } from '../lib/jsonrpc.js'
 import { createMcpErrorHandler, hostCheck, originCheck } from './mcp-context.js'
-import type {} from './decorations.js'
+import { provided } from './decorations.js'
+import { traceHeadersFor } from '../lib/tracing.js'
 
 export interface AggregateOptions {
   config: GatewayConfig
@@ -67,7 +68,12 @@ async function aggregate (app: FastifyInstance, opts: AggregateOptions): Promise
         request.mcp = message
         // Each upstream call it makes is decided and audited on that server's route.
         request.mcpOutcome = { outcome: 'allow', reason: 'answered by the aggregated endpoint; each upstream call is audited on its server route' }
-        const server = buildServer(request.identity!, request.headers.authorization)
+        // The in-process requests carry the agent's token and this request's trace context.
+        const authorization = request.headers.authorization
+        const server = buildServer(request.identity!, {
+          ...(authorization !== undefined ? { authorization } : {}),
+          ...traceHeadersFor(provided(app, 'tracer') ?? null, request)
+        })
         // SSE answers: progress and log messages of an upstream call are relayed before the result.
         const transport = new StreamableHTTPServerTransport({})
         reply.hijack()

@@ -9,6 +9,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Registry } from 'prom-client'
+import type { Tracer } from '@opentelemetry/api'
 import type { UpstreamConfig } from '../lib/config.js'
 import type { AuthzRequest, CedarEngine, Decision } from '../lib/cedar/engine.js'
 import type { Identity } from '../lib/identity.js'
@@ -154,6 +155,8 @@ export interface McpWarden {
   approvals: ApprovalGate
   /** The admin listener's own Fastify instance (`admin.listen`), where health, metrics and the console are served. */
   admin: FastifyInstance
+  /** telemetry: the tracer of MCP request spans; null when tracing is off. */
+  tracer: Tracer | null
   /** mcp-proxy. */
   sessionStreams: SessionStreams
   /** audit. */

@@ -13,6 +13,9 @@ import { Pool } from 'undici'
 import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTransform } from '../lib/sse.js'
 import { jsonRpcMessage, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
+import { endUpstreamSpan, passThroughHeaders, startUpstreamSpan } from '../lib/tracing.js'
+import { withTraceMeta } from '../lib/trace-meta.js'
+import type { Tracer } from '@opentelemetry/api'
 import { BodyLimitError, readAtMost } from '../lib/http-body.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, UpstreamConfig } from '../lib/config.js'
@@ -40,6 +43,8 @@ interface Upstream {
   readonly config: UpstreamConfig
   readonly pool: Pool
   readonly path: string
+  readonly host: string
+  readonly port: number
 }
 
 /** The plugin that supplies each kind of upstream credential (auth.type none needs none). */
@@ -93,6 +98,8 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     const url = new URL(server.url)
     upstreams.set(server.name, {
       config: server,
+      host: url.hostname,
+      port: Number(url.port !== '' ? url.port : url.protocol === 'https:' ? 443 : 80),
       pool: new Pool(url.origin, { connections: 256, keepAliveTimeout: 30_000, connectTimeout: Math.min(server.timeoutMs, 10_000) }),
       path: url.pathname + url.search
     })
@@ -100,6 +107,9 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
   app.addHook('onClose', async () => {
     await Promise.all([...upstreams.values()].map(async u => { await u.pool.destroy() }))
   })
+
+  let tracer: Tracer | null = null
+  app.addHook('onReady', async () => { tracer = provided(app, 'tracer') ?? null })
 
   // A session id is checked right after identity, before any other stage can act on the request.
   app.addHook('onRequest', async (request) => {
@@ -217,6 +227,16 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
     else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed
 
+    // The trace goes on: the upstream call's span context with tracing on, else the agent's own.
+    let body: Uint8Array | null = request.method === 'POST' ? request.mcp!.raw : null
+    const carrier = tracer !== null ? startUpstreamSpan(tracer, request, { 'mcp_warden.server': name, 'server.address': upstream.host, 'server.port': upstream.port }) : null
+    if (carrier !== null) {
+      Object.assign(headers, carrier)
+      if (body !== null && request.mcp!.kind !== 'response') body = withTraceMeta(body, carrier)
+    } else {
+      passThroughHeaders(request, headers)
+    }
+
     // The agent going away cancels the upstream exchange, while there is one: once the
     // upstream's answer has been read whole (or dropped), there is nothing left to cancel.
     const abort = new AbortController()
@@ -230,16 +250,18 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
         path: upstream.path,
         method: request.method as 'POST' | 'GET' | 'DELETE',
         headers,
-        body: request.method === 'POST' ? request.mcp!.raw : null,
+        body,
         signal: abort.signal,
         headersTimeout: upstream.config.timeoutMs,
         bodyTimeout: 0
       })
     } catch (err) {
-      throw upstreamError(err, name)
-    } finally {
       upstreamDone()
+      endUpstreamSpan(request, null, (err as { code?: string }).code ?? 'upstream_error')
+      throw upstreamError(err, name)
     }
+    upstreamDone()
+    endUpstreamSpan(request, res.statusCode)
 
     res.body.once('close', () => { settled = true })
     const status = res.statusCode

@@ -12,6 +12,8 @@
 //     identity  + the identity plugin (JWT verified, audience per server);
 //     cedar     + the Cedar plugin with the shipped policies;
 //     full      buildGateway: + tool filter, rate limits, ephemeral token per call, audit to a file;
+//     traced    the full chain with OpenTelemetry traces on: every request's spans exported over
+//               OTLP/HTTP (to the upstream process's `/v1/traces`, which accepts and drops them);
 //     console   the full chain with the admin listener and the operator console enabled (each
 //               record indexed, each agent's identity remembered for the playground).
 // Each process reports its address, and, when asked, the CPU time it spent since the last
@@ -84,7 +86,8 @@ if (role === 'upstream') {
     req.on('data', c => chunks.push(c))
     req.on('end', async () => {
       const path = req.url.split('?')[0]
-      const body = chunks.length > 0 ? JSON.parse(Buffer.concat(chunks).toString()) : undefined
+      const body = chunks.length > 0 && req.url !== '/v1/traces' ? JSON.parse(Buffer.concat(chunks).toString()) : undefined
+      if (path === '/v1/traces') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); return }
       if (path === '/raw') {
         if (req.method !== 'POST' || body === undefined || Array.isArray(body)) { res.writeHead(405); res.end(); return }
         if (body.id === undefined) { res.writeHead(202); res.end(); return } // a notification
@@ -126,7 +129,7 @@ if (role === 'upstream') {
   const [tier, kind, publicKeyPem, upstreamPort, gatewayPort] = args
   const dir = mkdtempSync(join(tmpdir(), `mcpw-bench-${tier}-${kind}-`))
   writeFileSync(join(dir, 'issuer.pub.pem'), publicKeyPem)
-  const full = tier === 'full' || tier === 'console'
+  const full = tier === 'full' || tier === 'console' || tier === 'traced'
   const auth = full ? { type: 'ephemeral' } : { type: 'none' }
   const up = `http://127.0.0.1:${upstreamPort}`
   const tools = { database_query: { sensitivity: 'low', readOnly: true } }
@@ -142,6 +145,7 @@ if (role === 'upstream') {
     limits: { maxSessionsPerAgent: 100_000 },
     audit: { destination: join(dir, 'audit.log') },
     ...(tier === 'console' ? { admin: { listen: { host: '127.0.0.1', port: 0 } }, console: { enabled: true } } : {}),
+    ...(tier === 'traced' ? { telemetry: { otlp: { endpoint: up } } } : {}),
     logLevel: 'silent'
   })
   const app = full ? await buildGateway(config, { logger: false }) : await ladderGateway(tier, config)

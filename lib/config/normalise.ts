@@ -191,6 +191,10 @@ function telemetryConfig (raw: NonNullable<RawConfig['telemetry']>): TelemetryCo
   if (raw.otlp !== undefined) {
     const u = parseUrl('telemetry.otlp.endpoint', raw.otlp.endpoint, ['http:', 'https:'])
     if (u.search !== '' || u.hash !== '') fail('telemetry.otlp.endpoint', 'is the OTLP/HTTP base URL, like http://127.0.0.1:4318 (traces go to /v1/traces); no query or fragment')
+    for (const [name, value] of Object.entries(raw.otlp.headers ?? {})) {
+      if (!/^[A-Za-z0-9-]+$/.test(name)) fail(`telemetry.otlp.headers.${name}`, 'is not an HTTP header name (letters, digits and "-")')
+      if (/[\r\n]/.test(value)) fail(`telemetry.otlp.headers.${name}`, 'a header value cannot hold a line break')
+    }
     const base = u.href.replace(/\/+$/, '')
     otlp = { endpoint: base, tracesUrl: `${base}/v1/traces`, headers: raw.otlp.headers ?? {}, timeoutMs: Math.round(raw.otlp.timeoutSeconds * 1000) }
   }

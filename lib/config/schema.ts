@@ -198,7 +198,7 @@ export const ConfigSchema = Type.Object({
     sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1 }),
     otlp: Type.Optional(Type.Object({
       endpoint: Str(),
-      headers: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9-]+$' }), Type.String())),
+      headers: Type.Optional(Type.Record(Type.String(), Type.String())),
       timeoutSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 10 })
     }, strict))
   }, strict)),
