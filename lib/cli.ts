@@ -17,6 +17,8 @@ import { KeyRing, rotateKeys } from './tokens/keys.js'
 import { cedarCommand, CedarUsageError } from './cli-cedar.js'
 import { toolsCommand, ToolsUsageError } from './cli-tools.js'
 import { approvalsCommand, ApprovalsUsageError } from './cli-approvals.js'
+import { auditCommand, AuditUsageError } from './cli-audit.js'
+import { shadowUpstreams } from './shadow-mode.js'
 
 const pkg = { version: VERSION }
 
@@ -43,6 +45,7 @@ Commands:
   keys      the ephemeral-token signing keys: list, rotate
   tools     tool pinning: list, diff, approve, pin
   approvals  human approvals: list, show, approve, deny
+  audit     the tamper-evident audit log: verify
 
 Run "mcp-warden <command> --help" for a command's options.`,
   start: `Usage: mcp-warden start [--config FILE] [--host HOST] [--port PORT] [--admin-port PORT] [--data-dir DIR]
@@ -195,6 +198,8 @@ export async function start (args: string[], io: Io = defaultIo): Promise<Runnin
   io.out('MCP servers:')
   for (const s of config.upstreams.values()) io.out(`  ${s.name.padEnd(6)} ${resourceUrl(config, s.name)}  ->  ${s.stdio !== undefined ? `stdio: ${s.stdio.command.join(' ')}` : s.url}`)
   if (config.aggregate.enabled) io.out(`  (all)  ${config.publicUrl}/mcp  ->  every server above, tools named <server>${config.aggregate.separator}<tool>`)
+  const shadow = shadowUpstreams(config)
+  if (shadow.length > 0) io.out(`Shadow mode: ${shadow.join(', ')}  (Cedar decisions are audited with "shadow":true, not applied: calls the policies deny are forwarded)`)
   if (demo !== undefined) {
     io.out('')
     io.out('Demo agent tokens (valid 12 h on every demo server; signed by the demo issuer key in')
@@ -394,13 +399,15 @@ export async function main (argv: string[], io: Io = defaultIo): Promise<number>
         return await toolsCommand(rest, io)
       case 'approvals':
         return await approvalsCommand(rest, io)
+      case 'audit':
+        return await auditCommand(rest, io)
       default:
         io.err(`mcp-warden: unknown command "${command}"\n\n${HELP.main!}`)
         return 2
     }
   } catch (err) {
     const e = err as Error & { code?: string }
-    const usage = err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError || err instanceof ApprovalsUsageError
+    const usage = err instanceof UsageError || err instanceof CedarUsageError || err instanceof ToolsUsageError || err instanceof ApprovalsUsageError || err instanceof AuditUsageError
     if (usage) io.err(`mcp-warden ${command ?? ''}: ${e.message}`)
     else if (e.code === 'MCPW_ERR_CONFIG_INVALID') io.err(`mcp-warden: ${e.message}`)
     else io.err(`mcp-warden ${command ?? ''}: ${e.message}`)

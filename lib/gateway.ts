@@ -101,7 +101,7 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     tokens = createGatewayTokens(config.tokens, app.log)
     await app.register(telemetry, { config, ...(options.tracerProvider !== undefined ? { tracerProvider: options.tracerProvider } : {}) })
     await app.register(metrics, { config })
-    await app.register(audit, { config, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
+    await app.register(audit, { config, keys: tokens.keys, ...(options.auditStream !== undefined ? { stream: options.auditStream } : {}) })
     await app.register(mcpContext, { config })
     await app.register(store, { config, ...(options.store !== undefined ? { store: options.store } : {}) })
     await app.register(identity, { config, tokens })
@@ -121,10 +121,12 @@ export async function buildGateway (config: GatewayConfig, options: GatewayOptio
     await bridged.close()
     throw err
   }
-  // SIGHUP re-reads what can change while the gateway runs: the policy set and the signing keys.
+  // SIGHUP re-reads what can change while the gateway runs: the policy set and the signing keys;
+  // and reopens the audit file (after logrotate moved it).
   const onHup = (): void => {
     void app.mcpWarden.cedar.reload()
     tokens.reload()
+    app.mcpWarden.audit.reopen()
   }
   process.on('SIGHUP', onHup)
   app.addHook('onClose', async () => { process.off('SIGHUP', onHup) })

@@ -2,17 +2,29 @@
  * audit: one JSON line per MCP message, written when the response ends or the client
  * goes away, to a pino destination (stdout or a file, asynchronous). Never a token or
  * a secret: a record is built from an explicit list of fields, nothing else.
+ *
+ * Every line is sealed into this replica's hash chain (`replica`, `seq`, `prev`; lib/audit),
+ * with signed checkpoints when `audit.checkpoint.every` is set (signed with the gateway's
+ * token key), and rotates by size with `audit.rotate`; docs/audit.md.
  */
 import fp from 'fastify-plugin'
-import { pino, type DestinationStream } from 'pino'
+import type { DestinationStream } from 'pino'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { GatewayConfig } from '../lib/config.js'
+import { AuditLog } from '../lib/audit/log.js'
+import { ConfigError } from '../lib/errors.js'
+import { KeyRing, type SigningKey } from '../lib/tokens/keys.js'
 import { provide, provided, type AuditRecord, type AuditSink } from './decorations.js'
 
 export interface AuditOptions {
   config: GatewayConfig
   /** Where records go; default: config.audit.destination (stdout or a file). */
   stream?: DestinationStream
+  /**
+   * The gateway's signing keys (tokens.keysDir), for checkpoints; default: opened from
+   * config.tokens.keysDir when `audit.checkpoint.every` is set.
+   */
+  keys?: { current (): SigningKey }
 }
 
 const written = Symbol('mcp-warden.audited')
@@ -54,13 +66,34 @@ export function auditRecord (request: FastifyRequest, status: number, aborted: b
 }
 
 async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
-  const dest = opts.stream ?? (opts.config.audit.destination === 'stdout'
-    ? pino.destination({ dest: 1, sync: false })
-    : pino.destination({ dest: opts.config.audit.destination, mkdir: true, sync: false }))
+  const cfg = opts.config.audit
+  let keys = opts.keys
+  if (cfg.checkpointEvery > 0 && keys === undefined) {
+    try {
+      keys = new KeyRing(opts.config.tokens.keysDir, opts.config.tokens.ttlSeconds)
+    } catch (err) {
+      throw new ConfigError(`audit.checkpoint: checkpoints are signed with the keys of tokens.keysDir, which cannot be used (${opts.config.tokens.keysDir}): ${(err as Error).message}`)
+    }
+  }
+  const signingKeys = keys
+  let log: AuditLog
+  try {
+    log = new AuditLog({
+      destination: cfg.destination,
+      ...(opts.stream !== undefined ? { stream: opts.stream } : {}),
+      replica: cfg.replica,
+      checkpointEvery: cfg.checkpointEvery,
+      ...(signingKeys !== undefined ? { signer: () => signingKeys.current() } : {}),
+      ...(cfg.rotate !== undefined ? { rotate: cfg.rotate } : {}),
+      log: app.log
+    })
+  } catch (err) {
+    throw new ConfigError(`audit.destination: cannot continue the audit chain in ${cfg.destination}: ${(err as Error).message}`)
+  }
   const listeners = new Set<(record: AuditRecord) => void>()
   const sink: AuditSink = {
     write (record) {
-      dest.write(JSON.stringify(record) + '\n')
+      log.write(record)
       for (const listener of listeners) {
         try { listener(record) } catch (err) { app.log.error({ err }, 'audit listener failed') }
       }
@@ -68,7 +101,8 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
     onRecord (listener) {
       listeners.add(listener)
       return () => { listeners.delete(listener) }
-    }
+    },
+    reopen () { log.reopen() }
   }
   provide(app, 'audit', sink)
 
@@ -86,10 +120,8 @@ async function audit (app: FastifyInstance, opts: AuditOptions): Promise<void> {
   app.addHook('onRequest', async (request) => { (request as Tracked)[started] = performance.now() })
   app.addHook('onResponse', async (request, reply) => { write(request, reply.statusCode, false) })
   app.addHook('onRequestAbort', async (request) => { write(request, 499, true) })
-  app.addHook('onClose', async () => {
-    const d = dest as { flushSync?: () => void }
-    try { d.flushSync?.() } catch { /* destination not ready or already closed */ }
-  })
+  // The last hook to run at close (the plugins registered after this one close first).
+  app.addHook('onClose', async () => { await log.close() })
 }
 
 export default fp(audit, { name: 'mcp-warden-audit', fastify: '5.x' })

@@ -136,11 +136,16 @@ export interface AuditRecord {
   durationMs: number
 }
 
-/** `app.mcpWarden.audit` (audit): where audit records go, one JSON line each, built from the fields above only. */
+/**
+ * `app.mcpWarden.audit` (audit): where audit records go, one JSON line each, built from the fields
+ * above only, each line led by its hash-chain fields `replica`, `seq` and `prev` (docs/audit.md).
+ */
 export interface AuditSink {
   write (record: AuditRecord): void
   /** Calls `listener` with every record written from now on (the console's index); returns its removal. */
   onRecord (listener: (record: AuditRecord) => void): () => void
+  /** Opens a file destination anew, after an external rotation moved it away (buildGateway calls it on SIGHUP). */
+  reopen (): void
 }
 
 /** What the plugins provide on `app.mcpWarden`; each member exists once its plugin is registered. */
