@@ -211,9 +211,9 @@ t.test('the admin listener opens while the gateway waits for Redis at boot: /rea
   const port = await freePort()
   const booting = startGateway({ issuer: makeIssuer('EdDSA'), upstreams: { rec: { url: 'http://127.0.0.1:9/mcp' } }, extra: { store: down.url, admin: { listen: { host: '127.0.0.1', port } } } })
   const seen: string[] = []
-  let done = false
-  void booting.then(() => { done = true }, () => { done = true })
-  while (!done) {
+  const state = { done: false }
+  void booting.then(() => { state.done = true }, () => { state.done = true })
+  while (!state.done) {
     try {
       const res = await request(`http://127.0.0.1:${port}/readyz`, { headers: { host: `127.0.0.1:${port}` } })
       const body = await res.body.json() as { status: string }
