@@ -99,14 +99,21 @@ function metaOf (request: FastifyRequest): Record<string, unknown> | null {
   return meta !== null && typeof meta === 'object' && !Array.isArray(meta) ? meta as Record<string, unknown> : null
 }
 
+/**
+ * The longest name (method, tool, prompt) put on a span: names come from the agent, and a
+ * message may be a megabyte of one name. Longer ones are cut and marked with `…`.
+ */
+export const MAX_SPAN_NAME = 128
+const short = (s: string, max = MAX_SPAN_NAME): string => s.length <= max ? s : `${s.slice(0, max)}…`
+
 /** `{method} {target}`: the MCP span name (a tool or prompt name as target, never a URI). */
 function spanName (request: FastifyRequest): string {
   const m = request.mcp
   if (m === null) return `MCP ${request.method}`
   if (m.kind === 'response') return 'response'
-  if (m.tool !== undefined) return `${m.method} ${m.tool}`
-  if (m.prompt !== undefined) return `${m.method} ${m.prompt}`
-  return m.method
+  if (m.tool !== undefined) return `${short(m.method)} ${short(m.tool)}`
+  if (m.prompt !== undefined) return `${short(m.method)} ${short(m.prompt)}`
+  return short(m.method)
 }
 
 /** The attributes known once the message is parsed: what was asked, of which server, by whom. */
@@ -114,16 +121,16 @@ function requestAttributes (request: FastifyRequest): Attributes {
   const m = request.mcp
   const a: Attributes = {}
   if (m !== null && m.kind !== 'response') {
-    a['mcp.method.name'] = m.method
-    if (m.tool !== undefined) a['gen_ai.tool.name'] = m.tool
-    if (m.prompt !== undefined) a['gen_ai.prompt.name'] = m.prompt
-    if (m.uri !== undefined) a['mcp.resource.uri'] = m.uri.slice(0, 1024)
+    a['mcp.method.name'] = short(m.method)
+    if (m.tool !== undefined) a['gen_ai.tool.name'] = short(m.tool)
+    if (m.prompt !== undefined) a['gen_ai.prompt.name'] = short(m.prompt)
+    if (m.uri !== undefined) a['mcp.resource.uri'] = short(m.uri, 1024)
   }
-  if (m !== null && m.id !== null) a['jsonrpc.request.id'] = String(m.id).slice(0, 128)
+  if (m !== null && m.id !== null) a['jsonrpc.request.id'] = short(String(m.id))
   const session = request.headers['mcp-session-id']
-  if (typeof session === 'string') a['mcp.session.id'] = session.slice(0, 128)
+  if (typeof session === 'string') a['mcp.session.id'] = short(session)
   const version = request.headers['mcp-protocol-version']
-  if (typeof version === 'string') a['mcp.protocol.version'] = version.slice(0, 32)
+  if (typeof version === 'string') a['mcp.protocol.version'] = short(version, 32)
   const server = request.mcpTarget?.server.name
   if (server !== undefined) a['mcp_warden.server'] = server
   a['http.request.method'] = request.method
@@ -228,7 +235,7 @@ export function endTrace (tracer: Tracer, request: FastifyRequest, end: TraceOut
       a['mcp_warden.approval.status'] = approval.status
     }
     const agent = request.identity?.agentId
-    if (agent !== undefined) a['mcp_warden.agent_id'] = agent
+    if (agent !== undefined) a['mcp_warden.agent_id'] = short(agent)
     if (request.mcpUpstreamToken != null) a['mcp_warden.upstream_token_id'] = request.mcpUpstreamToken.jti
     root.setAttributes(a)
     if (end.outcome === 'error' || end.aborted) {

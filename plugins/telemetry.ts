@@ -38,6 +38,9 @@ async function telemetry (app: FastifyInstance, opts: TelemetryOptions): Promise
       resource: resourceFromAttributes({ 'service.name': settings.serviceName, 'service.version': VERSION }),
       // A trace an agent started is followed as the agent sampled it; one started here is kept at sampleRatio.
       sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(settings.sampleRatio) }),
+      // Whatever an agent sends, a span stays small: names are cut where they are set
+      // (lib/tracing.ts), and any attribute value past 1 KiB is cut here.
+      spanLimits: { attributeValueLengthLimit: 1024, attributeCountLimit: 64 },
       spanProcessors: [new BatchSpanProcessor({
         exporter: new OTLPTraceExporter({
           url: settings.otlp.tracesUrl,

@@ -298,3 +298,17 @@ t.test('the aggregated endpoint: its span is the parent of the server route\'s s
   t.equal(inner.attributes['mcp_warden.decision'], 'allow')
   t.ok(receiver.spans.some(s => s.traceId === traceId && s.kind === 3 && s.parentSpanId === inner.spanId), 'the upstream span is under the server route\'s')
 })
+
+t.test('names an agent makes up are cut on spans: a 500 KB tool name exports a span of a few KB (the span export cannot be made to grow with the message)', async t => {
+  const traceId = hex(16)
+  const before = receiver.bodies.length
+  const name = 'n'.repeat(500_000)
+  const { status } = await rawCall(JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name, arguments: {} } }), { traceparent: `00-${traceId}-${hex(8)}-01` })
+  t.equal(status, 200, 'the call itself is answered (an unknown tool)')
+  await receiver.waitFor(spans => spans.some(s => s.traceId === traceId && s.kind === 2 && s.name.startsWith('tools/call ')))
+  const root = receiver.spans.find(s => s.traceId === traceId && s.kind === 2)!
+  t.equal(root.name, `tools/call ${'n'.repeat(128)}…`)
+  t.equal(root.attributes['gen_ai.tool.name'], `${'n'.repeat(128)}…`)
+  const exported = receiver.bodies.slice(before).join('')
+  t.ok(exported.length < 50_000, `the export is small (${exported.length} bytes)`)
+})
