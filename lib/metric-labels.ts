@@ -6,6 +6,8 @@
  * - `method`: a method name of the MCP specification (lib/mcp-methods.ts), `response` for a
  *   client's answer, the HTTP method of a request without a message (GET stream, DELETE), else
  *   `other`.
+ * - `status`: a status the gateway answers with itself, else its class (`2xx` … `5xx`): an
+ *   upstream chooses the status of its answers.
  * - `tool`: a tool the operator declared (`upstreams.<name>.tools`), or one the upstream itself
  *   listed and the tool guard let through (the first {@link MAX_SEEN_TOOLS} per upstream), else
  *   `other`.
@@ -22,6 +24,8 @@ export const MAX_SEEN_TOOLS = 1000
 export const MAX_LABEL_LENGTH = 128
 
 const HTTP_METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'DELETE'])
+/** Statuses the gateway answers with itself; an upstream's other statuses are counted by class. */
+const STATUSES: ReadonlySet<number> = new Set([200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 499, 500, 502, 503, 504])
 
 /** Whether the upstream listed this tool and the tool guard let it through (not quarantined). */
 export type ToolKnown = (server: string, tool: string) => boolean
@@ -34,6 +38,12 @@ export class MetricLabels {
     for (const u of config.upstreams.values()) {
       this.#tools.set(u.name, { declared: new Set(Object.keys(u.tools)), seen: new Set() })
     }
+  }
+
+  /** The status label: one the gateway itself answers with, else its class (`2xx` … `5xx`), else `other`. */
+  status (code: number): string {
+    if (STATUSES.has(code)) return String(code)
+    return code >= 100 && code <= 599 ? `${Math.floor(code / 100)}xx` : OTHER
   }
 
   /** A configured upstream's name, else `other`. */

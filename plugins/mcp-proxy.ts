@@ -313,7 +313,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     // The upstream's own error status, with the gateway's JSON-RPC error instead of its body: the
     // message was forwarded (an allow), the status goes back (a 404 still ends a session).
     const upstreamStatus = (code: number): Error =>
-      refusal(new UpstreamStatusError(name, String(code)), { statusCode: code >= 400 ? code : 502, outcome: 'allow', reason: 'forwarded' })
+      refusal(new UpstreamStatusError(name, String(code)), { statusCode: code >= 400 && code <= 599 ? code : 502, outcome: 'allow', reason: 'forwarded' })
     const copyHeaders = (): void => {
       for (const h of FORWARD_RESPONSE) {
         const v = res.headers[h]
@@ -326,7 +326,7 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     // request (read whole, up to the limit); anything else (HTML, a stack trace in JSON, an SSE
     // stream, a body on a 3xx) becomes the gateway's own error with the upstream's status.
     if (status < 200 || status > 299) {
-      if (listAnswer === null && status >= 400 && mediaType === 'application/json' && request.mcp !== null) {
+      if (listAnswer === null && status >= 400 && status <= 599 && mediaType === 'application/json' && request.mcp !== null) {
         let body: unknown
         try { body = JSON.parse(await readLimited(res.body, limit, name)) } catch { body = undefined }
         const answer = errorAnswer(body, request.mcp.kind === 'request' ? request.mcp.id : null)

@@ -61,7 +61,7 @@ async function metrics (app: FastifyInstance, opts: MetricsOptions): Promise<voi
     if (request.decision != null) decisions.inc({ outcome: request.decision.outcome, mode })
     const server = labels.server(request.mcpTarget?.server.name)
     const outcome = request.mcpOutcome?.outcome ?? (reply.statusCode < 400 ? 'allow' : 'deny')
-    requests.inc({ server, method: labels.method(request.mcp, request.method), outcome, status: String(reply.statusCode) })
+    requests.inc({ server, method: labels.method(request.mcp, request.method), outcome, status: labels.status(reply.statusCode) })
     const m = request.mcp
     if (m?.target === 'tool' && m.kind === 'request') {
       const tool = labels.tool(server, m.tool, known)

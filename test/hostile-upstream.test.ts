@@ -472,3 +472,20 @@ t.test('an initialize answered with an error (JSON or on a stream) opens no sess
     t.equal((await callAs(g, 's', { session: 'err-1', body: { jsonrpc: '2.0', id: 3, method: 'ping' } })).status, 404, `${type}: its id is bound to nobody`)
   }
 })
+
+t.test('an upstream\'s odd statuses: outside 100–599 it is answered 502, never a bad status from the gateway; the status metric label stays a bounded set', async t => {
+  for (const status of [999, 600, 700]) {
+    up.script = (_req, res) => { res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: 2, error: { code: -1, message: 'x' } })) }
+    const r = await list()
+    t.equal(r.status, 502, `${status}: 502`)
+    t.match(JSON.parse(r.text), { error: { code: -32011 } }, `${status}: the gateway's JSON-RPC error`)
+  }
+  for (const status of [201, 203, 226, 299, 418, 451, 599]) {
+    up.script = (_req, res) => { res.writeHead(status, { 'content-type': 'application/json' }).end(answer(2, [CLEAN])) }
+    await list()
+  }
+  const metrics = await (await request(`${gw.base}/metrics`)).body.text()
+  const statuses = new Set([...metrics.matchAll(/^mcp_warden_requests_total\{[^}]*status="([^"]+)"/gm)].map(m => m[1]!))
+  for (const s of statuses) t.match(s, /^(200|202|204|400|401|403|404|405|406|409|413|415|429|499|500|502|503|504|[2-5]xx)$/, `status label ${s} is from the bounded set`)
+  t.ok(statuses.has('4xx') && statuses.has('2xx'), 'an upstream\'s own statuses are counted by class')
+})
