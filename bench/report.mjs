@@ -41,11 +41,11 @@ function barChart (title, rows, note = '') {
 }
 writeFileSync(join(resultsDir, 'hops.svg'), barChart(`mcp-warden: time per stage of a tools/call (µs, ${r.machine.cpus} cores, ${r.date.slice(0, 10)})`,
   hops.map(([name, h]) => ({ label: name, bars: [{ value: h.p99_us, color: '#f2b880', text: `p99 ${h.p99_us} µs` }, { value: h.p50_us, color: '#2e6fba', text: `p50 ${h.p50_us} µs` }] }))))
-const TIER_LABEL = { bare: 'bare proxy', identity: '+ identity', cedar: '+ Cedar', full: 'full chain', traced: 'full + traces', console: 'full + console' }
+const TIER_LABEL = { bare: 'bare proxy', identity: '+ identity', cedar: '+ Cedar', baseline: 'full chain (baseline build)', full: 'full chain', traced: 'full + traces', console: 'full + console' }
 const chartC = r.ladder.some(x => x.connections === 10) ? 10 : r.ladder[0].connections
 const ladderAt = (kind) => r.ladder.find(x => x.upstream === kind && x.connections === chartC)
 writeFileSync(join(resultsDir, 'ladder.svg'), barChart(`mcp-warden: gateway CPU per forwarded tools/call (µs, ${chartC} connections, ${r.date.slice(0, 10)})`,
-  Object.keys(TIER_LABEL).map(tier => ({
+  Object.keys(TIER_LABEL).filter(tier => r.settings.tiers.includes(tier)).map(tier => ({
     label: TIER_LABEL[tier],
     bars: r.settings.upstreams.map((kind, j) => { const v = ladderAt(kind)?.tiers[tier]?.gateway_cpu_us ?? 0; return { value: v, color: j === 0 ? '#2e6fba' : '#7aa6d6', text: `${v} µs (${kind === 'raw' ? 'raw node:http upstream' : 'SDK upstream'})` } })
   })), 'process CPU time of the gateway (all threads) / calls; target 250 µs for the full chain'))

@@ -10,14 +10,16 @@
 // --profile RUNG[/UPSTREAM]: only a CPU profile (the V8 profiler, over the measured run alone) of
 // one rung (default full; upstream default raw) under tools/call, 10 connections, and its
 // hottest functions, into results/profile.json (which RESULTS.md shows).
+// --baseline DIR: also the full chain of another build (DIR: a checkout with dist/ built), as the
+// rung before this build's full chain, e.g. to show what a change costs.
 // --sustained [s]: only the sustained run (default 300 s): the full chain under load, RSS and
 // event-loop delay every second; exits non-zero when a process dies or a request fails.
 // With --write the committed bench/results/ and bench/RESULTS.md, otherwise .scratch/bench/.
 import { fork, execFileSync } from 'node:child_process'
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { cpus, totalmem } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import autocannon from 'autocannon'
 import { createSigner } from 'fast-jwt'
 import { freePort } from '../dist/lib/free-port.js'
@@ -31,7 +33,13 @@ const profileAt = argv.indexOf('--profile')
 const profile = profileAt < 0 ? undefined : argv[profileAt + 1] ?? 'full'
 const duration = quick ? 2 : 6
 const concurrencies = quick ? [10] : [1, 10, 32]
-const TIERS = ['bare', 'identity', 'cedar', 'full', 'traced', 'console']
+// --baseline DIR: a checkout of another commit with its dist/ built; its full chain runs as the
+// rung `baseline`, right before this build's, so that two builds are compared in one run.
+const baselineAt = argv.indexOf('--baseline')
+const baseline = baselineAt < 0 ? undefined : resolve(argv[baselineAt + 1] ?? '')
+if (baseline !== undefined && !existsSync(join(baseline, 'dist/lib/index.js'))) { console.error(`bench: --baseline takes a checkout with dist/ built (npm install && npm run build there); ${baseline}/dist/lib/index.js is missing`); process.exit(2) }
+if (baseline !== undefined) process.env.MCPW_BENCH_BASELINE = baseline
+const TIERS = ['bare', 'identity', 'cedar', ...(baseline !== undefined ? ['baseline'] : []), 'full', 'traced', 'console']
 const UPSTREAMS = ['raw', 'sdk']
 const nodeFlags = (process.env.MCPW_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 progress(sustained !== undefined

@@ -15,7 +15,9 @@
 //     traced    the full chain with OpenTelemetry traces on: every request's spans exported over
 //               OTLP/HTTP (to the upstream process's `/v1/traces`, which accepts and drops them);
 //     console   the full chain with the admin listener and the operator console enabled (each
-//               record indexed, each agent's identity remembered for the playground).
+//               record indexed, each agent's identity remembered for the playground);
+//     baseline  the full chain of another build (bench/run.mjs --baseline DIR: a checkout of an
+//               earlier commit with its dist/ built), to compare two builds side by side.
 // Each process reports its address, and, when asked, the CPU time it spent since the last
 // `reset`; the gateway also reports the per-stage timings it recorded, and its memory.
 import { createServer } from 'node:http'
@@ -129,11 +131,13 @@ if (role === 'upstream') {
   const [tier, kind, publicKeyPem, upstreamPort, gatewayPort] = args
   const dir = mkdtempSync(join(tmpdir(), `mcpw-bench-${tier}-${kind}-`))
   writeFileSync(join(dir, 'issuer.pub.pem'), publicKeyPem)
-  const full = tier === 'full' || tier === 'console' || tier === 'traced'
+  const full = tier === 'full' || tier === 'console' || tier === 'traced' || tier === 'baseline'
   const auth = full ? { type: 'ephemeral' } : { type: 'none' }
   const up = `http://127.0.0.1:${upstreamPort}`
   const tools = { database_query: { sensitivity: 'low', readOnly: true } }
-  const config = validateConfig({
+  // The baseline rung builds its gateway with the other build's code, from the same config.
+  const lib = tier === 'baseline' ? await import(join(process.env.MCPW_BENCH_BASELINE, 'dist/lib/index.js')) : { buildGateway, validateConfig }
+  const config = lib.validateConfig({
     listen: { host: '127.0.0.1', port: Number(gatewayPort) },
     publicUrl: `http://127.0.0.1:${gatewayPort}`,
     identity: { issuer: 'https://idp.bench', publicKeyFile: join(dir, 'issuer.pub.pem'), algorithms: ['EdDSA'] },
@@ -148,7 +152,7 @@ if (role === 'upstream') {
     ...(tier === 'traced' ? { telemetry: { otlp: { endpoint: up } } } : {}),
     logLevel: 'silent'
   })
-  const app = full ? await buildGateway(config, { logger: false }) : await ladderGateway(tier, config)
+  const app = full ? await lib.buildGateway(config, { logger: false }) : await ladderGateway(tier, config)
   const samples = new Map()
   app.addHook('onResponse', async (request) => {
     for (const [stage, ns] of stagesOf(request)) {
