@@ -5,7 +5,7 @@
  * done, and must say OK for every untampered log (rotated, restarted, interleaved).
  */
 import { execFile } from 'node:child_process'
-import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
+import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto'
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import Fastify from 'fastify'
@@ -16,7 +16,7 @@ import { request } from 'undici'
 import { AuditLog } from '../lib/audit/log.js'
 import { GENESIS_PREV, checkpointPayload, type CheckpointAt } from '../lib/audit/chain.js'
 import { readChainTail } from '../lib/audit/tail.js'
-import { verifyAuditFiles, formatReport, type VerifyReport } from '../lib/audit/verify.js'
+import { MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, verifyAuditFiles, formatReport, type VerifyReport } from '../lib/audit/verify.js'
 import { loadCheckpointKeys, type CheckpointKeys } from '../lib/audit/keys.js'
 import { KeyRing } from '../lib/tokens/keys.js'
 import { validateConfig } from '../lib/config.js'
@@ -596,4 +596,239 @@ t.test('a rotation that cannot rename the file: said in the log, and the records
   t.same(kept.lines().map(l => JSON.parse(l).seq), [1, 2], 'the host\'s stream takes a record after close too, on the chain')
   t.throws(() => new AuditLog({ destination: file, replica: 'gw-a', checkpointEvery: 2 }), /checkpoints need a signer/)
   t.throws(() => new AuditLog({ destination: file, replica: 'gw-a', checkpointEvery: -1 }), /checkpointEvery/)
+})
+
+/** `ls` with `items` appended as an attacker writes them: records chained on from the last record of gw-a, text lines as they are. */
+function appendForged (ls: string[], items: Array<Record<string, unknown> | string>): string[] {
+  const out = [...ls]
+  const isRecord = (l: string): boolean => { try { return typeof JSON.parse(l).seq === 'number' } catch { return false } }
+  let last = [...ls].reverse().find(isRecord)!
+  for (const item of items) {
+    if (typeof item === 'string') { out.push(item); continue }
+    const line = JSON.stringify({ replica: 'gw-a', seq: (JSON.parse(last).seq as number) + 1, prev: sha(last), ...item })
+    out.push(line)
+    last = line
+  }
+  return out
+}
+/** A chain-resume record naming `cut` as the gateway writes one. */
+const resumeFor = (cut: string, extra: Record<string, unknown> = {}): Record<string, unknown> =>
+  ({ time: new Date().toISOString(), event: 'chain-resume', cutOff: { bytes: Buffer.byteLength(cut), sha256: sha(cut) }, ...extra })
+const evil = { agentId: 'bot', userId: 'alice', server: 'db', httpMethod: 'POST', method: 'tools/call', tool: 'database_drop', outcome: 'allow', reason: 'forwarded', policies: ['super-admin'], status: 200 }
+
+t.test('forged chain-resume records: one vouches only for the cut-off line right before it, and with keys only when the signed resume checkpoint follows it', async t => {
+  const ring = keyring()
+  const keys = await keysOf(ring)
+  const file = join(tmp(), 'audit.log')
+  await writeLog(file, 7, { every: 3, ring })
+  const good = lines(file)
+  t.equal(good.length, 11)
+  t.match(JSON.parse(good[10]!), { event: 'checkpoint', at: 'close' })
+  const both = async (ls: string[], kind: string, where: string, name: string): Promise<void> => {
+    put(file, ls)
+    fails(t, await verifyAuditFiles([file], { keys }), kind, where, `${name} (with keys)`)
+    fails(t, await verifyAuditFiles([file]), kind, where, `${name} (without keys)`)
+  }
+  // 200 chain-resume records carrying a forged call, each correctly chained, after the close checkpoint.
+  await both(appendForged(good, Array.from({ length: 200 }, () => resumeFor('x', { requestId: randomUUID(), ...evil }))), 'inserted', 'audit.log:12', 'chain-resume records with no cut-off line before them')
+  put(file, appendForged(good, [resumeFor('x', evil)]))
+  t.match(formatReport(await verifyAuditFiles([file], { keys }))[0], /audit\.log:12: replica gw-a, seq 12: inserted: a chain-resume record, but the line before it is not the cut-off line it names \(1 bytes, SHA-256 [0-9a-f]{12}…\)/)
+  // A text line inserted inside the signed part, and a chain-resume at the end that names it.
+  const note = 'gw-a 2026-12-02 ADMIN OVERRIDE: all denials above void'
+  await both(appendForged([...good.slice(0, 5), note, ...good.slice(5)], [resumeFor(note)]), 'cut-off', 'audit.log:6', 'a line inserted mid-log, named by a chain-resume at the end')
+  // The chain-resume one line too far from the line it names.
+  await both(appendForged(appendForged(good, [note, { ...record(90) }]), [resumeFor(note)]), 'cut-off', 'audit.log:12', 'a chain-resume that does not directly follow the line it names')
+  // Right after it, but naming other bytes.
+  put(file, appendForged(good, [note, { ...resumeFor(note), cutOff: { bytes: note.length + 1, sha256: sha(note) } }]))
+  t.match(formatReport(await verifyAuditFiles([file]))[0], /audit\.log:12: replica \?, seq \?: cut-off: not a complete record: 54 bytes .*, and the chain-resume record there names another line/)
+  // A cut-off line and its chain-resume, as after a crash, but no signed resume checkpoint after it.
+  const pair = appendForged(good, [note, resumeFor(note)])
+  put(file, pair)
+  fails(t, await verifyAuditFiles([file], { keys }), 'missing-checkpoint', 'audit.log:13', 'a made-up crash at the end of the log')
+  t.match(formatReport(await verifyAuditFiles([file], { keys }))[0], /chain-resume is not followed by the signed resume checkpoint the gateway writes right after it/)
+  t.ok((await verifyAuditFiles([file])).ok, 'without keys a made-up crash at the end cannot be told from a real one')
+  put(file, appendForged(good, [note, resumeFor(note), 'y', resumeFor('y'), 'z', resumeFor('z')]))
+  fails(t, await verifyAuditFiles([file], { keys }), 'missing-checkpoint', 'audit.log:13', 'several made-up crashes in a row: owed since the first')
+  // Records after it, where the resume checkpoint belongs.
+  put(file, appendForged(pair, [{ ...record(91), ...evil }]))
+  fails(t, await verifyAuditFiles([file], { keys }), 'missing-checkpoint', 'audit.log:14', 'a forged record after a made-up chain-resume')
+  t.match(formatReport(await verifyAuditFiles([file], { keys }))[0], /a record where the signed resume checkpoint belongs: the gateway writes it right after the chain-resume record \(replica gw-a, .*audit\.log:13\)/)
+  // …or a checkpoint signed with another key under the gateway's kid.
+  const attacker = generateKeyPairSync('ed25519')
+  const forgedResume = appendForged(pair, [{ time: new Date().toISOString(), event: 'checkpoint', at: 'resume', every: 3, kid: ring.current().kid, sig: 'A'.repeat(86) }])
+  const cp = JSON.parse(forgedResume[13]!)
+  cp.sig = sign(null, checkpointPayload({ replica: 'gw-a', seq: cp.seq, prev: cp.prev, time: cp.time, at: 'resume', every: 3 }), attacker.privateKey).toString('base64url')
+  forgedResume[13] = JSON.stringify(cp)
+  put(file, forgedResume)
+  fails(t, await verifyAuditFiles([file], { keys }), 'bad-signature', 'audit.log:14', 'a resume checkpoint the attacker signed')
+  // A genuine checkpoint of another kind is not the resume checkpoint: the interval case, with the close checkpoint cut away.
+  put(file, appendForged(good.slice(0, 10), [note, resumeFor(note), { ...record(92) }]))
+  fails(t, await verifyAuditFiles([file], { keys }), 'missing-checkpoint', 'audit.log:13', 'a record after a chain-resume in an open chain')
+})
+
+t.test('records after the gateway\'s close checkpoint: with keys, nothing unsigned may follow it', async t => {
+  const ring = keyring()
+  const keys = await keysOf(ring)
+  const file = join(tmp(), 'audit.log')
+  await writeLog(file, 7, { every: 3, ring })
+  const good = lines(file)
+  put(file, appendForged(good, Array.from({ length: 5 }, (_v, i) => ({ ...record(100 + i), ...evil }))))
+  fails(t, await verifyAuditFiles([file], { keys }), 'inserted', 'audit.log:12', 'five forged records after the close checkpoint')
+  t.match(formatReport(await verifyAuditFiles([file], { keys }))[0], /a record after replica gw-a's closing checkpoint \(.*audit\.log:11\) that no signed checkpoint follows/)
+  t.ok((await verifyAuditFiles([file])).ok, 'without keys they cannot be told from the gateway\'s (docs/audit.md says so)')
+  put(file, appendForged(good, [{ ...record(100), ...evil }]))
+  fails(t, await verifyAuditFiles([file], { keys }), 'inserted', 'audit.log:12', 'one forged record after the close checkpoint')
+
+  // A record the gateway writes after it closed (a request that ended while it stopped) gets a close checkpoint of its own.
+  const late = join(tmp(), 'audit.log')
+  const log = new AuditLog({ destination: late, replica: 'gw-a', checkpointEvery: 3, signer: () => ring.current() })
+  log.write(record(1))
+  await log.close()
+  log.write(record(2))
+  const ls = lines(late)
+  t.same(ls.map(l => JSON.parse(l).event === 'checkpoint' ? JSON.parse(l).at : 'r'), ['start', 'r', 'close', 'r', 'close'])
+  const ok = await verifyAuditFiles([late], { keys })
+  t.ok(ok.ok, ok.break?.message ?? 'OK')
+  // Its checkpoint removed, or forged: the late record is not the gateway's.
+  put(late, ls.slice(0, 4))
+  fails(t, await verifyAuditFiles([late], { keys }), 'inserted', 'audit.log:4', 'a record after close without its own close checkpoint')
+  put(late, appendForged(ls.slice(0, 3), [{ ...record(3), ...evil }, { ...record(4) }]))
+  fails(t, await verifyAuditFiles([late], { keys }), 'inserted', 'audit.log:4', 'a record after close followed by another record')
+  // The gateway starts again on the file after a late record: its resume checkpoint follows the close one.
+  put(late, ls)
+  await writeLog(late, 1, { every: 3, ring })
+  t.same(lines(late).slice(5).map(l => JSON.parse(l).at ?? 'r'), ['resume', 'r', 'close'])
+  t.ok((await verifyAuditFiles([late], { keys })).ok)
+
+  // stdout: a forged record at the end of one run's chain, before the next run's chain starts.
+  const out = collector()
+  for (let run = 0; run < 2; run++) {
+    const l = new AuditLog({ destination: 'stdout', stream: out.stream, replica: 'gw-a', checkpointEvery: 5, signer: () => ring.current() })
+    l.write(record(run))
+    await l.close()
+    await sleep(5)
+  }
+  const runs = out.lines()
+  t.equal(runs.length, 6)
+  const shipped = join(tmp(), 'shipped.log')
+  put(shipped, [...appendForged(runs.slice(0, 3), [{ ...record(7), ...evil }]), ...runs.slice(3)])
+  fails(t, await verifyAuditFiles([shipped], { keys }), 'inserted', 'shipped.log:4', 'a forged record between a closed chain and the next one')
+})
+
+t.test('replays and splices: an older chain start, two logs of one replica, a duplicated seq', async t => {
+  const ring = keyring()
+  const keys = await keysOf(ring)
+  // Two runs of a gateway writing to stdout: an older log and a newer one.
+  const run = async (): Promise<string[]> => {
+    const out = collector()
+    const l = new AuditLog({ destination: 'stdout', stream: out.stream, replica: 'gw-a', checkpointEvery: 3, signer: () => ring.current() })
+    for (let i = 0; i < 4; i++) l.write(record(i))
+    await l.close()
+    return out.lines()
+  }
+  const older = await run()
+  await sleep(5)
+  const newer = await run()
+  const file = join(tmp(), 'shipped.log')
+  put(file, [...older, ...newer])
+  t.ok((await verifyAuditFiles([file], { keys })).ok, 'two runs in order: two chains')
+  // The older log's signed chain start (and a forged record) appended to the newer log.
+  put(file, [...newer, ...appendForged([older[0]!], [{ ...record(9), ...evil }])])
+  fails(t, await verifyAuditFiles([file], { keys }), 'duplicate', 'shipped.log:8', 'a chain start replayed from an older log')
+  t.match(formatReport(await verifyAuditFiles([file], { keys }))[0], /new chain starts with a checkpoint signed at .*, before the checkpoint at .*shipped\.log:7 of the chain before it .*: a chain start replayed from an older log/)
+  put(file, [...newer, ...older])
+  fails(t, await verifyAuditFiles([file], { keys }), 'duplicate', 'shipped.log:8', 'a whole older log spliced after the newer one')
+  // Two files of one replica spliced at the same seq: the link breaks where they meet.
+  const dir = tmp()
+  await writeLog(join(dir, 'x.log'), 8)
+  await writeLog(join(dir, 'y.log'), 8, { from: 50 })
+  const x = lines(join(dir, 'x.log'))
+  const y = lines(join(dir, 'y.log'))
+  put(file, [...x.slice(0, 4), ...y.slice(4)])
+  fails(t, await verifyAuditFiles([file]), 'edited', 'shipped.log:4', 'two logs of one replica spliced')
+  // A line repeated with its seq: a checkpoint, and a record with another body.
+  put(file, [...newer, newer[newer.length - 1]!])
+  fails(t, await verifyAuditFiles([file], { keys }), 'duplicate', 'shipped.log:8', 'the close checkpoint repeated')
+  put(file, [...x.slice(0, 4), JSON.stringify({ ...JSON.parse(x[3]!), requestId: 'other' }), ...x.slice(4)])
+  fails(t, await verifyAuditFiles([file]), 'inserted', 'shipped.log:5', 'a second record with a seq already used')
+})
+
+t.test('a crash before a rotated file\'s restart: the chain-resume on the first line of the new file names the last line of the rotated one', async t => {
+  const ring = keyring()
+  const keys = await keysOf(ring)
+  const dir = tmp()
+  const file = join(dir, 'audit.log')
+  await writeLog(file, 3, { every: 5, ring })
+  appendFileSync(file, '{"replica":"gw-a","seq":6,"prev":"ab')
+  renameSync(file, `${file}.1`)
+  await writeLog(file, 2, { every: 5, ring, from: 3 })
+  t.match(JSON.parse(lines(file)[0]!), { seq: 6, event: 'chain-resume', cutOff: { bytes: 36 } })
+  const both = await verifyAuditFiles([`${file}.1`, file], { keys })
+  t.ok(both.ok, both.break?.message ?? 'OK')
+  t.match(formatReport(both).join('\n'), /audit\.log\.1:6 is a record cut off .*; the chain-resume record at .*audit\.log:1 notes it/)
+  const alone = await verifyAuditFiles([file], { keys })
+  t.ok(alone.ok, alone.break?.message ?? 'OK')
+  t.match(formatReport(alone).join('\n'), /the chain-resume record at .*audit\.log:1 names a cut-off line \(36 bytes, SHA-256 [0-9a-f]{12}…\) in an earlier file, not given/)
+  // A complete line (with its newline) at the end of the rotated file is no crash: nothing vouches for it.
+  writeFileSync(`${file}.1`, readFileSync(`${file}.1`, 'utf8') + '\n')
+  fails(t, await verifyAuditFiles([`${file}.1`, file], { keys }), 'cut-off', 'audit.log.1:6', 'a terminated line before the next file\'s chain-resume')
+})
+
+t.test('a crafted file cannot make verify slow or big: one pass over the lines, and a cap on a line\'s length', async t => {
+  const file = join(tmp(), 'audit.log')
+  await writeLog(file, 10)
+  const good = lines(file)
+  const timed = async (files: string[]): Promise<{ report: VerifyReport, ms: number }> => {
+    const started = performance.now()
+    const report = await verifyAuditFiles(files)
+    return { report, ms: performance.now() - started }
+  }
+  // Tens of thousands of garbage lines, named by a chain-resume at the end (each once read the files again: quadratic).
+  put(file, appendForged([...good.slice(0, 5), ...Array<string>(50_000).fill('x'), ...good.slice(5)], [resumeFor('x'), '{"replica":"gw-a","seq":0,"prev":"bad"}']))
+  const garbage = await timed([file])
+  fails(t, garbage.report, 'cut-off', 'audit.log:6', '50 000 garbage lines')
+  t.ok(garbage.ms < 5000, `verified in ${Math.round(garbage.ms)} ms`)
+  // As many cut-off lines, each with its chain-resume: all read, once.
+  const pairs: Array<Record<string, unknown> | string> = []
+  for (let i = 0; i < 20_000; i++) pairs.push(`cut ${i}`, resumeFor(`cut ${i}`))
+  put(file, appendForged(good, pairs))
+  const resumed = await timed([file])
+  t.ok(resumed.report.ok, resumed.report.break?.message ?? 'OK')
+  t.equal(resumed.report.records, 20_010)
+  t.ok(resumed.ms < 10_000, `20 000 cut-off lines and chain-resumes verified in ${Math.round(resumed.ms)} ms`)
+  t.match(resumed.report.notes.join('\n'), /19990 more cut-off lines, each noted by the chain-resume record right after it/)
+  t.ok(resumed.report.notes.length < 20, 'the notes are counted, not listed')
+  // A record deleted before them: the break is named with one more pass.
+  put(file, appendForged([...good.slice(0, 4), ...good.slice(5)], pairs))
+  fails(t, await verifyAuditFiles([file]), 'deleted', 'audit.log:5', 'a deletion before 20 000 chain-resumes')
+
+  // One line of more than 64 MiB without a newline: reported once the cap is passed, not read on.
+  writeFileSync(file, good.map(l => l + '\n').join(''))
+  appendFileSync(file, Buffer.alloc(MAX_LINE_BYTES + 1, 0x41))
+  const long = await timed([file])
+  fails(t, long.report, 'too-long', 'audit.log:11', 'a line of 64 MiB and one byte')
+  t.match(formatReport(long.report)[0], /too-long: a line of more than 64 MiB: the gateway writes none that long/)
+  t.ok(long.ms < 10_000, `read in ${Math.round(long.ms)} ms`)
+  // A lower cap: a line within one chunk, and one across chunks that starts like a record.
+  put(file, [...good, 'y'.repeat(2000)])
+  fails(t, await verifyAuditFiles([file], { maxLineBytes: 1024 }), 'too-long', 'audit.log:11', 'a 2000-byte line over a 1 KiB cap')
+  put(file, [...good.slice(0, 3), good[3]!.replace('"reason":"permitted"', `"reason":"${'r'.repeat(3 << 20)}"`), ...good.slice(4)])
+  t.match((await verifyAuditFiles([file], { maxLineBytes: 1 << 20 })).break, { kind: 'too-long', line: 4, replica: 'gw-a', seq: 4 })
+  t.equal((await verifyAuditFiles([file])).break?.kind, 'edited', 'under the default cap the long line is read (and the edit found)')
+  // Past a break, the pass that names it skips a long line.
+  put(file, [...good.slice(0, 4), ...good.slice(5), 'z'.repeat(3 << 20), good[4]!])
+  t.match((await verifyAuditFiles([file], { maxLineBytes: 1 << 20 })).break, { kind: 'reordered', line: 5 })
+  await t.rejects(verifyAuditFiles([file], { maxLineBytes: 100 }), /the longest line to read must be a whole number of bytes from 1024/)
+  await t.rejects(verifyAuditFiles([file], { maxLineBytes: MAX_LINE_BYTES_LIMIT + 1 }), RangeError)
+
+  // A genuine record of several MiB (a long reason) spans chunks and verifies.
+  const big = join(tmp(), 'audit.log')
+  await writeLog(big, 2)
+  const log = new AuditLog({ destination: big, replica: 'gw-a' })
+  log.write(record(2, { reason: 'q'.repeat(3 << 20) }))
+  log.write(record(3))
+  await log.close()
+  const bigReport = await verifyAuditFiles([big])
+  t.ok(bigReport.ok, bigReport.break?.message ?? 'OK')
+  t.equal(bigReport.replicas[0]!.lastSeq, 4)
 })

@@ -3,7 +3,7 @@
  * link of a tampered log, the exit codes, the key sources for checkpoint signatures, and clear
  * usage errors.
  */
-import { createPublicKey, generateKeyPairSync } from 'node:crypto'
+import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { createServer } from 'node:http'
 import { mkdirSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -98,6 +98,34 @@ t.test('a tampered log: the first broken link, file:line, replica, seq and what 
   t.equal((await run('audit', 'verify', forged)).code, 0, 'without keys the checkpoint is not checked')
 })
 
+t.test('forged records after the close checkpoint, a forged chain-resume, and a line over the cap: FAIL, exit 1', async t => {
+  const lines = readFileSync(file, 'utf8').split('\n').filter(l => l !== '')
+  const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
+  const append = (fields: Record<string, unknown>): string[] => {
+    const last = lines[lines.length - 1]!
+    return [...lines, JSON.stringify({ replica: 'gw-1', seq: JSON.parse(last).seq + 1, prev: sha(last), time: new Date().toISOString(), ...fields })]
+  }
+  const forged = join(tmp(), 'audit.log')
+  writeFileSync(forged, append({ requestId: 'evil', tool: 'database_drop', outcome: 'allow', status: 200 }).join('\n') + '\n')
+  const afterClose = await run('audit', 'verify', forged, '--keys-dir', ring.dir)
+  t.equal(afterClose.code, 1)
+  t.match(afterClose.out, /^FAIL .*audit\.log:15: replica gw-1, seq 15: inserted: a record after replica gw-1's closing checkpoint \(.*audit\.log:14\) that no signed checkpoint follows/)
+  writeFileSync(forged, append({ event: 'chain-resume', cutOff: { bytes: 1, sha256: sha('x') }, tool: 'database_drop', outcome: 'allow' }).join('\n') + '\n')
+  const resume = await run('audit', 'verify', forged)
+  t.equal(resume.code, 1)
+  t.match(resume.out, /^FAIL .*audit\.log:15: replica gw-1, seq 15: inserted: a chain-resume record, but the line before it is not the cut-off line it names/)
+  // A record longer than the cap given: too-long; under the default cap it verifies.
+  const longDir = tmp()
+  const long = join(longDir, 'audit.log')
+  const llog = new AuditLog({ destination: long, replica: 'gw-1' })
+  llog.write({ requestId: 'long', reason: 'r'.repeat(3000) })
+  await llog.close()
+  t.equal((await run('audit', 'verify', long)).code, 0)
+  const capped = await run('audit', 'verify', long, '--max-line-bytes', '2048')
+  t.equal(capped.code, 1)
+  t.match(capped.out, /^FAIL .*audit\.log:1: replica gw-1, seq 1: too-long: a line of more than 2048 bytes: the gateway writes none that long/)
+})
+
 t.test('usage errors exit 2 with a message that says what to do', async t => {
   const notPem = join(dir, 'not.pem')
   writeFileSync(notPem, 'hello')
@@ -126,7 +154,9 @@ t.test('usage errors exit 2 with a message that says what to do', async t => {
     [['audit', 'verify', file, '--jwks', rsaJwks], /rsa-jwks\.json: no Ed25519 key in this JWKS/],
     [['audit', 'verify', file, '--jwks', join(dir, 'missing.json')], /cannot read .*missing\.json: ENOENT/],
     [['audit', 'verify', file, '--keys-dir', emptyDir], /no <kid>\.key\.pem file/],
-    [['audit', 'verify', file, '--keys-dir', join(dir, 'nope')], /cannot read the keys folder .*nope: ENOENT/]
+    [['audit', 'verify', file, '--keys-dir', join(dir, 'nope')], /cannot read the keys folder .*nope: ENOENT/],
+    [['audit', 'verify', file, '--max-line-bytes', '12'], /--max-line-bytes: a whole number of bytes from 1024 to 268435456, not "12"/],
+    [['audit', 'verify', file, '--max-line-bytes', 'lots'], /--max-line-bytes: a whole number of bytes from 1024 to 268435456, not "lots"/]
   ]
   for (const [args, message] of cases) {
     const r = await run(...args)
@@ -137,6 +167,6 @@ t.test('usage errors exit 2 with a message that says what to do', async t => {
   const help = await run('audit', '--help')
   t.equal(help.code, 0)
   t.match(help.out, /^Usage: mcp-warden audit verify FILE/)
-  t.match((await run('audit', 'verify', '--help')).out, /--keys-dir DIR/)
+  t.match((await run('audit', 'verify', '--help')).out, /--keys-dir DIR[\s\S]*--max-line-bytes N {3}a longer line is a broken link \(too-long\); default 67108864 \(64 MiB\)/)
   t.match((await run('--help')).out, /audit {5}the tamper-evident audit log: verify/)
 })

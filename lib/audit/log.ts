@@ -125,10 +125,17 @@ export class AuditLog {
     return { replica: this.#chain.replica, seq: this.#chain.seq, hash: this.#chain.hash }
   }
 
-  /** Writes one record (any JSON object without `replica`, `seq` or `prev` keys of its own). */
+  /**
+   * Writes one record (any JSON object without `replica`, `seq` or `prev` keys of its own). With
+   * checkpoints, a record written while or after the log closes (a request that ended while the
+   * gateway stopped) is followed by a close checkpoint of its own: after the close checkpoint,
+   * `audit verify` accepts nothing unsigned.
+   */
   write (record: object): void {
     this.#append(record)
-    if (this.#every > 0 && this.#sinceCheckpoint >= this.#every) this.#checkpoint('interval')
+    if (this.#every === 0) return
+    if (this.#state !== 'open') this.#checkpoint('close')
+    else if (this.#sinceCheckpoint >= this.#every) this.#checkpoint('interval')
   }
 
   /**
