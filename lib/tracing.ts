@@ -20,6 +20,8 @@ import {
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import type { FastifyRequest } from 'fastify'
 import { setTraceRecorder, type Stage } from './timing.js'
+import { parseMcpMessage } from './jsonrpc.js'
+import { withTraceMeta } from './trace-meta.js'
 
 const propagator = new W3CTraceContextPropagator()
 
@@ -43,6 +45,8 @@ interface RequestTrace {
   readonly stages: Array<[Stage, number, number]>
   root: Span | null
   upstream: Span | null
+  /** The upstream span's context, as it goes on in the header and in `_meta`. */
+  carrier: { traceparent: string, tracestate?: string } | null
 }
 
 const TRACE = Symbol('mcp-warden.trace')
@@ -51,6 +55,8 @@ type Traced = { [TRACE]?: RequestTrace | null }
 /** Epoch milliseconds at hrtime 0, so that hrtime readings become span times. */
 const hrOrigin = performance.timeOrigin + performance.now() - Number(process.hrtime.bigint()) / 1e6
 const epochOf = (hr: bigint): number => hrOrigin + Number(hr) / 1e6
+/** Now, in epoch milliseconds on the same clock as every other time of a request's spans. */
+const now = (): number => epochOf(process.hrtime.bigint())
 
 function traceOf (request: object): RequestTrace | null {
   return (request as Traced)[TRACE] ?? null
@@ -63,7 +69,7 @@ setTraceRecorder((request, stage, start, end) => {
 
 /** Starts recording a request's trace (the telemetry plugin's onRequest, tracing on). */
 export function beginTrace (request: object): void {
-  (request as Traced)[TRACE] = { start: hrOrigin + Number(process.hrtime.bigint()) / 1e6, stages: [], root: null, upstream: null }
+  (request as Traced)[TRACE] = { start: now(), stages: [], root: null, upstream: null, carrier: null }
 }
 
 /** The symbol requests keep their trace under (declared once by the telemetry plugin). */
@@ -151,16 +157,31 @@ function headersOf (span: Span): { traceparent: string, tracestate?: string } {
 }
 
 /**
- * Tracing on: starts the client span of the call to the upstream and returns the trace context
- * it goes on with. Tracing off (no trace recorded for the request): null.
+ * Tracing on: starts the client span of the call to the upstream (once; later calls add
+ * `attributes` and return the same context) and puts its context into the message's
+ * `params._meta`, replacing `request.mcp` with the edited message. It runs before the upstream's
+ * credential is obtained, so that an ephemeral token is bound to the message the upstream
+ * receives. Tracing off (no trace recorded for the request): null.
  */
 export function startUpstreamSpan (tracer: Tracer, request: FastifyRequest, attributes: Attributes): { traceparent: string, tracestate?: string } | null {
   const t = traceOf(request)
   if (t === null) return null
+  if (t.upstream !== null && t.carrier !== null) {
+    t.upstream.setAttributes(attributes)
+    return t.carrier
+  }
   const root = rootOf(tracer, request, t)
-  const span = tracer.startSpan(spanName(request), { kind: SpanKind.CLIENT, attributes }, trace.setSpan(ROOT_CONTEXT, root))
+  const span = tracer.startSpan(spanName(request), { kind: SpanKind.CLIENT, attributes, startTime: now() }, trace.setSpan(ROOT_CONTEXT, root))
   t.upstream = span
-  return headersOf(span)
+  t.carrier = headersOf(span)
+  const m = request.mcp
+  if (request.method === 'POST' && m !== null && m.kind !== 'response') {
+    const edited = withTraceMeta(m.raw, t.carrier)
+    // The message was checked as it came; the edit adds two string members, so it is read
+    // again without the size limits (which the original passed).
+    if (edited !== m.raw) request.mcp = parseMcpMessage(Buffer.from(edited.buffer, edited.byteOffset, edited.byteLength), { maxKeys: Infinity, maxValues: Infinity })
+  }
+  return t.carrier
 }
 
 /** Ends the upstream span (when its answer's headers arrived, or the exchange failed). */
@@ -173,7 +194,7 @@ export function endUpstreamSpan (request: object, status: number | null, error?:
     span.setAttribute('error.type', error)
     span.setStatus({ code: SpanStatusCode.ERROR })
   }
-  span.end()
+  span.end(now())
 }
 
 /**
@@ -215,7 +236,7 @@ export function endTrace (tracer: Tracer, request: FastifyRequest, end: TraceOut
     tracer.startSpan(`mcp_warden.${stage}`, { startTime: start, attributes: { 'mcp_warden.stage': stage } }, parent).end(stop)
   }
   // An upstream span still open (an abort before its headers came) ends with the request.
-  if (t.upstream !== null && t.upstream.isRecording()) t.upstream.end()
+  if (t.upstream !== null && t.upstream.isRecording()) t.upstream.end(now())
 
   const a: Attributes = { 'http.response.status_code': end.status, 'mcp_warden.outcome': end.outcome }
   if (root.isRecording()) {
@@ -243,5 +264,5 @@ export function endTrace (tracer: Tracer, request: FastifyRequest, end: TraceOut
       root.setStatus({ code: SpanStatusCode.ERROR, message: end.reason.slice(0, 256) })
     }
   }
-  root.end()
+  root.end(now())
 }

@@ -14,7 +14,8 @@ import type { UpstreamAuth } from '../lib/credentials/index.js'
 import { CredentialError } from '../lib/errors.js'
 import type { Identity } from '../lib/identity.js'
 import { startStage, type Stage } from '../lib/timing.js'
-import { declareShared } from './decorations.js'
+import { declareShared, provided } from './decorations.js'
+import { startUpstreamSpan } from '../lib/tracing.js'
 
 export interface CredentialRequest {
   readonly request: FastifyRequest
@@ -35,6 +36,10 @@ export function addCredentialHook<T> (app: FastifyInstance, stage: Stage, entryF
     if (entry === undefined) return
     const decision = request.decision
     if (decision === null || (!decision.allowed && request.mcpShadow == null)) throw new CredentialError(target.server.name)
+    // With tracing on, the trace context goes into the message now: a token bound to the
+    // message is bound to what the upstream receives.
+    const tracer = provided(app, 'tracer') ?? null
+    if (tracer !== null) startUpstreamSpan(tracer, request, { 'mcp_warden.server': target.server.name })
     const done = startStage(request, stage)
     try {
       request.upstreamAuth = await obtain({ request, identity, decision, server: target.server }, entry)

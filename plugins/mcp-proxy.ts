@@ -14,7 +14,6 @@ import { formatEvent, sseMessages, SseLimitError, sseTransform, type MessageTran
 import { jsonRpcMessage, utf8Charset, type JsonRpcId } from '../lib/jsonrpc.js'
 import { startStage } from '../lib/timing.js'
 import { endUpstreamSpan, passThroughHeaders, startUpstreamSpan } from '../lib/tracing.js'
-import { withTraceMeta } from '../lib/trace-meta.js'
 import type { Tracer } from '@opentelemetry/api'
 import { BodyLimitError, readAtMost } from '../lib/http-body.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
@@ -227,15 +226,12 @@ async function mcpProxy (app: FastifyInstance, opts: McpProxyOptions): Promise<v
     if (request.upstreamAuth !== null) Object.assign(headers, request.upstreamAuth.headers)
     else if (upstream.config.auth.type !== 'none') throw new CredentialError(name) // a credential plugin is missing: fail closed
 
-    // The trace goes on: the upstream call's span context with tracing on, else the agent's own.
-    let body: Uint8Array | null = request.method === 'POST' ? request.mcp!.raw : null
+    // The trace goes on: the upstream call's span context with tracing on (in the header, and
+    // in the message's _meta, set before the credential was obtained), else the agent's own.
     const carrier = tracer !== null ? startUpstreamSpan(tracer, request, { 'mcp_warden.server': name, 'server.address': upstream.host, 'server.port': upstream.port }) : null
-    if (carrier !== null) {
-      Object.assign(headers, carrier)
-      if (body !== null && request.mcp!.kind !== 'response') body = withTraceMeta(body, carrier)
-    } else {
-      passThroughHeaders(request, headers)
-    }
+    if (carrier !== null) Object.assign(headers, carrier)
+    else passThroughHeaders(request, headers)
+    const body = request.method === 'POST' ? request.mcp!.raw : null
 
     // The agent going away cancels the upstream exchange, while there is one: once the
     // upstream's answer has been read whole (or dropped), there is nothing left to cancel.

@@ -17,7 +17,8 @@ import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@open
 import { validateConfig } from '../lib/config.js'
 import { buildGateway } from '../lib/gateway.js'
 import { makeIssuer } from './fixtures/keys.js'
-import { PUBLIC_URL, publicKeyFile, startGateway, type TestGateway } from './fixtures/gateway.js'
+import { PUBLIC_URL, publicKeyFile, startGateway, startWithConfig, type TestGateway } from './fixtures/gateway.js'
+import { startDemo } from '../lib/demo/index.js'
 import { startRecordingUpstream, type RecordingUpstream } from './fixtures/upstream.js'
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './fixtures/otlp-receiver.js'
 import { refused } from './fixtures/refused.js'
@@ -311,4 +312,24 @@ t.test('names an agent makes up are cut on spans: a 500 KB tool name exports a s
   t.equal(root.attributes['gen_ai.tool.name'], `${'n'.repeat(128)}…`)
   const exported = receiver.bodies.slice(before).join('')
   t.ok(exported.length < 50_000, `the export is small (${exported.length} bytes)`)
+})
+
+t.test('an upstream that verifies its ephemeral tokens accepts traced calls: the token is bound to the message with its _meta.traceparent (regression: every traced call was refused)', async t => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'mcpw-trace-demo-'))
+  const demo = await startDemo({ dataDir, port: 0, overrides: { telemetry: { otlp: { endpoint: receiver.endpoint } } } })
+  const traced = await startWithConfig(demo.config)
+  t.teardown(async () => { await traced.close(); await demo.close() })
+  const traceId = hex(16)
+  const client = new Client({ name: 'tracing-verified', version: '1' })
+  const token = demo.token({ agentId: 'analyst-bot', userId: 'alice', roles: ['analyst'], department: 'analytics' })
+  await client.connect(new StreamableHTTPClientTransport(new URL(traced.url('db')), { requestInit: { headers: { authorization: `Bearer ${token}`, traceparent: `00-${traceId}-${hex(8)}-01` } } }))
+  t.teardown(async () => { await client.close() })
+  const result = await client.callTool({ name: 'database_query', arguments: { sql: 'SELECT 1 AS one' } })
+  t.notOk(result.isError, 'the upstream verified the token and answered')
+  t.match(JSON.stringify(result.content), /one/)
+  await receiver.waitFor(spans => spans.some(s => s.traceId === traceId && s.kind === 3))
+  const up = receiver.spans.find(s => s.traceId === traceId && s.kind === 3)!
+  const root = receiver.spans.find(s => s.spanId === up.parentSpanId)!
+  const mint = receiver.spans.find(s => s.traceId === traceId && s.name === 'mcp_warden.mint' && s.parentSpanId === root.spanId)!
+  t.ok(up.startNs <= mint.startNs && mint.endNs <= up.endNs, 'the upstream span covers obtaining its credential and the call')
 })
