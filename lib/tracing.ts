@@ -47,6 +47,8 @@ interface RequestTrace {
   upstream: Span | null
   /** The upstream span's context, as it goes on in the header and in `_meta`. */
   carrier: { traceparent: string, tracestate?: string } | null
+  /** The server span was started with the parsed message's attributes. */
+  parsed: boolean
 }
 
 const TRACE = Symbol('mcp-warden.trace')
@@ -69,7 +71,7 @@ setTraceRecorder((request, stage, start, end) => {
 
 /** Starts recording a request's trace (the telemetry plugin's onRequest, tracing on). */
 export function beginTrace (request: object): void {
-  (request as Traced)[TRACE] = { start: now(), stages: [], root: null, upstream: null, carrier: null }
+  (request as Traced)[TRACE] = { start: now(), stages: [], root: null, upstream: null, carrier: null, parsed: false }
 }
 
 /** The symbol requests keep their trace under (declared once by the telemetry plugin). */
@@ -145,6 +147,7 @@ function requestAttributes (request: FastifyRequest): Attributes {
 
 /** The request's server span, started (back-dated to the request's arrival) on first use. */
 function rootOf (tracer: Tracer, request: FastifyRequest, t: RequestTrace): Span {
+  if (t.root === null) t.parsed = request.mcp !== null
   t.root ??= tracer.startSpan(spanName(request), { kind: SpanKind.SERVER, startTime: t.start, attributes: requestAttributes(request) }, incomingContext(request))
   return t.root
 }
@@ -241,7 +244,7 @@ export function endTrace (tracer: Tracer, request: FastifyRequest, end: TraceOut
   const a: Attributes = { 'http.response.status_code': end.status, 'mcp_warden.outcome': end.outcome }
   if (root.isRecording()) {
     // Attributes the parse came too late for (a request refused before it) are set now.
-    if (request.mcp !== null) root.setAttributes(requestAttributes(request))
+    if (request.mcp !== null && !t.parsed) root.setAttributes(requestAttributes(request))
     const d = request.decision
     if (d != null) {
       a['mcp_warden.decision'] = d.outcome
